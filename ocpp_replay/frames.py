@@ -1,0 +1,140 @@
+"""OCPP-J frames: parse and build the JSON text that travels over the websocket.
+
+Pure: no I/O. The raw text is always the record; a parsed frame is derived from it.
+Alfen chargers send values the schemas do not allow and integers as large as
+9223372036854775807, so nothing here normalises or validates payload contents.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ocpp_replay.errors import InvalidFrame
+
+__all__ = [
+    "Call",
+    "CallError",
+    "CallResult",
+    "Direction",
+    "Frame",
+    "InvalidFrame",
+    "MessageType",
+    "dump",
+    "parse",
+]
+
+
+class MessageType(enum.IntEnum):
+    CALL = 2
+    CALL_RESULT = 3
+    CALL_ERROR = 4
+
+
+class Direction(enum.StrEnum):
+    """Which way a frame travelled."""
+
+    TO_CSMS = "to_csms"
+    TO_CP = "to_cp"
+
+    @property
+    def reverse(self) -> Direction:
+        return Direction.TO_CP if self is Direction.TO_CSMS else Direction.TO_CSMS
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    unique_id: str
+    action: str
+    payload: dict[str, Any]
+
+    message_type = MessageType.CALL
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    unique_id: str
+    payload: dict[str, Any]
+
+    message_type = MessageType.CALL_RESULT
+
+
+@dataclass(frozen=True, slots=True)
+class CallError:
+    unique_id: str
+    error_code: str
+    error_description: str
+    error_details: dict[str, Any]
+
+    message_type = MessageType.CALL_ERROR
+
+
+Frame = Call | CallResult | CallError
+
+
+def parse(raw: str | bytes) -> Frame:
+    """Parse one OCPP-J frame. Raises InvalidFrame if it is not one.
+
+    Raises nothing but InvalidFrame, whatever the input (a property test holds it to that).
+    """
+    if isinstance(raw, bytes | bytearray):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidFrame(repr(raw), "binary frame is not UTF-8") from exc
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise InvalidFrame(raw, "not JSON") from exc
+    match data:
+        case [2, str(uid), str(action), dict(payload)]:
+            return Call(uid, action, payload)
+        case [3, str(uid), dict(payload)]:
+            return CallResult(uid, payload)
+        case [4, str(uid), str(code), str(desc), dict(details)]:
+            return CallError(uid, code, desc, details)
+        case [4, str(uid), str(code), str(desc)]:
+            # Some peers omit errorDetails; keep the frame usable.
+            return CallError(uid, code, desc, {})
+        case [2 | 3 | 4, *_]:
+            raise InvalidFrame(raw, f"malformed OCPP-J message of type {data[0]}")
+    raise InvalidFrame(raw, "not an OCPP-J CALL, CALLRESULT or CALLERROR")
+
+
+def dump(frame: Frame) -> str:
+    """The compact JSON text of a frame, as OCPP-J peers send it."""
+    body: list[Any]
+    match frame:
+        case Call(uid, action, payload):
+            body = [2, uid, action, payload]
+        case CallResult(uid, payload):
+            body = [3, uid, payload]
+        case CallError(uid, code, desc, details):
+            body = [4, uid, code, desc, details]
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def peek(raw: str | bytes) -> tuple[int | None, str | None, str | None, str | None]:
+    """(message_type, unique_id, action, parse_error) of a raw frame, for the capture columns.
+
+    Never raises: a frame that is not OCPP-J gets its reason as parse_error.
+    """
+    try:
+        frame = parse(raw)
+    except InvalidFrame as exc:
+        mtype = None
+        uid = None
+        # Keep what can still be read from a malformed frame, for searching.
+        try:
+            data = json.loads(raw)
+            if isinstance(data, list) and data and data[0] in (2, 3, 4):
+                mtype = int(data[0])
+                if len(data) > 1 and isinstance(data[1], str):
+                    uid = data[1]
+        except Exception:
+            pass
+        return mtype, uid, None, exc.reason
+    action = frame.action if isinstance(frame, Call) else None
+    return int(frame.message_type), frame.unique_id, action, None
