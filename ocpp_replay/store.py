@@ -92,6 +92,66 @@ def m001_capture(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_runs(db: sqlite_utils.Database) -> None:
+    """Replay and compare runs, their differences and the live frames they exchanged."""
+    db["runs"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "kind": str,  # replay | compare
+            "started_at": str,
+            "ended_at": str,
+            "target": str,
+            "baseline": str,
+            "candidate": str,
+            "options": str,  # JSON
+            "sessions": int,
+            "messages": int,
+            "diffs": int,
+            "exit_code": int,
+            "summary": str,  # JSON: the report's summary object
+        },
+        pk="id",
+    )
+    db["run_diffs"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "run_id": int,
+            "session_id": int,
+            "charge_point_id": str,
+            "seq": int,
+            "action": str,
+            "kind": str,
+            "path": str,
+            "expected": str,  # JSON
+            "actual": str,  # JSON
+            "side": str,  # which backend answered: target | baseline | candidate
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["run_diffs"].create_index(["run_id", "session_id"])  # type: ignore[union-attr]
+    db["run_frames"].create(  # type: ignore[union-attr]
+        {
+            "run_id": int,
+            "side": str,
+            "session_id": int,
+            "seq": int,
+            "recorded_seq": int,
+            "timestamp": str,
+            "elapsed": float,
+            "direction": str,
+            "message_type": int,
+            "unique_id": str,
+            "action": str,
+            "raw": str,
+            "lateness": float,
+        },
+        pk=("run_id", "side", "session_id", "seq"),
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+
+
 def utc_iso(wall: float) -> str:
     """A wall-clock time as ISO 8601 UTC with microseconds, e.g. 2026-11-25T17:07:07.123456Z."""
     return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
