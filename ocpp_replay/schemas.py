@@ -1,0 +1,145 @@
+"""Validate OCPP payloads against the official JSON schemas the `ocpp` package ships.
+
+Pure: the only I/O is reading the schema files of the installed ``ocpp`` package, once per
+(version, action, direction), after which the compiled validator is cached. Called for every
+frame of a replay or simulation, so the hot path is a dict lookup and ``iter_errors``.
+
+File names differ per version: 1.6 has ``Authorize.json`` / ``AuthorizeResponse.json``,
+2.0.1 has ``AuthorizeRequest.json`` / ``AuthorizeResponse.json``. 1.6 schemas are draft-04
+(the security-extension ones declare nothing and are treated as draft-04), 2.0.1 schemas are
+draft-06. ``format: date-time`` is checked (RFC 3339), other formats are not.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final
+
+import jsonschema
+import jsonschema.protocols
+import jsonschema.validators
+
+from ocpp_replay.errors import ConfigError
+
+__all__ = ["VERSIONS", "Violation", "actions", "normalize_version", "validate"]
+
+VERSIONS: Final = ("1.6", "2.0.1")
+
+_ALIASES: Final[dict[str, str]] = {
+    "1.6": "1.6",
+    "16": "1.6",
+    "ocpp1.6": "1.6",
+    "ocpp1.6j": "1.6",
+    "2.0.1": "2.0.1",
+    "201": "2.0.1",
+    "2.0": "2.0.1",
+    "ocpp2.0.1": "2.0.1",
+    "ocpp2.0": "2.0.1",
+}
+_PACKAGE_DIR: Final = {"1.6": "v16", "2.0.1": "v201"}
+
+# RFC 3339 date-time, as OCPP uses it (fraction and offset optional in practice: many
+# chargers omit the offset; the 1.6 spec text requires UTC but the schema only says date-time).
+_DATE_TIME: Final = re.compile(
+    r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt ]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)"
+    r"(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):?[0-5]\d)?$"
+)
+
+
+def _is_date_time(value: object) -> bool:
+    return not isinstance(value, str) or _DATE_TIME.match(value) is not None
+
+
+_FORMAT_CHECKER: Final = jsonschema.FormatChecker(formats=())
+_FORMAT_CHECKER.checks("date-time")(_is_date_time)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One way a payload breaks its schema.
+
+    ``path`` is JSON-path-ish (``meterValue[0].sampledValue[1].context``), "" for the payload
+    itself. ``keyword`` is the schema keyword that failed (``enum``, ``required``, ``type``...),
+    "" when the action itself is unknown.
+    """
+
+    path: str
+    message: str
+    keyword: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path or '(payload)'}: {self.message}"
+
+
+def normalize_version(version: str) -> str:
+    """'1.6' or '2.0.1' for a version or subprotocol name. Raises ConfigError otherwise."""
+    try:
+        return _ALIASES[version.strip().lower()]
+    except KeyError:
+        raise ConfigError(f"unknown OCPP version {version!r} (expected 1.6 or 2.0.1)") from None
+
+
+def _schema_name(version: str, action: str, response: bool) -> str:
+    if response:
+        return f"{action}Response.json"
+    return f"{action}.json" if version == "1.6" else f"{action}Request.json"
+
+
+@functools.cache
+def actions(version: str, *, response: bool = False) -> frozenset[str]:
+    """Every action the schemas of a version know, e.g. {'Authorize', 'BootNotification', ...}."""
+    version = normalize_version(version)
+    folder = resources.files("ocpp") / _PACKAGE_DIR[version] / "schemas"
+    names = [entry.name for entry in folder.iterdir() if entry.name.endswith(".json")]
+    found: set[str] = set()
+    for name in names:
+        stem = name.removesuffix(".json")
+        if stem.endswith("Response"):
+            if response:
+                found.add(stem.removesuffix("Response"))
+        elif not response:
+            found.add(stem.removesuffix("Request") if version == "2.0.1" else stem)
+    return frozenset(found)
+
+
+@functools.cache
+def _validator(version: str, action: str, response: bool) -> jsonschema.protocols.Validator | None:
+    if action not in actions(version, response=response):
+        return None
+    path = (
+        resources.files("ocpp") / _PACKAGE_DIR[version] / "schemas" / _schema_name(version, action, response)
+    )
+    schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft4Validator)
+    return cls(schema, format_checker=_FORMAT_CHECKER)
+
+
+def _render(path: Iterable[str | int]) -> str:
+    out: list[str] = []
+    for part in path:
+        if isinstance(part, int):
+            out.append(f"[{part}]")
+        else:
+            out.append(f".{part}" if out else part)
+    return "".join(out)
+
+
+def validate(version: str, action: str, payload: dict[str, Any], *, response: bool) -> list[Violation]:
+    """The violations of PAYLOAD against the request (or response) schema of ACTION.
+
+    An empty list means the payload is valid. An action the version does not define gives one
+    violation, "unknown action". Raises ConfigError only for an unknown version.
+    """
+    version = _ALIASES.get(version) or normalize_version(version)
+    validator = _validator(version, action, response)
+    if validator is None:
+        return [Violation("", "unknown action")]
+    errors = validator.iter_errors(payload)
+    found = [Violation(_render(err.absolute_path), err.message, str(err.validator)) for err in errors]
+    found.sort(key=lambda v: v.path)
+    return found

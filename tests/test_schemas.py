@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ocpp_replay import schemas
+from ocpp_replay.errors import ConfigError
+from ocpp_replay.frames import Call, parse
+from ocpp_replay.schemas import Violation, normalize_version, validate
+
+ALFEN = Path("/work/shared/alfen-frames.jsonl")
+
+
+def alfen_calls() -> list[Call]:
+    out = []
+    for line in ALFEN.read_text().splitlines():
+        frame = parse(json.loads(line)["raw"])
+        if isinstance(frame, Call):
+            out.append(frame)
+    return out
+
+
+@pytest.mark.skipif(not ALFEN.exists(), reason="shared Alfen frames not present")
+def test_alfen_current_max_context_fails_with_its_path() -> None:
+    (meter,) = [c for c in alfen_calls() if c.action == "MeterValues"]
+    found = validate("1.6", "MeterValues", meter.payload, response=False)
+    assert [v.path for v in found] == ["meterValue[0].sampledValue[1].context"]
+    assert found[0].keyword == "enum"
+    assert "CurrentMax" in found[0].message
+
+
+@pytest.mark.skipif(not ALFEN.exists(), reason="shared Alfen frames not present")
+def test_other_alfen_frames_pass() -> None:
+    for call in alfen_calls():
+        if call.action != "MeterValues":
+            assert validate("ocpp1.6", call.action, call.payload, response=False) == [], call
+
+
+def test_clean_meter_values_pass() -> None:
+    payload = {
+        "connectorId": 1,
+        "transactionId": 17,
+        "meterValue": [
+            {
+                "timestamp": "2024-05-01T10:00:00Z",
+                "sampledValue": [
+                    {"value": "1234.5", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                    {"value": "15.9", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
+                ],
+            }
+        ],
+    }
+    assert validate("1.6", "MeterValues", payload, response=False) == []
+
+
+def test_response_schemas() -> None:
+    ok = {"currentTime": "2024-05-01T10:00:00.123+00:00", "interval": 300, "status": "Accepted"}
+    assert validate("1.6", "BootNotification", ok, response=True) == []
+    bad = {"currentTime": "yesterday", "interval": "300", "status": "Maybe"}
+    paths = {v.path for v in validate("1.6", "BootNotification", bad, response=True)}
+    assert paths == {"currentTime", "interval", "status"}
+    assert validate("2.0.1", "Heartbeat", {"currentTime": "2024-05-01T10:00:00Z"}, response=True) == []
+
+
+def test_201_request_and_missing_property() -> None:
+    payload: dict[str, Any] = {"reason": "PowerUp", "chargingStation": {"vendorName": "Alfen BV"}}
+    found = validate("ocpp2.0.1", "BootNotification", payload, response=False)
+    assert found == [Violation("chargingStation", "'model' is a required property", "required")]
+    payload["chargingStation"]["model"] = "NG910-60023"
+    assert validate("ocpp2.0", "BootNotification", payload, response=False) == []
+
+
+def test_unknown_action_and_version() -> None:
+    assert validate("1.6", "TransactionEvent", {}, response=False) == [Violation("", "unknown action")]
+    assert validate("2.0.1", "StartTransaction", {}, response=True) == [Violation("", "unknown action")]
+    with pytest.raises(ConfigError):
+        validate("1.5", "Heartbeat", {}, response=False)
+    assert normalize_version("OCPP1.6") == "1.6"
+
+
+def test_action_lists() -> None:
+    assert "StartTransaction" in schemas.actions("1.6")
+    assert "TransactionEvent" in schemas.actions("2.0.1")
+    assert "TransactionEvent" in schemas.actions("2.0.1", response=True)
+    assert not any(a.endswith(("Request", "Response")) for a in schemas.actions("2.0.1"))
+
+
+def test_fast_enough_for_every_frame() -> None:
+    payload = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+    validate("1.6", "StatusNotification", payload, response=False)
+    start = time.perf_counter()
+    for _ in range(2000):
+        validate("1.6", "StatusNotification", payload, response=False)
+    assert (time.perf_counter() - start) / 2000 < 0.001
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["1.6", "2.0.1"]),
+    st.sampled_from(["MeterValues", "BootNotification", "TransactionEvent", "Nope"]),
+    st.dictionaries(
+        st.text(max_size=8),
+        st.recursive(st.none() | st.integers() | st.text(max_size=5), st.lists, max_leaves=4),
+        max_size=4,
+    ),
+    st.booleans(),
+)
+def test_validate_never_raises(version: str, action: str, payload: dict[str, Any], response: bool) -> None:
+    for violation in validate(version, action, payload, response=response):
+        assert isinstance(violation.path, str) and violation.message
