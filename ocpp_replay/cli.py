@@ -1,0 +1,265 @@
+"""The ocpp-replay command line: thin commands over the library.
+
+Each command parses its options, calls one library function and maps an
+:class:`~ocpp_replay.errors.OcppReplayError` to one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ocpp_replay import __version__
+from ocpp_replay.cli_common import (
+    DEFAULT_DB,
+    DbOption,
+    JsonFlag,
+    console,
+    fail,
+    print_json,
+    printable,
+)
+from ocpp_replay.errors import OcppReplayError
+from ocpp_replay.frames import Direction
+from ocpp_replay.proxy import DEFAULT_MAX_MESSAGE_SIZE, ProxyServer, TlsOptions
+from ocpp_replay.store import FrameRecord, Store
+
+app = typer.Typer(
+    name="ocpp-replay",
+    help="Capture, replay, diff and simulate OCPP-J traffic between chargers and a CSMS.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"ocpp-replay {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Capture, replay, diff and simulate OCPP-J traffic between chargers and a CSMS."""
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+async def _serve_proxy(proxy: ProxyServer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        url = await proxy.start()
+        console.print(
+            f"proxy: chargers connect to {url}/<chargePointId>, upstream {proxy.upstream}, "
+            f"capture {proxy.db_path}"
+        )
+        await stop.wait()
+        console.print("proxy: stopping (closing connections, flushing the capture)")
+    finally:
+        await proxy.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+@app.command()
+def proxy(
+    upstream: Annotated[
+        str, typer.Option(help="ws:// or wss:// URL of the CSMS, without the charge point id.")
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
+    db: DbOption = DEFAULT_DB,
+    tls_cert: Annotated[Path | None, typer.Option(help="Serve wss with this certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Private key of --tls-cert (PEM).")] = None,
+    upstream_ca: Annotated[Path | None, typer.Option(help="CA bundle to verify a wss upstream.")] = None,
+    upstream_client_cert: Annotated[
+        Path | None, typer.Option(help="Client certificate to present upstream (security profile 3).")
+    ] = None,
+    upstream_client_key: Annotated[Path | None, typer.Option(help="Key of --upstream-client-cert.")] = None,
+    insecure_upstream: Annotated[
+        bool, typer.Option(help="Do not verify the upstream's certificate (lab use only).")
+    ] = False,
+    max_message_size: Annotated[
+        int, typer.Option(help="Largest websocket message accepted, in bytes.")
+    ] = DEFAULT_MAX_MESSAGE_SIZE,
+    flush_interval: Annotated[
+        float, typer.Option(help="Seconds between capture writes (frames reach disk within this).")
+    ] = 0.05,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run the capture proxy between chargers and a CSMS, recording every frame."""
+    setup_logging(log_level)
+    tls = TlsOptions(
+        cert=tls_cert,
+        key=tls_key,
+        upstream_ca=upstream_ca,
+        upstream_client_cert=upstream_client_cert,
+        upstream_client_key=upstream_client_key,
+        insecure_upstream=insecure_upstream,
+    )
+    try:
+        server = ProxyServer(
+            upstream,
+            db,
+            host=host,
+            port=port,
+            tls=tls,
+            max_message_size=max_message_size,
+            flush_interval=flush_interval,
+            check_upstream=True,
+        )
+        asyncio.run(_serve_proxy(server))
+    except OcppReplayError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+def _open(db: Path) -> Store:
+    try:
+        return Store.open(db)
+    except OcppReplayError as exc:
+        fail(exc)
+
+
+@app.command()
+def sessions(
+    db: DbOption = DEFAULT_DB,
+    charge_point: Annotated[
+        list[str] | None, typer.Option("--charge-point", help="Only this charge point (repeatable).")
+    ] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """List the sessions (websocket connections) of a capture."""
+    store = _open(db)
+    try:
+        rows = store.sessions(charge_points=charge_point or ())
+    except OcppReplayError as exc:
+        fail(exc)
+    if json_:
+        print_json([r.as_dict() for r in rows])
+        return
+    table = Table(title=f"{len(rows)} sessions in {db}")
+    for col in ("id", "charge point", "subprotocol", "started", "ended", "frames", "close", "by"):
+        table.add_column(col, justify="right" if col in ("id", "frames") else "left")
+    for r in rows:
+        close = "" if r.close_code is None else str(r.close_code)
+        if r.upstream_status:
+            close = f"refused {r.upstream_status}"
+        elif r.error:
+            close = printable(r.error)[:40]
+        lost = f" ({r.frames_lost} lost)" if r.frames_lost else ""
+        table.add_row(
+            str(r.id),
+            printable(r.charge_point_id),
+            r.subprotocol or "-",
+            r.started_at,
+            r.ended_at or "(open)",
+            f"{r.frames}{lost}",
+            close,
+            r.closed_by or "",
+        )
+    console.print(table)
+
+
+def _describe(frame: FrameRecord) -> str:
+    arrow = "CP → CSMS" if frame.direction is Direction.TO_CSMS else "CSMS → CP"
+    kind = {2: "CALL", 3: "RESULT", 4: "ERROR"}.get(frame.message_type or 0, "?")
+    return f"{arrow}  {kind:<6} {printable(frame.action or '-'):<28} id={printable(frame.unique_id or '-')}"
+
+
+@app.command()
+def show(
+    session_id: Annotated[int, typer.Argument(help="Session id (see `ocpp-replay sessions`).")],
+    db: DbOption = DEFAULT_DB,
+    json_: JsonFlag = False,
+) -> None:
+    """Show the frames of one session as a timeline."""
+    store = _open(db)
+    try:
+        info = store.session(session_id)
+        frames = list(store.frames(session_id))
+    except OcppReplayError as exc:
+        fail(exc)
+    if json_:
+        print_json([f.as_dict() for f in frames])
+        return
+    console.print(
+        f"session {info.id}  {printable(info.charge_point_id)}  {info.subprotocol or '-'}  "
+        f"{info.started_at} → {info.ended_at or '(open)'}  close={info.close_code} by={info.closed_by}",
+        markup=False,
+    )
+    for f in frames:
+        body = printable(f.raw) if f.raw is not None else f"<binary {len(f.raw_bytes or b'')} bytes>"
+        err = f"  !! {f.parse_error}" if f.parse_error else ""
+        console.print(f"{f.seq:>5} +{f.elapsed:10.3f}s  {_describe(f)}{err}", markup=False)
+        console.print(f"      {body}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def tail(
+    db: DbOption = DEFAULT_DB,
+    interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.2,
+    from_start: Annotated[bool, typer.Option(help="Print the frames already recorded first.")] = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Follow frames live as the proxy records them (Ctrl-C stops)."""
+    store = _open(db)
+    last = 0
+    try:
+        if not from_start:
+            row = store.db.execute("SELECT coalesce(max(rowid), 0) FROM frames").fetchone()
+            last = row[0]
+        cp_ids: dict[int, str] = {}
+        while True:
+            batch = store.frames_since(last)
+            for rowid, f in batch:
+                last = rowid
+                if json_:
+                    print_json(f.as_dict())
+                    continue
+                cp = cp_ids.get(f.session_id)
+                if cp is None:
+                    cp = cp_ids[f.session_id] = store.charge_point_of(f.session_id)
+                console.print(
+                    f"{f.timestamp} {printable(cp)} s{f.session_id}#{f.seq} {_describe(f)}  "
+                    f"{printable(f.raw) if f.raw is not None else '<binary>'}",
+                    markup=False,
+                    soft_wrap=True,
+                )
+            if not batch:
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    except OcppReplayError as exc:
+        fail(exc)
+
+
+def main() -> None:
+    with contextlib.suppress(BrokenPipeError):
+        app()
+
+
+if __name__ == "__main__":
+    main()

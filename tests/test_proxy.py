@@ -1,0 +1,367 @@
+"""The capture proxy between independent peers (ocpp package + websockets) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import ssl
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+import websockets
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection
+
+from ocpp_replay.frames import Direction
+from ocpp_replay.proxy import ProxyServer, TlsOptions, basic_auth_user, charge_point_id_of
+from ocpp_replay.store import Store
+from tests.peers import CsmsBehaviour, Recording, charger, run_csms, session16, session201
+
+ALFEN = Path(__file__).resolve().parents[2] / "shared" / "alfen-frames.jsonl"
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def settle(proxy: ProxyServer) -> None:
+    """Wait until the proxy has no open connection and the writer has flushed."""
+    async with asyncio.timeout(10):
+        while proxy.stats.active:
+            await asyncio.sleep(0.01)
+        while proxy.writer is not None and proxy.writer.pending:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(proxy.flush_interval * 3)
+
+
+def texts(frames: list[Any]) -> list[str]:
+    return [f.raw if f.raw is not None else f.raw_bytes for f in frames]
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_full_session_is_byte_identical_on_both_sides_and_captured(
+    tmp_path: Path, version: str
+) -> None:
+    db = tmp_path / "capture.db"
+    behaviour = CsmsBehaviour(remote_stop_after_meter_values=2)
+    async with run_csms(behaviour) as csms, ProxyServer(csms.url, db) as proxy:
+        async with charger(proxy.url, "ALF-0001", version=version) as cp:
+            if version == "1.6":
+                result = await session16(cp)  # type: ignore[arg-type]
+                assert cp.remote_stops == [result["tx"]]  # type: ignore[union-attr]
+            else:
+                await session201(cp)  # type: ignore[arg-type]
+            cp_rec: Recording = cp.recording  # type: ignore[union-attr]
+        await settle(proxy)
+    csms_rec = csms.connections[0]
+    # Each side received exactly what the other sent, byte for byte.
+    assert csms_rec.received == cp_rec.sent
+    assert cp_rec.received == csms_rec.sent
+    assert len(cp_rec.sent) >= 4
+
+    store = Store.open(db)
+    [session] = store.sessions()
+    assert session.charge_point_id == "ALF-0001"
+    assert session.subprotocol == ("ocpp1.6" if version == "1.6" else "ocpp2.0.1")
+    assert session.path == "/ocpp/ALF-0001"
+    assert session.remote_addr == "127.0.0.1"
+    assert session.ended_at is not None and session.closed_by == "cp"
+    assert session.close_code == 1000
+    frames = list(store.frames(session.id))
+    assert [f.seq for f in frames] == list(range(1, len(frames) + 1))
+    to_csms = [f for f in frames if f.direction is Direction.TO_CSMS]
+    to_cp = [f for f in frames if f.direction is Direction.TO_CP]
+    assert texts(to_csms) == cp_rec.sent
+    assert texts(to_cp) == csms_rec.sent
+    # Results carry the action of the CALL they answer.
+    for f in frames:
+        assert f.parse_error is None
+        assert f.action is not None, f
+        data = json.loads(f.raw or "")
+        if f.message_type == 2:
+            assert f.action == data[2]
+    if version == "1.6":
+        remote = [f for f in to_cp if f.action == "RemoteStopTransaction"]
+        answer = [f for f in to_csms if f.action == "RemoteStopTransaction"]
+        assert [f.message_type for f in remote + answer] == [2, 3]
+    elapsed = [f.elapsed for f in frames]
+    assert elapsed == sorted(elapsed) and elapsed[0] >= 0
+    assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
+
+
+async def test_alfen_frames_pass_untouched(tmp_path: Path) -> None:
+    lines = [json.loads(line) for line in ALFEN.read_text().splitlines() if line.strip()]
+    received: list[str | bytes] = []
+
+    async def sink(ws: ServerConnection) -> None:
+        async for message in ws:
+            received.append(message)
+
+    async with run_csms(handler=sink) as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        async with connect(f"{proxy.url}/ALF-0002", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            for line in lines:
+                await ws.send(line["raw"])
+            async with asyncio.timeout(5):
+                while len(received) < len(lines):
+                    await asyncio.sleep(0.01)
+        await settle(proxy)
+    assert received == [line["raw"] for line in lines]
+    assert any("9223372036854775807" in r for r in received)  # type: ignore[operator]
+    frames = list(Store.open(tmp_path / "c.db").frames(1))
+    assert [f.raw for f in frames] == [line["raw"] for line in lines]
+    # All were sent by the charger: the CALLRESULT among them answers no CALL of the CSMS,
+    # so it is not paired with the charger's own BootNotification of the same id.
+    assert [f.action for f in frames][:2] == ["BootNotification", None]
+
+
+async def test_malformed_and_binary_frames_are_forwarded_and_flagged(tmp_path: Path) -> None:
+    echo_seen: list[str | bytes] = []
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            echo_seen.append(message)
+            await ws.send(message)
+
+    sent: list[str | bytes] = [
+        "not json {",
+        '[2,"7"]',
+        '{"a":1}',
+        b"\x00\xffbinary",
+        '[2,"8","Heartbeat",{}]',
+    ]
+    async with run_csms(handler=echo) as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        async with connect(f"{proxy.url}/CP%2F1", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            got = []
+            for message in sent:
+                await ws.send(message)
+                got.append(await asyncio.wait_for(ws.recv(), 5))
+        await settle(proxy)
+    assert echo_seen == sent
+    assert got == sent
+    store = Store.open(tmp_path / "c.db")
+    [session] = store.sessions()
+    assert session.charge_point_id == "CP/1"  # percent-decoded last segment
+    frames = list(store.frames(session.id))
+    assert len(frames) == 2 * len(sent)
+    by_seq = frames[::2]
+    assert [f.parse_error is not None for f in by_seq] == [True, True, True, True, False]
+    assert by_seq[3].raw_bytes == b"\x00\xffbinary" and by_seq[3].raw is None
+    assert by_seq[1].message_type == 2 and by_seq[1].unique_id == "7"
+
+
+async def test_close_codes_and_reasons_pass_both_ways(tmp_path: Path) -> None:
+    server_close: list[tuple[int | None, str | None]] = []
+
+    async def closer(ws: ServerConnection) -> None:
+        message = await ws.recv()
+        if message == "close me":
+            await ws.close(4001, "later")
+            return
+        try:
+            await ws.recv()
+        except websockets.ConnectionClosed as exc:
+            server_close.append((exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else None))
+
+    async with run_csms(handler=closer) as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        # The charger closes: the CSMS gets the same code and reason.
+        async with connect(f"{proxy.url}/A", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            await ws.send("hello")
+            await ws.close(4000, "bye")
+        # The CSMS closes: the charger gets the same code and reason.
+        async with connect(f"{proxy.url}/B", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            await ws.send("close me")
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 5)
+        await settle(proxy)
+    assert server_close == [(4000, "bye")]
+    assert info.value.rcvd is not None
+    assert (info.value.rcvd.code, info.value.rcvd.reason) == (4001, "later")
+    a, b = Store.open(tmp_path / "c.db").sessions()
+    assert (a.close_code, a.close_reason, a.closed_by) == (4000, "bye", "cp")
+    assert (b.close_code, b.close_reason, b.closed_by) == (4001, "later", "csms")
+
+
+async def test_ping_and_pong_pass_through(tmp_path: Path) -> None:
+    async with run_csms() as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        async with connect(f"{proxy.url}/P", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            waiter = await ws.ping(b"alfen")
+            latency = await asyncio.wait_for(waiter, 5)  # the CSMS's pong came back through
+            assert latency >= 0
+            # and a ping from the CSMS side reaches the charger, whose pong returns
+            server_ws = csms.connections[0].ws
+            waiter = await server_ws.ping(b"csms")
+            await asyncio.wait_for(waiter, 5)
+
+
+async def test_subprotocol_choice_and_refusal_are_the_upstreams(tmp_path: Path) -> None:
+    async with (
+        run_csms(subprotocols=("ocpp2.0.1",)) as csms,
+        ProxyServer(csms.url, tmp_path / "c.db") as proxy,
+    ):
+        async with connect(
+            f"{proxy.url}/S1",
+            subprotocols=["ocpp1.6", "ocpp2.0.1"],  # type: ignore[list-item]
+        ) as ws:
+            assert ws.subprotocol == "ocpp2.0.1"
+        # No common subprotocol: the CSMS refuses, and so does the charger's view of it.
+        with pytest.raises(websockets.InvalidStatus) as direct:
+            async with connect(f"{csms.url}/S2", subprotocols=["ocpp1.5"]):  # type: ignore[list-item]
+                pass
+        with pytest.raises(websockets.InvalidStatus) as proxied:
+            async with connect(f"{proxy.url}/S2", subprotocols=["ocpp1.5"]):  # type: ignore[list-item]
+                pass
+        assert proxied.value.response.status_code == direct.value.response.status_code
+        # Offered list goes upstream unchanged, in order.
+        offered = [h.headers.get("Sec-WebSocket-Protocol") for h in csms.handshakes]
+        assert offered[0] == "ocpp1.6, ocpp2.0.1" or offered[0] == "ocpp1.6,ocpp2.0.1"
+    async with run_csms(subprotocols=()) as csms, ProxyServer(csms.url, tmp_path / "d.db") as proxy:
+        async with connect(f"{proxy.url}/S3", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            assert ws.subprotocol is None  # upstream chose none: so does the charger
+
+
+async def test_basic_auth_passes_upstream_and_password_is_never_stored(tmp_path: Path) -> None:
+    password = "s3cret-Pa55word"
+    db = tmp_path / "c.db"
+    behaviour = CsmsBehaviour(password=password)
+    good = {"Authorization": "Basic " + base64.b64encode(f"ALF-7:{password}".encode()).decode()}
+    bad = {"Authorization": "Basic " + base64.b64encode(b"ALF-7:wrong").decode()}
+    async with run_csms(behaviour) as csms, ProxyServer(csms.url, db) as proxy:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with connect(f"{proxy.url}/ALF-7", subprotocols=["ocpp1.6"], additional_headers=bad):  # type: ignore[list-item]
+                pass
+        assert refused.value.response.status_code == 401
+        assert refused.value.response.headers.get("WWW-Authenticate") == 'Basic realm="ocpp"'
+        async with charger(proxy.url, "ALF-7", headers=good) as cp:
+            await session16(cp, meter_values=0)  # type: ignore[arg-type]
+        await settle(proxy)
+        proxy.writer.close() if proxy.writer else None  # type: ignore[func-returns-value]
+    assert csms.handshakes[-1].headers["Authorization"] == good["Authorization"]
+    sessions = Store.open(db).sessions()
+    assert [s.upstream_status for s in sessions] == [401, None]
+    assert all(s.auth_user == "ALF-7" for s in sessions)
+    for path in tmp_path.iterdir():
+        blob = path.read_bytes()
+        assert password.encode() not in blob, path
+        assert base64.b64encode(f"ALF-7:{password}".encode()) not in blob, path
+
+
+async def test_upstream_down_gives_502_and_is_recorded(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    db = tmp_path / "c.db"
+    async with ProxyServer(f"ws://127.0.0.1:{port}/ocpp", db, connect_timeout=2) as proxy:
+        with pytest.raises(websockets.InvalidStatus) as info:
+            async with connect(f"{proxy.url}/DOWN", subprotocols=["ocpp1.6"]):  # type: ignore[list-item]
+                pass
+        assert info.value.response.status_code == 502
+        await settle(proxy)
+    [session] = Store.open(db).sessions()
+    assert session.charge_point_id == "DOWN" and "unreachable" in (session.error or "")
+
+
+async def test_upstream_drop_mid_session_drops_the_charger(tmp_path: Path) -> None:
+    async def dropper(ws: ServerConnection) -> None:
+        await ws.recv()
+        ws.transport.abort()  # the CSMS vanishes without a close frame
+
+    async with run_csms(handler=dropper) as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        async with connect(f"{proxy.url}/DROP", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            await ws.send('[2,"1","Heartbeat",{}]')
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+        await settle(proxy)
+    [session] = Store.open(tmp_path / "c.db").sessions()
+    assert session.closed_by == "csms" and session.close_code == 1006
+    assert session.frames == 1
+
+
+async def test_charger_drop_closes_the_csms_side(tmp_path: Path) -> None:
+    closed: list[int | None] = []
+
+    async def watcher(ws: ServerConnection) -> None:
+        try:
+            async for _ in ws:
+                pass
+        finally:
+            closed.append(ws.close_code)
+
+    async with run_csms(handler=watcher) as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        ws = await connect(f"{proxy.url}/GONE", subprotocols=["ocpp1.6"])  # type: ignore[list-item]
+        await ws.send('[2,"1","Heartbeat",{}]')
+        await asyncio.sleep(0.05)
+        ws.transport.abort()  # the charger loses power
+        async with asyncio.timeout(5):
+            while not closed:
+                await asyncio.sleep(0.01)
+        await settle(proxy)
+    assert closed == [1001]
+    [session] = Store.open(tmp_path / "c.db").sessions()
+    assert session.closed_by == "cp" and session.close_code == 1006
+
+
+async def test_wss_on_both_legs_with_test_certificates(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    csms_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(csms_ssl)
+    cert_pem = tmp_path / "proxy.pem"
+    key_pem = tmp_path / "proxy.key"
+    ca_pem = tmp_path / "ca.pem"
+    server_cert.cert_chain_pems[0].write_to_path(str(cert_pem))
+    server_cert.private_key_pem.write_to_path(str(key_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    tls = TlsOptions(cert=cert_pem, key=key_pem, upstream_ca=ca_pem)
+    charger_ssl = ssl.create_default_context()
+    ca.configure_trust(charger_ssl)
+    async with run_csms(ssl=csms_ssl) as csms, ProxyServer(csms.url, tmp_path / "c.db", tls=tls) as proxy:
+        assert proxy.url.startswith("wss://")
+        async with charger(proxy.url, "TLS-1", ssl=charger_ssl) as cp:
+            await session16(cp, meter_values=1)  # type: ignore[arg-type]
+            sent = cp.recording.sent  # type: ignore[union-attr]
+        await settle(proxy)
+    assert csms.connections[0].received == sent
+    assert Store.open(tmp_path / "c.db").sessions()[0].frames == 2 * len(sent)
+
+
+async def test_recording_failure_never_breaks_traffic(tmp_path: Path) -> None:
+    """The capture's frames table disappears under the proxy: traffic goes on, loss is marked."""
+    import sqlite3
+
+    db = tmp_path / "c.db"
+    async with run_csms() as csms:
+        proxy = ProxyServer(csms.url, db)
+        await proxy.start()
+        assert proxy.writer is not None
+        proxy.writer.max_pending = 5
+        other = sqlite3.connect(db)
+        other.execute("ALTER TABLE frames RENAME TO frames_gone")
+        other.commit()
+        async with charger(proxy.url, "FAULT", version="1.6") as cp:
+            await session16(cp, meter_values=3)  # type: ignore[arg-type]
+            sent = cp.recording.sent  # type: ignore[union-attr]
+        await settle(proxy)
+        await proxy.stop()
+    assert csms.connections[0].received == sent  # every frame still delivered
+    assert proxy.writer.stats.frames_lost > 0
+    other.execute("ALTER TABLE frames_gone RENAME TO frames")
+    other.commit()
+    store = Store.open(db)
+    [session] = store.sessions()
+    assert session.frames_lost == proxy.writer.stats.frames_lost
+    events = store.events(session.id)
+    assert events and all(e["kind"] == "frames_lost" for e in events)
+
+
+def test_charge_point_id_and_auth_helpers() -> None:
+    assert charge_point_id_of("/ocpp/ALF-1") == ("ALF-1", "ALF-1")
+    assert charge_point_id_of("/steve/websocket/CentralSystemService/CP%201/") == ("CP 1", "CP%201")
+    assert charge_point_id_of("/") == ("", "")
+    assert basic_auth_user("Basic " + base64.b64encode(b"cp:pw:with:colons").decode()) == "cp"
+    assert basic_auth_user("Bearer xyz") is None
+    assert basic_auth_user("Basic !!!") is None
