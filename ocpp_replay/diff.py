@@ -1,0 +1,233 @@
+"""Compare an expected message with an actual one under rules → :class:`Change` records.
+
+Pure. The expected side is what the capture recorded (or, when comparing two backends, the
+baseline's answer); the actual side is what the live backend (the candidate) sent. The same
+functions serve both uses: nothing here knows about sockets, sessions or runs.
+
+Fast path: both payloads are normalised under the rules (ignored paths removed, presence
+paths replaced by a token naming the JSON type) and compared as canonical JSON text; only when
+that differs does deepdiff run, to say where.
+
+Paths in changes use the syntax of :mod:`ocpp_replay.paths` (``idTagInfo.status``,
+``meterValue[0].timestamp``), so one can be pasted into a rules file to silence it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from deepdiff import DeepDiff
+
+from ocpp_replay.frames import Call, CallError, CallResult
+from ocpp_replay.paths import DELETE, format_path, get, rewrite
+from ocpp_replay.rules import Mode, PathRule
+
+__all__ = [
+    "Change",
+    "DiffKind",
+    "Difference",
+    "compare_answers",
+    "compare_calls",
+    "compare_payloads",
+    "normalise",
+]
+
+
+class DiffKind(StrEnum):
+    CHANGED = "changed"
+    ADDED = "added"
+    REMOVED = "removed"
+    TYPE_CHANGED = "type_changed"
+    CALL_ERROR = "call_error"
+    TIMEOUT = "timeout"
+    MISSING_CALL = "missing_call"
+    UNEXPECTED_CALL = "unexpected_call"
+    SCHEMA = "schema"  # reserved for schema validation of live messages
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One way the actual message differs from the expected one."""
+
+    kind: DiffKind
+    path: str
+    expected: Any
+    actual: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """A change in context: which session, which recorded frame, which action.
+
+    ``seq`` is the recorded frame the difference is about (the recorded answer, or the
+    recorded backend CALL); None for a call the recording does not have. ``side`` says which
+    backend answered (``target`` for a replay; ``baseline``/``candidate`` when comparing).
+    """
+
+    session_id: int
+    charge_point_id: str
+    seq: int | None
+    action: str | None
+    kind: DiffKind
+    path: str
+    expected: Any
+    actual: Any
+    side: str = "target"
+
+    @classmethod
+    def of(
+        cls,
+        change: Change,
+        *,
+        session_id: int,
+        charge_point_id: str,
+        seq: int | None,
+        action: str | None,
+        side: str = "target",
+    ) -> Difference:
+        return cls(
+            session_id,
+            charge_point_id,
+            seq,
+            action,
+            change.kind,
+            change.path,
+            change.expected,
+            change.actual,
+            side,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report's form: seq, action, kind, path, expected, actual."""
+        return {
+            "seq": self.seq,
+            "action": self.action,
+            "kind": str(self.kind),
+            "path": self.path,
+            "expected": self.expected,
+            "actual": self.actual,
+        }
+
+
+_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+_TOKEN = "\x00present:"
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else _TYPES.get(type(value), type(value).__name__)
+
+
+def normalise(payload: Any, rules: Sequence[PathRule]) -> Any:
+    """The payload with ignored paths removed and presence paths replaced by a type token."""
+    for rule in rules:
+        if rule.mode is Mode.IGNORE:
+            payload = rewrite(payload, rule.path, lambda _v: DELETE)
+        else:
+            payload = rewrite(payload, rule.path, lambda v: _TOKEN + _type_name(v))
+    return payload
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+_KINDS = {
+    "values_changed": DiffKind.CHANGED,
+    "type_changes": DiffKind.TYPE_CHANGED,
+    "dictionary_item_added": DiffKind.ADDED,
+    "iterable_item_added": DiffKind.ADDED,
+    "dictionary_item_removed": DiffKind.REMOVED,
+    "iterable_item_removed": DiffKind.REMOVED,
+}
+
+_MISSING = object()
+
+
+def compare_payloads(expected: Any, actual: Any, rules: Sequence[PathRule] = ()) -> list[Change]:
+    """How ``actual`` differs from ``expected`` under the rules; [] when it does not."""
+    exp_n = normalise(expected, rules)
+    act_n = normalise(actual, rules)
+    if _canonical(exp_n) == _canonical(act_n):
+        return []
+    tree = DeepDiff(exp_n, act_n, ignore_order=False, verbose_level=2, view="tree")
+    changes: list[Change] = []
+    for report_type, kind in _KINDS.items():
+        for level in tree.get(report_type, ()):
+            keys = tuple(level.path(output_format="list"))
+            before = get(expected, keys, _MISSING)
+            after = get(actual, keys, _MISSING)
+            k = kind
+            t1, t2 = level.t1, level.t2
+            both_tokens = isinstance(t1, str) and isinstance(t2, str) and t1.startswith(_TOKEN)
+            if k is DiffKind.CHANGED and both_tokens and t2.startswith(_TOKEN):
+                k = DiffKind.TYPE_CHANGED
+            changes.append(
+                Change(
+                    k,
+                    format_path(keys),
+                    None if before is _MISSING else before,
+                    None if after is _MISSING else after,
+                )
+            )
+    changes.sort(key=lambda c: c.path)
+    if not changes:  # deepdiff saw something the canonical text did not explain
+        changes.append(Change(DiffKind.CHANGED, "", expected, actual))
+    return changes
+
+
+def _error_dict(frame: CallError) -> dict[str, Any]:
+    return {
+        "errorCode": frame.error_code,
+        "errorDescription": frame.error_description,
+        "errorDetails": frame.error_details,
+    }
+
+
+def compare_answers(
+    expected: CallResult | CallError | str | None,
+    actual: CallResult | CallError | str | None,
+    rules: Sequence[PathRule] = (),
+) -> list[Change]:
+    """Compare the answer to a CALL (None: no answer; str: raw text that is not OCPP-J).
+
+    A CALLERROR where a CALLRESULT was expected (or the reverse) is one ``call_error`` change;
+    two CALLERRORs are compared by error code (descriptions are free text). No actual answer
+    where one was expected is a ``timeout``.
+    """
+    if expected is None:
+        return []
+    if actual is None:
+        exp = expected.payload if isinstance(expected, CallResult) else expected
+        if isinstance(exp, CallError):
+            exp = _error_dict(exp)
+        return [Change(DiffKind.TIMEOUT, "", exp, None)]
+    if isinstance(expected, str) or isinstance(actual, str):
+        if isinstance(expected, str) and isinstance(actual, str) and expected == actual:
+            return []
+        e = expected if isinstance(expected, str) else _describe(expected)
+        a = actual if isinstance(actual, str) else _describe(actual)
+        return [Change(DiffKind.CHANGED, "", e, a)]
+    if isinstance(expected, CallResult) and isinstance(actual, CallResult):
+        return compare_payloads(expected.payload, actual.payload, rules)
+    if isinstance(expected, CallError) and isinstance(actual, CallError):
+        if expected.error_code == actual.error_code:
+            return []
+        return [Change(DiffKind.CALL_ERROR, "errorCode", expected.error_code, actual.error_code)]
+    return [Change(DiffKind.CALL_ERROR, "", _describe(expected), _describe(actual))]
+
+
+def _describe(frame: CallResult | CallError) -> Any:
+    return frame.payload if isinstance(frame, CallResult) else _error_dict(frame)
+
+
+def compare_calls(expected: Call, actual: Call, rules: Sequence[PathRule] = ()) -> list[Change]:
+    """Compare a backend's CALL with the expected one (same action) by payload."""
+    return compare_payloads(expected.payload, actual.payload, rules)
+
+
+def format_path_keys(keys: Sequence[str | int]) -> str:
+    return format_path(tuple(keys))

@@ -1,0 +1,80 @@
+"""JUnit XML of a run (``--junit FILE.xml``): one testcase per session, a failure per session
+with differences, one line per difference in the failure's text."""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from ocpp_replay.errors import ConfigError
+from ocpp_replay.results import RunResult, SessionResult
+
+__all__ = ["junit_xml", "write_junit"]
+
+
+def _seconds(s: SessionResult) -> str:
+    if not s.frames:
+        return "0.000"
+    return f"{max(f.elapsed for f in s.frames):.3f}"
+
+
+def _line(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _clean(text: str) -> str:
+    """XML 1.0 cannot carry most control characters: escape them."""
+    return "".join(ch if ch in "\t\n\r" or ord(ch) >= 32 else f"\\x{ord(ch):02x}" for ch in text)
+
+
+def junit_xml(result: RunResult, *, suite: str = "ocpp-replay") -> str:
+    failures = sum(1 for s in result.sessions if s.differences)
+    root = ET.Element(
+        "testsuites", name=suite, tests=str(len(result.sessions)), failures=str(failures), errors="0"
+    )
+    ts = ET.SubElement(
+        root,
+        "testsuite",
+        name=f"{suite} {result.kind} {result.target}",
+        tests=str(len(result.sessions)),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+        timestamp=result.started_at,
+    )
+    for s in result.sessions:
+        case = ET.SubElement(
+            ts,
+            "testcase",
+            classname=_clean(f"ocpp-replay.{s.charge_point_id}"),
+            name=_clean(f"session {s.session_id} ({s.charge_point_id})"),
+            time=_seconds(s),
+        )
+        if s.differences:
+            n = len(s.differences)
+            kinds = sorted({str(d.kind) for d in s.differences})
+            failure = ET.SubElement(
+                case,
+                "failure",
+                message=_clean(f"{n} difference{'s' if n != 1 else ''}: {', '.join(kinds)}"),
+                type="difference",
+            )
+            failure.text = _clean(
+                "\n".join(
+                    f"seq {d.seq if d.seq is not None else '-'} {d.action or '-'} {d.kind} "
+                    f"{d.path or '(message)'}: expected {_line(d.expected)}, actual {_line(d.actual)}"
+                    for d in s.differences
+                )
+            )
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_junit(result: RunResult, path: str | os.PathLike[str]) -> None:
+    try:
+        Path(path).write_text(junit_xml(result), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write JUnit report {path}: {exc.strerror}") from exc

@@ -1,0 +1,73 @@
+"""Terminal rendering of a run: a summary table by action and the differences (rich).
+
+Pure: builds rich renderables; the CLI prints them. Text from charger traffic is escaped.
+"""
+
+from __future__ import annotations
+
+import json
+
+from rich.table import Table
+from rich.text import Text
+
+from ocpp_replay.diff import Difference
+from ocpp_replay.results import RunResult
+
+__all__ = ["differences_table", "summary_line", "summary_table"]
+
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c != 9}
+_CONTROL[0x7F] = "\\x7f"
+
+
+def _safe(text: object) -> str:
+    return str(text).translate(_CONTROL)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return _safe(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def summary_table(result: RunResult) -> Table:
+    table = Table(title="Replay by action", title_justify="left")
+    table.add_column("action")
+    table.add_column("compared", justify="right")
+    table.add_column("diffs", justify="right")
+    for action, stats in result.by_action().items():
+        table.add_row(
+            Text(_safe(action)),
+            str(stats.messages),
+            Text(str(stats.diffs), style="red" if stats.diffs else ""),
+        )
+    return table
+
+
+def differences_table(diffs: list[Difference] | tuple[Difference, ...], limit: int = 50) -> Table:
+    table = Table(title="Differences", title_justify="left")
+    for name in ("session", "charge point", "seq", "action", "kind", "path", "expected", "actual"):
+        table.add_column(name)
+    for d in diffs[:limit]:
+        table.add_row(
+            str(d.session_id),
+            Text(_safe(d.charge_point_id)),
+            "-" if d.seq is None else str(d.seq),
+            Text(_safe(d.action or "-")),
+            str(d.kind),
+            Text(_safe(d.path or "(message)")),
+            Text(_short(d.expected)),
+            Text(_short(d.actual)),
+        )
+    if len(diffs) > limit:
+        table.caption = f"{len(diffs) - limit} more in the report"
+    return table
+
+
+def summary_line(result: RunResult) -> str:
+    t = result.timing
+    diffs = len(result.differences)
+    run = f"run {result.run_id}: " if result.run_id is not None else ""
+    return (
+        f"{run}{len(result.sessions)} sessions, {result.messages} messages, {diffs} difference"
+        f"{'s' if diffs != 1 else ''}; lateness p50 {t.p50 * 1000:.2f} ms, p99 {t.p99 * 1000:.2f} ms, "
+        f"max {t.max * 1000:.2f} ms over {t.frames} frames"
+    )

@@ -1,0 +1,349 @@
+"""The replay timeline: when each charger frame goes out and what it waits for.
+
+Pure: it turns recorded sessions and frames into :class:`SessionPlan` objects; the runner in
+:mod:`ocpp_replay.replay` only follows them.
+
+Time. Every recorded instant (session starts and ends, frames) sits on one recorded clock
+(session start wall time + the frame's monotonic offset). :class:`Timeline` maps it to replay
+seconds: gaps between consecutive instants are divided by ``speed`` and then capped at
+``max_gap`` seconds. Because the map is one function for the whole capture, sessions of
+different chargers keep their relative start times and a capped gap is a time when nothing at
+all happened (across all selected sessions).
+
+Causality. A charger CALL is never sent before (a) the answer to the previous CALL of its
+connection arrived (OCPP allows one outstanding CALL), (b) every backend CALL recorded before it
+on its connection arrived (the charger had seen them when it sent this one), and (c) the frame
+that assigned a correlated value it carries arrived. These are ``waits_for``: recorded seqs
+of CALLs whose live counterpart must be settled (answered, received, or given up on after a
+bounded wait). Frames that are not OCPP-J are sent as recorded and wait only for (a) and (b).
+
+Answers of the charger to the backend's CALLs are not scheduled: they go out when the live
+backend's CALL arrives (:class:`BackendCall`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ocpp_replay.correlate import Message, ocpp_version, utc_seconds
+from ocpp_replay.errors import InvalidFrame, ReplayError
+from ocpp_replay.frames import Call, CallError, CallResult, Direction, MessageType, parse
+from ocpp_replay.rules import RuleSet
+
+__all__ = [
+    "BackendCall",
+    "SessionPlan",
+    "Step",
+    "Timeline",
+    "plan_sessions",
+]
+
+
+class SessionLike(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def charge_point_id(self) -> str: ...
+    @property
+    def subprotocol(self) -> str | None: ...
+    @property
+    def query(self) -> str | None: ...
+    @property
+    def auth_user(self) -> str | None: ...
+    @property
+    def started_at(self) -> str: ...
+    @property
+    def ended_at(self) -> str | None: ...
+    @property
+    def close_code(self) -> int | None: ...
+    @property
+    def closed_by(self) -> str | None: ...
+
+
+class FrameLike(Protocol):
+    @property
+    def seq(self) -> int: ...
+    @property
+    def elapsed(self) -> float: ...
+    @property
+    def direction(self) -> Direction: ...
+    @property
+    def message_type(self) -> int | None: ...
+    @property
+    def unique_id(self) -> str | None: ...
+    @property
+    def action(self) -> str | None: ...
+    @property
+    def raw(self) -> str | None: ...
+    @property
+    def raw_bytes(self) -> bytes | None: ...
+
+
+Answer = CallResult | CallError | str  # str: recorded raw text that is not OCPP-J
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One charger frame to send at ``at`` seconds after the session's start."""
+
+    seq: int
+    at: float
+    raw: str | bytes
+    call: Call | None  # None: the recorded frame is not an OCPP-J CALL; send raw as recorded
+    unique_id: str | None
+    action: str | None
+    answer_seq: int | None  # the recorded answer, if the capture has one
+    answer: Answer | None
+    waits_for: tuple[int, ...]
+    blocking: bool  # an OCPP-J CALL: the next CALL waits for its answer
+
+
+@dataclass(frozen=True, slots=True)
+class BackendCall:
+    """A CALL the backend sent in the recording, and the charger's recorded answer."""
+
+    seq: int
+    at: float
+    call: Call
+    answer_seq: int | None
+    answer: Answer | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPlan:
+    session_id: int
+    charge_point_id: str
+    subprotocol: str | None
+    version: str | None
+    query: str | None
+    auth_user: str | None
+    recorded_start: float  # epoch seconds
+    start: float  # replay seconds after the run's start
+    end: float  # replay seconds after the session's start: the recorded close
+    close_code: int | None
+    closed_by: str | None
+    steps: tuple[Step, ...]
+    backend_calls: tuple[BackendCall, ...]
+    other_frames: int  # recorded frames neither sent nor expected (answers of unknown calls, ...)
+
+
+class Timeline:
+    """Maps recorded epoch seconds to replay seconds: speed, then gaps capped at max_gap."""
+
+    __slots__ = ("_at", "_mapped")
+
+    def __init__(
+        self, instants: Iterable[float], *, speed: float = 1.0, max_gap: float | None = None
+    ) -> None:
+        if not speed > 0:
+            raise ReplayError(f"speed must be positive, not {speed}")
+        if max_gap is not None and not max_gap >= 0:
+            raise ReplayError(f"max gap must not be negative, not {max_gap}")
+        points = sorted(set(instants))
+        self._at = points
+        mapped: list[float] = []
+        total = 0.0
+        for i, t in enumerate(points):
+            if i:
+                gap = (t - points[i - 1]) / speed
+                if max_gap is not None and gap > max_gap:
+                    gap = max_gap
+                total += gap
+            mapped.append(total)
+        self._mapped = mapped
+
+    def __call__(self, t: float) -> float:
+        """Replay seconds of a recorded instant (between known instants: interpolated)."""
+        at = self._at
+        if not at:
+            return 0.0
+        i = bisect.bisect_left(at, t)
+        if i < len(at) and at[i] == t:
+            return self._mapped[i]
+        if i == 0:
+            return 0.0
+        if i == len(at):
+            return self._mapped[-1]
+        lo, hi = at[i - 1], at[i]
+        return self._mapped[i - 1] + (self._mapped[i] - self._mapped[i - 1]) * (t - lo) / (hi - lo)
+
+
+def _parse_answer(frame: FrameLike) -> Answer:
+    raw: str | bytes = frame.raw if frame.raw is not None else (frame.raw_bytes or b"")
+    try:
+        parsed = parse(raw)
+    except InvalidFrame:
+        return raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+    if isinstance(parsed, Call):
+        return json.dumps([2, parsed.unique_id, parsed.action, parsed.payload])
+    return parsed
+
+
+def _payload(frame: Call | CallResult | CallError | str | None) -> Any:
+    if isinstance(frame, Call | CallResult):
+        return frame.payload
+    return None
+
+
+def plan_sessions(
+    sessions: Sequence[tuple[SessionLike, Sequence[FrameLike]]],
+    *,
+    speed: float = 1.0,
+    max_gap: float | None = None,
+    rules: RuleSet | None = None,
+) -> tuple[SessionPlan, ...]:
+    """Plans for the given sessions (with their frames in wire order), in start order."""
+    rules = rules or RuleSet.default()
+    starts: dict[int, float] = {}
+    instants: list[float] = []
+    for info, frames in sessions:
+        try:
+            start = utc_seconds(info.started_at)
+        except ValueError as exc:
+            raise ReplayError(f"session {info.id}: unreadable start time {info.started_at!r}") from exc
+        starts[info.id] = start
+        instants.append(start)
+        instants.extend(start + f.elapsed for f in frames)
+        if info.ended_at:
+            with contextlib.suppress(ValueError):
+                instants.append(max(start, utc_seconds(info.ended_at)))
+    timeline = Timeline(instants, speed=speed, max_gap=max_gap)
+    plans = [_plan_one(info, frames, starts[info.id], timeline, rules) for info, frames in sessions]
+    plans.sort(key=lambda p: (p.start, p.session_id))
+    return tuple(plans)
+
+
+def _plan_one(
+    info: SessionLike,
+    frames: Sequence[FrameLike],
+    start: float,
+    timeline: Timeline,
+    rules: RuleSet,
+) -> SessionPlan:
+    version = ocpp_version(info.subprotocol)
+    correlator = rules.correlator(version)
+    t0 = timeline(start)
+    # Recorded answers by (direction of the call, unique id), in order: first answer after the call.
+    answers: dict[tuple[Direction, str], list[FrameLike]] = {}
+    for f in frames:
+        if f.message_type in (MessageType.CALL_RESULT, MessageType.CALL_ERROR) and f.unique_id is not None:
+            answers.setdefault((f.direction.reverse, f.unique_id), []).append(f)
+
+    def answer_to(call: FrameLike) -> FrameLike | None:
+        if call.unique_id is None:
+            return None
+        for a in answers.get((call.direction, call.unique_id), ()):
+            if a.seq > call.seq:
+                return a
+        return None
+
+    steps: list[Step] = []
+    backend: list[BackendCall] = []
+    used_answers: set[int] = set()
+    defined_at: dict[tuple[str, Any], int] = {}  # (correlation, recorded value) -> call seq
+    last_call: int | None = None
+    backend_since: list[int] = []
+    other = 0
+    for f in frames:
+        raw: str | bytes = f.raw if f.raw is not None else (f.raw_bytes or b"")
+        at = timeline(start + f.elapsed) - t0
+        if f.direction is Direction.TO_CP:
+            if f.message_type == MessageType.CALL and f.action:
+                try:
+                    parsed = parse(raw)
+                except InvalidFrame:
+                    other += 1
+                    continue
+                if not isinstance(parsed, Call):
+                    other += 1
+                    continue
+                ans = answer_to(f)
+                if ans is not None:
+                    used_answers.add(ans.seq)
+                backend.append(
+                    BackendCall(
+                        f.seq, at, parsed, ans.seq if ans else None, _parse_answer(ans) if ans else None
+                    )
+                )
+                for name, value in correlator.defines(parsed.action, Message.REQUEST, parsed.payload):
+                    defined_at[(name, _hashable(value))] = f.seq
+                backend_since.append(f.seq)
+            elif f.seq not in used_answers:
+                other += 1  # answers are matched through their calls; anything else is not sent
+            continue
+        # to_csms
+        if f.seq in used_answers:
+            continue  # the charger's answer to a backend call: sent when that call arrives live
+        if f.message_type in (MessageType.CALL_RESULT, MessageType.CALL_ERROR):
+            other += 1  # an answer to a call the capture does not have
+            continue
+        call: Call | None = None
+        if f.message_type == MessageType.CALL:
+            try:
+                parsed = parse(raw)
+                call = parsed if isinstance(parsed, Call) else None
+            except InvalidFrame:
+                call = None
+        ans = answer_to(f)
+        if ans is not None:
+            used_answers.add(ans.seq)
+        answer = _parse_answer(ans) if ans is not None else None
+        waits: list[int] = []
+        if last_call is not None:
+            waits.append(last_call)
+        waits.extend(backend_since)
+        backend_since = []
+        if call is not None:
+            for name, value in correlator.uses(call.action, Message.REQUEST, call.payload):
+                src = defined_at.get((name, _hashable(value)))
+                if src is not None:
+                    waits.append(src)
+            # what this call's answer assigns, later frames wait for
+            for name, value in correlator.defines(call.action, Message.RESPONSE, _payload(answer)):
+                defined_at[(name, _hashable(value))] = f.seq
+        steps.append(
+            Step(
+                seq=f.seq,
+                at=at,
+                raw=raw,
+                call=call,
+                unique_id=f.unique_id,
+                action=call.action if call else f.action,
+                answer_seq=ans.seq if ans else None,
+                answer=answer,
+                waits_for=tuple(dict.fromkeys(waits)),
+                blocking=call is not None,
+            )
+        )
+        if call is not None:
+            last_call = f.seq
+    last = timeline(start + frames[-1].elapsed) - t0 if frames else 0.0
+    end = last
+    if info.ended_at:
+        with contextlib.suppress(ValueError):
+            end = max(last, timeline(max(start, utc_seconds(info.ended_at))) - t0)
+    return SessionPlan(
+        session_id=info.id,
+        charge_point_id=info.charge_point_id,
+        subprotocol=info.subprotocol,
+        version=version,
+        query=info.query,
+        auth_user=info.auth_user,
+        recorded_start=start,
+        start=t0,
+        end=end,
+        close_code=info.close_code,
+        closed_by=info.closed_by,
+        steps=tuple(steps),
+        backend_calls=tuple(backend),
+        other_frames=other,
+    )
+
+
+def _hashable(value: Any) -> Any:
+    return (type(value).__name__, value)
