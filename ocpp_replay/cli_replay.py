@@ -1,0 +1,223 @@
+"""The ``replay`` and ``runs`` commands. ``register(app)`` adds them to the main Typer app.
+
+Thin: parse options, call :func:`ocpp_replay.replay.run_replay` and
+:func:`ocpp_replay.replay.store_run`, render with :mod:`ocpp_replay.report`, map errors to one
+line and exit 2. Exit 0 when nothing differs, 1 when something does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ocpp_replay.cli_common import DEFAULT_DB, DbOption, JsonFlag, console, err_console, fail, print_json
+from ocpp_replay.errors import ConfigError, OcppReplayError
+from ocpp_replay.replay import (
+    Progress as ReplayProgress,
+)
+from ocpp_replay.replay import (
+    Selection,
+    list_runs,
+    load_auth_file,
+    run_replay,
+    store_run,
+)
+from ocpp_replay.report import write_json, write_junit
+from ocpp_replay.report.terminal import differences_table, summary_line, summary_table
+from ocpp_replay.results import RunResult
+from ocpp_replay.rules import load_rules
+from ocpp_replay.store import Store, utc_iso
+
+__all__ = ["register"]
+
+
+def _iso_option(value: str | None, name: str) -> str | None:
+    """An ISO 8601 time from the command line as the capture writes it (UTC, microseconds)."""
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.strip().replace("z", "Z"))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: not an ISO 8601 time: {value!r}") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return utc_iso(dt.timestamp())
+
+
+class _Display:
+    """A rich progress bar on a terminal; one quiet line per finished session otherwise."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.bar: Progress | None = None
+        self.task: int | None = None
+
+    def __enter__(self) -> _Display:
+        if self.live:
+            self.bar = Progress(
+                TextColumn("replay"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("sessions · {task.fields[frames]} frames sent · {task.fields[diffs]} differences"),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("replay", total=None, frames=0, diffs=0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+    def __call__(self, p: ReplayProgress) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.update(
+                self.task,  # type: ignore[arg-type]
+                total=p.sessions_total,
+                completed=p.sessions_done,
+                frames=p.frames_sent,
+                diffs=p.diffs,
+            )
+        elif p.finished is not None:
+            s = p.finished
+            n = len(s.differences)
+            err_console.print(
+                f"[{p.sessions_done}/{p.sessions_total}] session {s.session_id} "
+                f"({s.charge_point_id}): {s.messages} messages, {n} difference{'s' if n != 1 else ''}",
+                markup=False,
+                highlight=False,
+            )
+
+
+def _print_result(result: RunResult) -> None:
+    if result.by_action():
+        console.print(summary_table(result))
+    if result.differences:
+        console.print(differences_table(result.differences))
+    console.print(summary_line(result), markup=False)
+
+
+def replay(
+    target: Annotated[str, typer.Option("--target", help="ws:// URL of the CSMS under test.")],
+    db: DbOption = DEFAULT_DB,
+    session: Annotated[
+        list[int] | None, typer.Option("--session", help="Replay this session (repeatable).")
+    ] = None,
+    charge_point: Annotated[
+        list[str] | None, typer.Option("--charge-point", help="Replay sessions of this charger (repeatable).")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Sessions started at or after this ISO time.")] = None,
+    until: Annotated[str | None, typer.Option(help="Sessions started at or before this ISO time.")] = None,
+    speed: Annotated[float, typer.Option(help="Play faster (2 = twice as fast) or slower.")] = 1.0,
+    max_gap: Annotated[
+        float | None, typer.Option("--max-gap", help="Cap idle gaps at this many seconds.")
+    ] = None,
+    rules: Annotated[
+        Path | None, typer.Option("--rules", help="TOML rules file (see docs/replay.md).")
+    ] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
+    junit: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    auth_file: Annotated[
+        Path | None, typer.Option("--auth-file", help="Basic auth passwords: CHARGE_POINT_ID:PASSWORD lines.")
+    ] = None,
+    keep_timestamps: Annotated[
+        bool, typer.Option("--keep-timestamps", help="Send payload timestamps as recorded.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer of the backend.")] = 10.0,
+    grace: Annotated[
+        float, typer.Option(help="Seconds to wait at a session's end for recorded backend calls.")
+    ] = 5.0,
+) -> None:
+    """Replay captured sessions against TARGET and report where its answers differ.
+
+    Exit status: 0 no differences, 1 differences found, 2 error.
+    """
+    store: Store | None = None
+    try:
+        if not speed > 0:
+            raise ConfigError(f"--speed must be positive, not {speed}")
+        if max_gap is not None and max_gap < 0:
+            raise ConfigError(f"--max-gap must not be negative, not {max_gap}")
+        if not timeout > 0 or grace < 0:
+            raise ConfigError("--timeout must be positive and --grace not negative")
+        rule_set = load_rules(rules)
+        auth = load_auth_file(auth_file) if auth_file is not None else {}
+        selection = Selection(
+            session_ids=tuple(session or ()),
+            charge_points=tuple(charge_point or ()),
+            since=_iso_option(since, "--since"),
+            until=_iso_option(until, "--until"),
+        )
+        store = Store.open(db)
+        with _Display(console.is_terminal) as display:
+            result = asyncio.run(
+                run_replay(
+                    store,
+                    target,
+                    selection=selection,
+                    speed=speed,
+                    max_gap=max_gap,
+                    rules=rule_set,
+                    keep_timestamps=keep_timestamps,
+                    auth=auth,
+                    progress=display,
+                    answer_timeout=timeout,
+                    grace=grace,
+                )
+            )
+        result = store_run(store, result)
+        if report is not None:
+            write_json(result, report)
+        if junit is not None:
+            write_junit(result, junit)
+    except OcppReplayError as exc:
+        fail(exc)
+    finally:
+        if store is not None:
+            store.close()
+    _print_result(result)
+    raise typer.Exit(result.exit_code)
+
+
+def runs(db: DbOption = DEFAULT_DB, json_: JsonFlag = False) -> None:
+    """List the replay runs stored in the capture."""
+    try:
+        with Store.open(db) as store:
+            rows = list_runs(store)
+    except OcppReplayError as exc:
+        fail(exc)
+    if json_:
+        print_json(rows)
+        return
+    table = Table(title=f"Runs in {db}", title_justify="left")
+    for name in ("id", "kind", "started", "target", "sessions", "messages", "diffs", "exit", "p99 late ms"):
+        table.add_column(name, justify="right" if name in ("id", "sessions", "messages", "diffs") else "left")
+    for r in rows:
+        timing = r.get("timing") or {}
+        p99 = (timing.get("lateness_ms") or {}).get("p99")
+        table.add_row(
+            str(r["id"]),
+            r["kind"] or "",
+            r["started_at"] or "",
+            r["target"] or "",
+            str(r["sessions"]),
+            str(r["messages"]),
+            str(r["diffs"]),
+            str(r["exit_code"]),
+            "" if p99 is None else f"{p99:.2f}",
+        )
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``replay`` and ``runs`` commands to ``app``."""
+    app.command("replay")(replay)
+    app.command("runs")(runs)
