@@ -203,6 +203,9 @@ class ProxyServer:
         self.writer = await asyncio.to_thread(CaptureWriter, self.db_path, flush_interval=self.flush_interval)
         self.writer.start()
         self._client = aiohttp.ClientSession(
+            # No pool limit: each charger holds one upstream connection for as long as it
+            # stays connected (aiohttp's default of 100 would starve the 101st charger).
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=self._client_ssl),
             timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),

@@ -83,8 +83,6 @@ def m001_capture(db: sqlite_utils.Database) -> None:
         foreign_keys=[("session_id", "sessions", "id")],
         not_null={"timestamp", "elapsed", "direction"},
     )
-    db["frames"].create_index(["session_id", "direction", "unique_id"])  # type: ignore[union-attr]
-    db["frames"].create_index(["action"])  # type: ignore[union-attr]
     db["sessions"].create_index(["charge_point_id", "started_at"])  # type: ignore[union-attr]
     db["capture_events"].create(  # type: ignore[union-attr]
         {"id": int, "session_id": int, "timestamp": str, "kind": str, "detail": str},
@@ -152,9 +150,20 @@ def m002_runs(db: sqlite_utils.Database) -> None:
     )
 
 
+_second_cache: list[Any] = [None, ""]
+
+
 def utc_iso(wall: float) -> str:
     """A wall-clock time as ISO 8601 UTC with microseconds, e.g. 2026-11-25T17:07:07.123456Z."""
-    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    second = int(wall)
+    micros = round((wall - second) * 1_000_000)
+    if micros == 1_000_000:
+        second, micros = second + 1, 0
+    cache = _second_cache
+    if cache[0] != second:  # formatting the date is the costly part: once a second
+        cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        cache[0] = second
+    return f"{cache[1]}.{micros:06d}Z"
 
 
 def _create_private(path: Path) -> None:
@@ -370,7 +379,7 @@ _OPEN, _FRAME, _CLOSE, _EVENT = 0, 1, 2, 3
 
 _INSERT_EVENT = "INSERT INTO capture_events (session_id, timestamp, kind, detail) VALUES (?,?,?,?)"
 _INSERT_FRAME = (
-    "INSERT OR REPLACE INTO frames (session_id, seq, timestamp, elapsed, direction, message_type, "
+    "INSERT INTO frames (session_id, seq, timestamp, elapsed, direction, message_type, "
     "unique_id, action, raw, raw_bytes, parse_error) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 
@@ -520,32 +529,60 @@ class CaptureWriter:
         pairer = self._pairer
         ops: list[_Op] = []
         rows: list[tuple[Any, ...]] = []
+        see = pairer.see
+        append = rows.append
+        sleep = time.sleep
+        n = 0
         for item in items:
+            n += 1
+            if n == 64:
+                # Let the event loop's thread take the GIL: a large batch must not hold it
+                # for milliseconds while charger traffic waits.
+                sleep(0)
+                n = 0
             kind = item[0]
             if kind == _FRAME:
                 _, session_id, seq, wall, elapsed, direction, data = item
                 mtype, uid, action, error = peek(data)
-                action = pairer.see(session_id, direction, mtype, uid, action)
-                text, blob = (data, None) if isinstance(data, str) else (None, bytes(data))
-                rows.append(
-                    (
-                        session_id,
-                        seq,
-                        utc_iso(wall),
-                        elapsed,
-                        direction.value,
-                        mtype,
-                        uid,
-                        action,
-                        text,
-                        blob,
-                        error,
+                if mtype is not None:
+                    action = see(session_id, direction, mtype, uid, action)
+                if type(data) is str:
+                    append(
+                        (
+                            session_id,
+                            seq,
+                            utc_iso(wall),
+                            elapsed,
+                            direction,
+                            mtype,
+                            uid,
+                            action,
+                            data,
+                            None,
+                            error,
+                        )
                     )
-                )
+                else:
+                    append(
+                        (
+                            session_id,
+                            seq,
+                            utc_iso(wall),
+                            elapsed,
+                            direction,
+                            mtype,
+                            uid,
+                            action,
+                            None,
+                            bytes(data),
+                            error,
+                        )
+                    )
                 continue
             if rows:
                 ops.append((_INSERT_FRAME, rows))
                 rows = []
+                append = rows.append
             if kind == _OPEN:
                 fields = dict(item[2], id=item[1])
                 sql = (

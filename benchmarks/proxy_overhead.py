@@ -1,0 +1,264 @@
+"""What the capture proxy costs: the same load directly against a CSMS and through the proxy.
+
+    python benchmarks/proxy_overhead.py [--chargers 1000] [--seconds 30] [--flood-clients 50]
+                                        [--flood-seconds 15]
+
+Three processes on loopback: a fast CSMS (parses every CALL and answers at once, doing no
+other work, so it is faster than any real backend), the proxy (the real
+``ocpp-replay proxy`` command, recording into a temporary capture), and this load generator.
+
+1. Steady load: N chargers, each sending one MeterValues CALL a second (start times spread over
+   the first second), measuring the round trip of each CALL to its CALLRESULT. Run directly
+   against the CSMS, then through the proxy, in the same run.
+2. Flood: K chargers in a closed loop (next CALL as soon as the answer arrives), for throughput.
+3. The capture must hold every frame that went through the proxy (2 per CALL), and the proxy's
+   RSS is reported at the start and the end (it must stay flat however many frames pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psutil
+from aiohttp import web
+
+METER_VALUES = (
+    '[2,"{uid}","MeterValues",{{"connectorId":1,"transactionId":9223372036854775807,'
+    '"meterValue":[{{"timestamp":"2026-11-25T10:00:00Z","sampledValue":['
+    '{{"value":"2145278","measurand":"Energy.Active.Import.Register","unit":"Wh"}},'
+    '{{"value":"15.630","measurand":"Current.Import","phase":"L1","unit":"A"}},'
+    '{{"value":"16.000","context":"CurrentMax","unit":"A"}}]}}]}}]'
+)
+
+
+# --------------------------------------------------------------------------- the CSMS
+
+
+async def serve_csms(port: int) -> None:
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("ocpp1.6",), max_msg_size=0)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                # The least any CSMS does: parse the CALL and serialise a CALLRESULT.
+                call = json.loads(msg.data)
+                await ws.send_str(json.dumps([3, call[1], {}], separators=(",", ":")))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
+    await asyncio.Event().wait()
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class Result:
+    latencies_ms: list[float] = field(default_factory=list)
+    calls: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    def pct(self, p: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        data = sorted(self.latencies_ms)
+        return data[min(len(data) - 1, int(p / 100 * len(data)))]
+
+
+async def steady(url: str, chargers: int, seconds: float) -> Result:
+    """Connect every charger first, then each sends one CALL a second on a fixed schedule."""
+    result = Result()
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        sockets = await asyncio.gather(
+            *(http.ws_connect(f"{url}/BENCH-{i:05d}", protocols=("ocpp1.6",)) for i in range(chargers))
+        )
+        begin = time.monotonic() + 0.5
+        end = begin + seconds
+
+        async def one(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
+            at = begin + i / chargers  # spread over each second
+            n = 0
+            while at < end:
+                await asyncio.sleep(max(0.0, at - time.monotonic()))
+                t0 = time.perf_counter()
+                await ws.send_str(METER_VALUES.format(uid=n))
+                msg = await ws.receive()
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    result.errors += 1
+                    return
+                result.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                result.calls += 1
+                n += 1
+                at += 1.0
+
+        outcomes = await asyncio.gather(*(one(i, ws) for i, ws in enumerate(sockets)), return_exceptions=True)
+        result.errors += sum(1 for o in outcomes if isinstance(o, BaseException))
+        result.seconds = seconds
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    return result
+
+
+async def flood(url: str, clients: int, seconds: float) -> Result:
+    result = Result()
+    async with aiohttp.ClientSession() as http:
+
+        async def one(i: int) -> None:
+            async with http.ws_connect(f"{url}/FLOOD-{i:04d}", protocols=("ocpp1.6",)) as ws:
+                n = 0
+                while time.monotonic() < end:
+                    t0 = time.perf_counter()
+                    await ws.send_str(METER_VALUES.format(uid=n))
+                    msg = await ws.receive()
+                    if msg.type is not aiohttp.WSMsgType.TEXT:
+                        result.errors += 1
+                        return
+                    result.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                    result.calls += 1
+                    n += 1
+
+        start = time.monotonic()
+        end = start + seconds
+        outcomes = await asyncio.gather(*(one(i) for i in range(clients)), return_exceptions=True)
+        result.errors += sum(1 for o in outcomes if isinstance(o, BaseException))
+        result.seconds = time.monotonic() - start
+    return result
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port} after {timeout}s")
+
+
+def rss_mib(proc: psutil.Process) -> float:
+    return float(proc.memory_info().rss) / 2**20
+
+
+def line(name: str, r: Result) -> str:
+    rate = r.calls / r.seconds if r.seconds else 0.0
+    return (
+        f"  {name:<14} calls={r.calls:>8}  errors={r.errors:<3} p50={r.pct(50):7.3f} ms  "
+        f"p99={r.pct(99):7.3f} ms  max={max(r.latencies_ms, default=float('nan')):8.3f} ms  "
+        f"rate={rate:9.0f}/s"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chargers", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--flood-clients", type=int, default=50)
+    ap.add_argument("--flood-seconds", type=float, default=15.0)
+    ap.add_argument("--serve-csms", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_csms:
+        asyncio.run(serve_csms(args.serve_csms))
+        return 0
+
+    csms_port, proxy_port = free_port(), free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="ocpp-bench-"))
+    db = tmp / "bench.db"
+    csms = subprocess.Popen([sys.executable, __file__, "--serve-csms", str(csms_port)])
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "ocpp_replay.cli", "proxy", "--upstream", f"ws://127.0.0.1:{csms_port}/ocpp",
+         "--host", "127.0.0.1", "--port", str(proxy_port), "--db", str(db), "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(csms_port)
+        wait_port(proxy_port)
+        pproc = psutil.Process(proxy.pid)
+        direct_url = f"ws://127.0.0.1:{csms_port}/ocpp"
+        proxy_url = f"ws://127.0.0.1:{proxy_port}/ocpp"
+        rss_start = rss_mib(pproc)
+        cpu_start = pproc.cpu_times()
+        print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, aiohttp {aiohttp.__version__}")
+        print(f"proxy RSS at start: {rss_start:.1f} MiB")
+
+        print(f"\nsteady: {args.chargers} chargers x 1 MeterValues/s for {args.seconds:.0f} s")
+        d = asyncio.run(steady(direct_url, args.chargers, args.seconds))
+        print(line("direct", d))
+        p = asyncio.run(steady(proxy_url, args.chargers, args.seconds))
+        print(line("through proxy", p))
+        rss_mid = rss_mib(pproc)
+        print(
+            f"  proxy adds     p50=+{p.pct(50) - d.pct(50):.3f} ms  p99=+{p.pct(99) - d.pct(99):.3f} ms"
+            f"  (p99 ratio {p.pct(99) / d.pct(99):.2f}x)"
+        )
+
+        print(f"\nflood: {args.flood_clients} chargers in a closed loop for {args.flood_seconds:.0f} s")
+        fd = asyncio.run(flood(direct_url, args.flood_clients, args.flood_seconds))
+        print(line("direct", fd))
+        fp = asyncio.run(flood(proxy_url, args.flood_clients, args.flood_seconds))
+        print(line("through proxy", fp))
+        ratio = (fp.calls / fp.seconds) / (fd.calls / fd.seconds)
+        print(f"  throughput through the proxy: {ratio * 100:.0f} % of direct")
+
+        time.sleep(1.0)  # let the last batch reach the disk
+        rss_end = rss_mib(pproc)
+        cpu_end = pproc.cpu_times()
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(30)
+        expected = 2 * (p.calls + fp.calls)
+        with sqlite3.connect(db) as conn:
+            recorded = conn.execute("SELECT count(*) FROM frames").fetchone()[0]
+            lost = conn.execute("SELECT coalesce(sum(frames_lost), 0) FROM sessions").fetchone()[0]
+            ended = conn.execute("SELECT count(*) FROM sessions WHERE ended_at IS NULL").fetchone()[0]
+        proxy_cpu = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
+        print(f"\ncapture: {recorded} frames recorded, {expected} expected, {lost} marked lost, "
+              f"{ended} sessions left open")
+        print(f"proxy CPU: {proxy_cpu:.1f} s for {expected} frames "
+              f"({proxy_cpu / max(expected, 1) * 1e6:.1f} us per frame)")
+        print(f"proxy RSS: start {rss_start:.1f} MiB, after steady {rss_mid:.1f} MiB, end {rss_end:.1f} MiB")
+        print(f"capture size: {db.stat().st_size / 2**20:.1f} MiB")
+        summary = {
+            "steady_direct_p50_ms": d.pct(50), "steady_direct_p99_ms": d.pct(99),
+            "steady_proxy_p50_ms": p.pct(50), "steady_proxy_p99_ms": p.pct(99),
+            "flood_ratio": ratio, "recorded": recorded, "expected": expected,
+            "rss_start_mib": rss_start, "rss_end_mib": rss_end,
+        }
+        print("\n" + json.dumps(summary))
+        ok = recorded == expected and lost == 0 and not d.errors and not p.errors
+        return 0 if ok else 1
+    finally:
+        for proc in (proxy, csms):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
