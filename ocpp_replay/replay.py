@@ -139,7 +139,7 @@ def load_sessions(
             continue  # a handshake the upstream refused: nothing to replay
         out.append((info, list(store.frames(info.id))))
     if not out:
-        raise ReplayError(f"no sessions to replay in {store.path} for this selection")
+        raise ReplayError(f"no sessions to replay in capture {store.path} for this selection")
     return out
 
 
@@ -643,7 +643,12 @@ async def _probe(target: str, connect_timeout: float) -> None:
         async with asyncio.timeout(connect_timeout):
             _, writer = await asyncio.open_connection(parts.hostname, port)
     except (OSError, TimeoutError) as exc:
-        reason = getattr(exc, "strerror", None) or "timed out"
+        if isinstance(exc, ConnectionRefusedError):
+            reason = "connection refused"
+        elif isinstance(exc, TimeoutError):
+            reason = "timed out"
+        else:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
         raise UpstreamError(f"target {parts.hostname}:{port} unreachable: {reason}") from exc
     writer.close()
     with contextlib.suppress(OSError):
@@ -687,10 +692,10 @@ async def run_replay(
     if answer_timeout <= 0 or grace < 0:
         raise ReplayError("answer timeout must be positive and grace not negative")
     target = target.rstrip("/")
-    await _probe(target, connect_timeout)
     if sessions is None:
         sessions = await asyncio.to_thread(load_sessions, store, selection)
     plans = plan_sessions(sessions, speed=speed, max_gap=max_gap, rules=rules)
+    await _probe(target, connect_timeout)
     by_cp: dict[str, list[SessionPlan]] = {}
     for plan in plans:
         by_cp.setdefault(plan.charge_point_id, []).append(plan)

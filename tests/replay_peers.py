@@ -40,7 +40,7 @@ class Behaviour:
 
     tx_base: int = 1000
     remote_start_base: int = 500
-    blocked: set[str] = field(default_factory=set)
+    blocked: set[str] = field(default_factory=set)  # tags Authorize answers Blocked (only Authorize)
     remote_stop_after: int | None = 3  # meter values (1.6) / Updated events (2.0.1)
     remote_start: bool = True  # 2.0.1: RequestStartTransaction after the first status
     extra_call: str | None = None  # 1.6: an action to send that the recording does not have
@@ -90,8 +90,8 @@ class Csms16(ChargePoint16):
         self.tasks: list[asyncio.Task[Any]] = []
         self.meter_values = 0
 
-    def _info(self, id_tag: str) -> dict[str, Any]:
-        status = "Blocked" if id_tag in self.b.blocked else "Accepted"
+    def _info(self, id_tag: str, authorize: bool = False) -> dict[str, Any]:
+        status = "Blocked" if authorize and id_tag in self.b.blocked else "Accepted"
         return {"status": status, "expiryDate": now()}
 
     @on(enums16.Action.boot_notification)
@@ -103,7 +103,9 @@ class Csms16(ChargePoint16):
     async def _extra(self) -> None:
         await asyncio.sleep(0.05)
         with contextlib.suppress(Exception):
-            self.seen.extra_answers.append(await self.call(call16.GetConfiguration(key=["HeartbeatInterval"])))
+            self.seen.extra_answers.append(
+                await self.call(call16.GetConfiguration(key=["HeartbeatInterval"]))
+            )
 
     @on(enums16.Action.status_notification)
     async def on_status(self, **_: Any) -> result16.StatusNotification:
@@ -115,7 +117,7 @@ class Csms16(ChargePoint16):
 
     @on(enums16.Action.authorize)
     async def on_authorize(self, id_tag: str, **_: Any) -> result16.Authorize:
-        return result16.Authorize(id_tag_info=self._info(id_tag))  # type: ignore[arg-type]
+        return result16.Authorize(id_tag_info=self._info(id_tag, authorize=True))  # type: ignore[arg-type]
 
     @on(enums16.Action.start_transaction)
     async def on_start(self, id_tag: str, **_: Any) -> result16.StartTransaction:
@@ -136,7 +138,9 @@ class Csms16(ChargePoint16):
             self.seen.remote_stop_answers.append(answer)
 
     @on(enums16.Action.stop_transaction)
-    async def on_stop(self, transaction_id: Any = None, id_tag: str = TAG, **_: Any) -> result16.StopTransaction:
+    async def on_stop(
+        self, transaction_id: Any = None, id_tag: str = TAG, **_: Any
+    ) -> result16.StopTransaction:
         self.seen.transaction_ids.append(transaction_id)
         return result16.StopTransaction(id_tag_info=self._info(id_tag))  # type: ignore[arg-type]
 
@@ -149,8 +153,8 @@ class Csms201(ChargePoint201):
         self.updates = 0
         self.statuses = 0
 
-    def _info(self, token: str) -> dict[str, Any]:
-        status = "Blocked" if token in self.b.blocked else "Accepted"
+    def _info(self, token: str, authorize: bool = False) -> dict[str, Any]:
+        status = "Blocked" if authorize and token in self.b.blocked else "Accepted"
         return {"status": status, "cacheExpiryDateTime": now()}
 
     @on(enums201.Action.boot_notification)
@@ -170,7 +174,9 @@ class Csms201(ChargePoint201):
         self.seen.remote_start_ids_sent.append(rid)
         with contextlib.suppress(Exception):
             await self.call(
-                call201.RequestStartTransaction(id_token={"idToken": TAG, "type": "ISO14443"}, remote_start_id=rid)  # type: ignore[arg-type]
+                call201.RequestStartTransaction(
+                    id_token={"idToken": TAG, "type": "ISO14443"}, remote_start_id=rid
+                )  # type: ignore[arg-type]
             )
 
     @on(enums201.Action.heartbeat)
@@ -179,7 +185,7 @@ class Csms201(ChargePoint201):
 
     @on(enums201.Action.authorize)
     async def on_authorize(self, id_token: dict[str, Any], **_: Any) -> result201.Authorize:
-        return result201.Authorize(id_token_info=self._info(id_token["id_token"]))  # type: ignore[arg-type]
+        return result201.Authorize(id_token_info=self._info(id_token["id_token"], authorize=True))  # type: ignore[arg-type]
 
     @on(enums201.Action.transaction_event)
     async def on_transaction_event(
@@ -214,7 +220,9 @@ async def csms(version: str, behaviour: Behaviour | None = None) -> AsyncIterato
         assert ws.request is not None
         cp_id = ws.request.path.rsplit("/", 1)[-1]
         conn = _Filter(ws, b.no_answer, seen)
-        peer: Any = Csms16(cp_id, conn, b, seen, tx) if version == "1.6" else Csms201(cp_id, conn, b, seen, rs)
+        peer: Any = (
+            Csms16(cp_id, conn, b, seen, tx) if version == "1.6" else Csms201(cp_id, conn, b, seen, rs)
+        )
         peers.append(peer)
         try:
             await peer.start()
@@ -246,7 +254,9 @@ class Charger16(ChargePoint16):
 
     @on(enums16.Action.get_configuration)
     async def on_get_configuration(self, **_: Any) -> result16.GetConfiguration:
-        return result16.GetConfiguration(configuration_key=[{"key": "HeartbeatInterval", "readonly": False, "value": "300"}])
+        return result16.GetConfiguration(
+            configuration_key=[{"key": "HeartbeatInterval", "readonly": False, "value": "300"}]
+        )
 
 
 class Charger201(ChargePoint201):

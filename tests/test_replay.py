@@ -1,0 +1,298 @@
+"""End to end: capture a session through the proxy between `ocpp` peers, replay it against
+fresh backends on 127.0.0.1:0, and check differences, correlation, timing and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from ocpp_replay.cli_replay import register
+from ocpp_replay.diff import DiffKind
+from ocpp_replay.proxy import ProxyServer
+from ocpp_replay.replay import Selection, load_sessions, run_replay, store_run
+from ocpp_replay.results import RunResult
+from ocpp_replay.store import CaptureWriter, Store
+from tests.replay_peers import Behaviour, csms, run_charger16, run_charger201
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def _capture(db: Path, version: str) -> None:
+    async with csms(version, Behaviour(tx_base=17, remote_start_base=5)) as (url, _seen):
+        async with ProxyServer(url, db) as proxy:
+            if version == "1.6":
+                await run_charger16(proxy.url, "CP-16")
+            else:
+                await run_charger201(proxy.url, "CS-201")
+
+
+@pytest.fixture(scope="module")
+def capture16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("cap16") / "capture.db"
+    asyncio.run(asyncio.wait_for(_capture(db, "1.6"), 20))
+    return db
+
+
+@pytest.fixture(scope="module")
+def capture201(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("cap201") / "capture.db"
+    asyncio.run(asyncio.wait_for(_capture(db, "2.0.1"), 20))
+    return db
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "capture.db"
+    with Store.open(src) as s:  # a consistent copy of a WAL database
+        s.db.execute(f"VACUUM INTO '{dst}'")
+    return dst
+
+
+async def _replay(db: Path, url: str, **kw: Any) -> RunResult:
+    kw.setdefault("answer_timeout", 2.0)
+    kw.setdefault("grace", 0.5)
+    with Store.open(db) as store:
+        result = await run_replay(store, url, **kw)
+        return await asyncio.to_thread(store_run, store, result)
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def _error_line(stderr: str) -> str:
+    """The error message (rich wraps long lines at the runner's 80 columns: join them)."""
+    assert "Traceback" not in stderr
+    assert stderr.startswith("error: "), stderr
+    return " ".join(line.strip() for line in stderr.strip().splitlines())
+
+
+async def _invoke(args: list[str]) -> Any:
+    runner = CliRunner()
+    return await asyncio.to_thread(runner.invoke, _cli(), args, catch_exceptions=False)
+
+
+# ----------------------------------------------------------------------------- correlation
+
+
+async def test_replay16_against_fresh_backend_correlates_transaction_id(
+    capture16: Path, tmp_path: Path
+) -> None:
+    db = _copy(capture16, tmp_path)
+    async with csms("1.6", Behaviour(tx_base=5000)) as (url, seen):
+        result = await _replay(db, url)
+    assert [d for d in result.differences] == []
+    assert result.exit_code == 0
+    # The backend saw its own transaction id in MeterValues and StopTransaction, never 17.
+    assert seen.transaction_ids == [5000, 5000, 5000, 5000]
+    assert [a.status for a in seen.remote_stop_answers] == ["Accepted"]
+    (session,) = result.sessions
+    assert session.compared["RemoteStopTransaction"] == 1
+    assert session.compared["StartTransaction"] == 1
+    # stored: the run, and every live frame
+    with Store.open(db) as store:
+        runs = store.db.execute("SELECT id, diffs, exit_code, sessions FROM runs").fetchall()
+        assert runs == [(result.run_id, 0, 0, 1)]
+        n = store.db.execute("SELECT count(*) FROM run_frames WHERE run_id = ?", [result.run_id]).fetchone()[
+            0
+        ]
+        assert n == session.messages == 22
+
+
+async def test_replay201_correlates_remote_start_id(capture201: Path, tmp_path: Path) -> None:
+    db = _copy(capture201, tmp_path)
+    async with csms("2.0.1", Behaviour(remote_start_base=900)) as (url, seen):
+        result = await _replay(db, url)
+    assert list(result.differences) == []
+    assert seen.remote_start_ids_sent == [900]
+    assert seen.remote_start_ids_seen == [900]  # not the recorded 5
+    assert set(seen.transaction_ids) == {"TX-4711"}  # charger-generated: sent as recorded
+    assert len(seen.remote_stop_answers) == 1
+    assert result.sessions[0].compared["RequestStartTransaction"] == 1
+
+
+async def test_changed_answer_is_exactly_one_difference_cli(capture16: Path, tmp_path: Path) -> None:
+    db = _copy(capture16, tmp_path)
+    report, junit = tmp_path / "r.json", tmp_path / "j.xml"
+    async with csms("1.6", Behaviour(tx_base=9000, blocked={"ACE0177305"})) as (url, seen):
+        res = await _invoke(
+            ["replay", "--db", str(db), "--target", url, "--report", str(report), "--junit", str(junit)]
+        )
+    assert res.exit_code == 1, res.output
+    doc = json.loads(report.read_text())
+    assert doc["summary"]["sessions"] == 1
+    assert doc["summary"]["diffs"] == 1
+    assert set(doc["summary"]["timing"]) >= {"frames", "lateness_ms"}
+    (sess,) = doc["sessions"]
+    assert sess["charge_point_id"] == "CP-16"
+    assert sess["diffs"] == [
+        {
+            "seq": 6,
+            "action": "Authorize",
+            "kind": "changed",
+            "path": "idTagInfo.status",
+            "expected": "Accepted",
+            "actual": "Blocked",
+        }
+    ]
+    suite = ET.parse(junit).getroot()
+    cases = suite.findall(".//testcase")
+    assert len(cases) == 1 and cases[0].find("failure") is not None
+    assert "Authorize" in res.output
+
+
+async def test_timing_matches_recorded_gaps_at_speed_1_and_4(capture16: Path, tmp_path: Path) -> None:
+    db = _copy(capture16, tmp_path)
+    with Store.open(db) as store:
+        ((_, frames),) = load_sessions(store, Selection())
+    recorded = [f.elapsed for f in frames if f.direction == "to_csms" and f.message_type == 2]
+    for speed in (1.0, 4.0):
+        async with csms("1.6", Behaviour(tx_base=100)) as (url, _):
+            result = await _replay(db, url, speed=speed)
+        assert not result.differences
+        live = [f.elapsed for f in result.sessions[0].frames if f.lateness is not None]
+        assert len(live) == len(recorded) == 10
+        for i in range(1, len(live)):
+            want = (recorded[i] - recorded[0]) / speed
+            got = live[i] - live[0]
+            assert abs(got - want) < 0.005, (speed, i, got, want)
+        assert result.timing.p99 < 0.005
+
+
+async def test_max_gap_shortens_idle_time(capture16: Path, tmp_path: Path) -> None:
+    db = _copy(capture16, tmp_path)
+    async with csms("1.6") as (url, _):
+        started = time.monotonic()
+        result = await _replay(db, url, max_gap=0.02)
+        took = time.monotonic() - started
+    assert not result.differences
+    assert took < 1.0  # recorded ~1.6 s; every gap is now at most 20 ms
+
+
+# ----------------------------------------------------------------------------- backend calls
+
+
+async def test_missing_backend_call(capture16: Path, tmp_path: Path) -> None:
+    db = _copy(capture16, tmp_path)
+    async with csms("1.6", Behaviour(remote_stop_after=None)) as (url, _):
+        result = await _replay(db, url, answer_timeout=0.4, grace=0.2)
+    kinds = [(d.kind, d.action) for d in result.differences]
+    assert kinds == [(DiffKind.MISSING_CALL, "RemoteStopTransaction")]
+    (d,) = result.differences
+    assert d.seq == 17 and d.expected == {"transactionId": 17}
+
+
+async def test_unexpected_backend_call_gets_call_error(capture16: Path, tmp_path: Path) -> None:
+    db = _copy(capture16, tmp_path)
+    async with csms("1.6", Behaviour(extra_call="GetConfiguration")) as (url, seen):
+        result = await _replay(db, url)
+    assert [(d.kind, d.action, d.seq) for d in result.differences] == [
+        (DiffKind.UNEXPECTED_CALL, "GetConfiguration", None)
+    ]
+    assert seen.extra_answers == [None]  # the ocpp package returns None for a CALLERROR
+    replies = [
+        f.raw for f in result.sessions[0].frames if f.direction == "to_csms" and f.raw.startswith("[4,")
+    ]
+    assert len(replies) == 1 and "GenericError" in replies[0]
+
+
+async def test_unanswered_call_is_a_timeout(capture16: Path, tmp_path: Path) -> None:
+    db = _copy(capture16, tmp_path)
+    async with csms("1.6", Behaviour(no_answer={"Authorize"})) as (url, seen):
+        result = await _replay(db, url, answer_timeout=0.3)
+    assert [(d.kind, d.action, d.seq) for d in result.differences] == [(DiffKind.TIMEOUT, "Authorize", 6)]
+    assert seen.transaction_ids[-1] is not None  # the session went on after the timeout
+    assert result.timing.held >= 1  # StartTransaction waited for the Authorize timeout
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+async def test_unreachable_target_is_one_line_exit_2(capture16: Path, tmp_path: Path) -> None:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    res = await _invoke(["replay", "--db", str(capture16), "--target", f"ws://127.0.0.1:{port}/ocpp"])
+    assert res.exit_code == 2
+    assert res.stdout == ""
+    assert "unreachable: connection refused" in _error_line(res.stderr)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\x00garbage\xff" * 100, b"SQLite format 3\x00" + b"\x01" * 200, b""],
+    ids=["random", "bad-sqlite", "empty"],
+)
+async def test_garbage_capture_is_one_line_exit_2(tmp_path: Path, content: bytes) -> None:
+    db = tmp_path / "garbage.db"
+    db.write_bytes(content)
+    res = await _invoke(["replay", "--db", str(db), "--target", "ws://127.0.0.1:9/ocpp"])
+    assert res.exit_code == 2
+    assert "capture" in _error_line(res.stderr)
+
+
+async def test_missing_capture_and_bad_options(tmp_path: Path, capture16: Path) -> None:
+    res = await _invoke(["replay", "--db", str(tmp_path / "nope.db"), "--target", "ws://127.0.0.1:9"])
+    assert res.exit_code == 2 and "no capture" in res.stderr
+    res = await _invoke(["replay", "--db", str(capture16), "--target", "ws://x", "--speed", "0"])
+    assert res.exit_code == 2 and "--speed" in res.stderr
+    bad = tmp_path / "rules.toml"
+    bad.write_text("[[rule]]\naction = 3\n")
+    res = await _invoke(["replay", "--db", str(capture16), "--target", "ws://x", "--rules", str(bad)])
+    assert res.exit_code == 2 and "action" in res.stderr
+    res = await _invoke(["replay", "--db", str(capture16), "--target", "ws://127.0.0.1:9", "--session", "99"])
+    assert res.exit_code == 2 and "no session 99" in _error_line(res.stderr)
+
+
+async def test_invalid_frames_are_replayed_as_recorded(tmp_path: Path) -> None:
+    """Frames that were not OCPP-J in the capture go out byte for byte; the session goes on."""
+    db = tmp_path / "capture.db"
+    w = CaptureWriter(db)
+    t0 = time.time()
+    sid = w.open_session(t0, charge_point_id="CP-X", subprotocol="ocpp1.6")
+    frames = [
+        ("to_csms", 0.01, '[2,"1","Heartbeat",{}]'),
+        ("to_cp", 0.012, '[3,"1",{"currentTime":"2026-01-01T00:00:00Z"}]'),
+        ("to_csms", 0.05, "this is not json"),
+        ("to_csms", 0.08, '[2,"2","Heartbeat"]'),
+        ("to_csms", 0.1, '[2,"3","Heartbeat",{}]'),
+        ("to_cp", 0.101, '[3,"3",{"currentTime":"2026-01-01T00:00:01Z"}]'),
+    ]
+    from ocpp_replay.frames import Direction
+
+    for seq, (direction, elapsed, raw) in enumerate(frames, 1):
+        w.frame(sid, seq, t0 + elapsed, elapsed, Direction(direction), raw)
+    w.close_session(sid, t0 + 0.15, close_code=1000, closed_by="cp")
+    w.close()
+    received: list[str] = []
+    async with csms("1.6") as (url, seen):
+        result = await _replay(db, url, answer_timeout=0.3)
+    sent = [f.raw for f in result.sessions[0].frames if f.direction == "to_csms"]
+    assert "this is not json" in sent and '[2,"2","Heartbeat"]' in sent
+    assert seen.actions.count("Heartbeat") == 3
+    assert not result.differences, result.differences
+    del received
+
+
+async def test_runs_command_lists_stored_runs(capture16: Path, tmp_path: Path) -> None:
+    db = _copy(capture16, tmp_path)
+    async with csms("1.6") as (url, _):
+        await _replay(db, url, speed=4.0)
+    res = await _invoke(["runs", "--db", str(db), "--json"])
+    assert res.exit_code == 0, res.output
+    (run,) = json.loads(res.stdout)
+    assert run["kind"] == "replay" and run["diffs"] == 0 and run["sessions"] == 1 and run["exit_code"] == 0
+    res = await _invoke(["runs", "--db", str(db)])
+    assert res.exit_code == 0 and "replay" in res.stdout
