@@ -26,12 +26,14 @@ pytestmark = pytest.mark.timeout(30)
 
 
 async def _capture(db: Path, version: str) -> None:
-    async with csms(version, Behaviour(tx_base=17, remote_start_base=5)) as (url, _seen):
-        async with ProxyServer(url, db) as proxy:
-            if version == "1.6":
-                await run_charger16(proxy.url, "CP-16")
-            else:
-                await run_charger201(proxy.url, "CS-201")
+    async with (
+        csms(version, Behaviour(tx_base=17, remote_start_base=5)) as (url, _seen),
+        ProxyServer(url, db) as proxy,
+    ):
+        if version == "1.6":
+            await run_charger16(proxy.url, "CP-16")
+        else:
+            await run_charger201(proxy.url, "CS-201")
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +125,7 @@ async def test_replay201_correlates_remote_start_id(capture201: Path, tmp_path: 
 async def test_changed_answer_is_exactly_one_difference_cli(capture16: Path, tmp_path: Path) -> None:
     db = _copy(capture16, tmp_path)
     report, junit = tmp_path / "r.json", tmp_path / "j.xml"
-    async with csms("1.6", Behaviour(tx_base=9000, blocked={"ACE0177305"})) as (url, seen):
+    async with csms("1.6", Behaviour(tx_base=9000, blocked={"ACE0177305"})) as (url, _seen):
         res = await _invoke(
             ["replay", "--db", str(db), "--target", url, "--report", str(report), "--junit", str(junit)]
         )
