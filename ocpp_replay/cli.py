@@ -68,8 +68,8 @@ async def _serve_proxy(proxy: ProxyServer) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    url = await proxy.start()
     try:
-        url = await proxy.start()
         console.print(
             f"proxy: chargers connect to {url}/<chargePointId>, upstream {proxy.upstream}, "
             f"capture {proxy.db_path}"

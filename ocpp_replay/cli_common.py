@@ -37,7 +37,9 @@ def printable(text: str | None) -> str:
 def fail(exc: OcppReplayError | str, code: int = 2) -> NoReturn:
     """Print one clear line on stderr and exit (2 by default: an error, not a difference)."""
     message = str(exc) if str(exc) else type(exc).__name__
-    err_console.print(f"error: {printable(message)}", markup=False)
+    # Plain write, not rich: one line however narrow the terminal, nothing to wrap.
+    sys.stderr.write(f"error: {printable(message)}\n")
+    sys.stderr.flush()
     raise typer.Exit(code)
 
 

@@ -20,6 +20,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import os
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -243,7 +244,10 @@ class ProxyServer:
             async with asyncio.timeout(self.connect_timeout):
                 _, writer = await asyncio.open_connection(parts.hostname, port)
         except (OSError, TimeoutError) as exc:
-            reason = getattr(exc, "strerror", None) or "timed out"
+            if isinstance(exc, TimeoutError):
+                reason = f"no answer within {self.connect_timeout:g}s"
+            else:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise UpstreamError(f"upstream {parts.hostname}:{port} unreachable: {reason}") from exc
         writer.close()
         with contextlib.suppress(OSError):

@@ -1,0 +1,116 @@
+"""The pure core: frame parsing and call/result pairing. No sockets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ocpp_replay.errors import InvalidFrame
+from ocpp_replay.frames import Call, CallError, CallResult, Direction, dump, parse, peek
+from ocpp_replay.pairing import MAX_PENDING_PER_CONNECTION, Pairer
+
+
+def test_parse_the_three_message_types() -> None:
+    assert parse('[2,"1","Heartbeat",{}]') == Call("1", "Heartbeat", {})
+    assert parse('[3,"1",{"currentTime":"x"}]') == CallResult("1", {"currentTime": "x"})
+    assert parse('[4,"1","NotImplemented","",{}]') == CallError("1", "NotImplemented", "", {})
+
+
+def test_parse_keeps_alfen_int64_and_unknown_enum_values() -> None:
+    raw = '[2,"4","MeterValues",{"transactionId":9223372036854775807,"x":{"context":"CurrentMax"}}]'
+    frame = parse(raw)
+    assert isinstance(frame, Call)
+    assert frame.payload["transactionId"] == 9223372036854775807
+    assert frame.payload["x"]["context"] == "CurrentMax"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("not json", "not JSON"),
+        ('{"a":1}', "not an OCPP-J CALL, CALLRESULT or CALLERROR"),
+        ('[5,"1",{}]', "not an OCPP-J CALL, CALLRESULT or CALLERROR"),
+        ('[2,"1"]', "malformed OCPP-J message of type 2"),
+        ("[3,1,{}]", "malformed OCPP-J message of type 3"),
+    ],
+)
+def test_invalid_frames_raise_invalid_frame_with_a_reason(raw: str, reason: str) -> None:
+    with pytest.raises(InvalidFrame) as info:
+        parse(raw)
+    assert info.value.reason == reason
+    assert peek(raw)[3] == reason
+
+
+def test_dump_round_trips_compactly() -> None:
+    for raw in ('[2,"1","Heartbeat",{}]', '[3,"1",{"a":[1,2]}]', '[4,"9","GenericError","x",{}]'):
+        assert dump(parse(raw)) == raw
+
+
+def test_peek_reads_binary_frames() -> None:
+    assert peek(b'[2,"1","Heartbeat",{}]') == (2, "1", "Heartbeat", None)
+    assert peek(b"\xff\xfe")[3] == "binary frame is not UTF-8"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+frames_ish = st.one_of(
+    st.text(max_size=40),
+    json_values.map(json.dumps),
+    st.tuples(st.sampled_from([2, 3, 4, 2.0, True, "2"]), json_values, json_values, json_values).map(
+        lambda t: json.dumps(list(t))
+    ),
+    st.tuples(
+        st.sampled_from([2, 3, 4]),
+        st.text(max_size=4),
+        st.text(max_size=6),
+        st.dictionaries(st.text(max_size=3), json_values, max_size=2),
+    ).map(lambda t: json.dumps(list(t))),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(frames_ish)
+def test_parse_raises_only_invalid_frame_and_peek_agrees(raw: str) -> None:
+    try:
+        frame = parse(raw)
+    except InvalidFrame as exc:
+        mtype, uid, action, error = peek(raw)
+        assert error is not None and action is None
+        assert isinstance(exc.reason, str)
+        return
+    mtype, uid, action, error = peek(raw)
+    assert error is None
+    assert (mtype, uid) == (int(frame.message_type), frame.unique_id)
+    assert action == (frame.action if isinstance(frame, Call) else None)
+
+
+def test_pairing_is_per_connection_and_direction() -> None:
+    p = Pairer()
+    to_csms, to_cp = Direction.TO_CSMS, Direction.TO_CP
+    assert p.see("a", to_csms, 2, "1", "BootNotification") == "BootNotification"
+    assert p.see("a", to_cp, 2, "1", "GetConfiguration") == "GetConfiguration"  # same id, other way
+    assert p.see("b", to_cp, 3, "1", None) is None  # another connection
+    assert p.see("a", to_cp, 3, "1", None) == "BootNotification"  # answers the charger's call
+    assert p.see("a", to_csms, 4, "1", None) == "GetConfiguration"  # answers the CSMS's call
+    assert p.see("a", to_cp, 3, "1", None) is None  # answered already
+    # Alfen restarts its ids after a reconnect: a new connection starts clean.
+    p.forget("a")
+    assert p.see("a", to_cp, 3, "1", None) is None
+    assert len(p) == 0
+
+
+def test_pairing_memory_is_bounded() -> None:
+    p = Pairer()
+    for i in range(MAX_PENDING_PER_CONNECTION + 100):
+        p.see("c", Direction.TO_CSMS, 2, str(i), "Heartbeat")
+    assert len(p) == MAX_PENDING_PER_CONNECTION
+    assert p.see("c", Direction.TO_CP, 3, "0", None) is None  # the oldest was forgotten
+    assert p.see("c", Direction.TO_CP, 3, str(MAX_PENDING_PER_CONNECTION + 99), None) == "Heartbeat"

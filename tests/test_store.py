@@ -1,0 +1,172 @@
+"""The capture store on real SQLite files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ocpp_replay.errors import CaptureError, CaptureNotFound, UnknownSession
+from ocpp_replay.frames import Direction
+from ocpp_replay.store import CaptureWriter, Store, migrations, utc_iso
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def write_session(writer: CaptureWriter, cp: str, frames: list[tuple[Direction, str]]) -> int:
+    sid = writer.open_session(time.time(), charge_point_id=cp, subprotocol="ocpp1.6")
+    for seq, (direction, raw) in enumerate(frames, 1):
+        writer.frame(sid, seq, time.time(), seq * 0.5, direction, raw)
+    writer.close_session(sid, time.time(), close_code=1000, closed_by="cp", frames=len(frames))
+    return sid
+
+
+def test_new_capture_is_owner_only_and_migrated(tmp_path: Path) -> None:
+    db = tmp_path / "sub" / "c.db"
+    store = Store.open(db, create=True)
+    assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
+    names = {m.name for m in migrations.applied(store.db)}
+    assert {"m001_capture", "m002_runs"} <= names
+    store.close()
+    Store.open(db).close()  # opening again applies nothing and keeps working
+
+
+def test_missing_corrupt_and_foreign_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(CaptureNotFound):
+        Store.open(tmp_path / "nope.db")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(CaptureError, match="not"):
+        Store.open(garbage)
+    foreign = tmp_path / "foreign.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE customers (id INTEGER)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(CaptureError, match="not an ocpp-replay capture"):
+        Store.open(foreign)
+    with pytest.raises(CaptureError, match="directory"):
+        Store.open(tmp_path)
+
+
+def test_writer_records_sessions_frames_and_pairs_actions(tmp_path: Path) -> None:
+    writer = CaptureWriter(tmp_path / "c.db", flush_interval=0.01)
+    writer.start()
+    sid = write_session(
+        writer,
+        "ALF-1",
+        [
+            (Direction.TO_CSMS, '[2,"1","Authorize",{"idTag":"X"}]'),
+            (Direction.TO_CP, '[2,"1","GetConfiguration",{}]'),
+            (Direction.TO_CP, '[3,"1",{"idTagInfo":{"status":"Accepted"}}]'),
+            (Direction.TO_CSMS, '[4,"1","NotSupported","",{}]'),
+        ],
+    )
+    writer.close()
+    store = Store.open(tmp_path / "c.db")
+    info = store.session(sid)
+    assert info.frames == 4 and info.close_code == 1000 and info.ended_at
+    assert [f.action for f in store.frames(sid)] == [
+        "Authorize",
+        "GetConfiguration",
+        "Authorize",
+        "GetConfiguration",
+    ]
+    with pytest.raises(UnknownSession):
+        store.session(999)
+
+
+def test_frames_reach_disk_within_the_flush_interval(tmp_path: Path) -> None:
+    writer = CaptureWriter(tmp_path / "c.db", flush_interval=0.05)
+    writer.start()
+    sid = writer.open_session(time.time(), charge_point_id="CP")
+    writer.frame(sid, 1, time.time(), 0.0, Direction.TO_CSMS, '[2,"1","Heartbeat",{}]')
+    reader = sqlite3.connect(tmp_path / "c.db")
+    deadline = time.monotonic() + 5
+    while reader.execute("SELECT count(*) FROM frames").fetchone()[0] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    writer.close()
+
+
+def test_a_locked_database_delays_but_loses_nothing(tmp_path: Path) -> None:
+    """Another process holds the write lock for a while: frames wait in memory, then land."""
+    db = tmp_path / "c.db"
+    writer = CaptureWriter(db, flush_interval=0.02)
+    writer.start()
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    sid = writer.open_session(time.time(), charge_point_id="CP")
+    for seq in range(1, 201):
+        writer.frame(sid, seq, time.time(), seq / 100, Direction.TO_CSMS, f'[2,"{seq}","Heartbeat",{{}}]')
+    time.sleep(1.5)  # longer than sqlite's busy timeout: at least one flush fails
+    assert writer.stats.failures >= 1
+    blocker.execute("COMMIT")
+    writer.close_session(sid, time.time(), frames=200)
+    writer.close()
+    assert writer.stats.frames_lost == 0
+    assert Store.open(db).session(sid).frames == 200
+
+
+def test_overflow_drops_counts_and_marks_the_loss(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    writer = CaptureWriter(db, flush_interval=0.02, max_pending=50)
+    # not started: nothing drains the queue, as when the disk stalls completely
+    sid = writer.open_session(time.time(), charge_point_id="CP")
+    for seq in range(1, 101):
+        writer.frame(sid, seq, time.time(), 0.0, Direction.TO_CSMS, '[2,"1","Heartbeat",{}]')
+    writer.close_session(sid, time.time(), frames=100)
+    writer.close()
+    store = Store.open(db)
+    info = store.session(sid)
+    assert info.frames + info.frames_lost == 100
+    assert info.frames_lost == writer.stats.frames_lost > 0
+    [event] = store.events(sid)
+    assert event["kind"] == "frames_lost" and "between seq" in event["detail"]
+
+
+def test_sessions_left_open_by_a_dead_proxy_are_closed_on_next_start(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    writer = CaptureWriter(db)
+    sid = writer.open_session(time.time(), charge_point_id="CP")
+    writer.frame(sid, 1, time.time(), 0.0, Direction.TO_CSMS, '[2,"1","Heartbeat",{}]')
+    writer._flush()  # what a killed proxy managed to write
+    writer._conn.close()
+    CaptureWriter(db).close()
+    info = Store.open(db).session(sid)
+    assert info.ended_at is not None and info.closed_by == "unknown"
+
+
+def test_writer_is_safe_against_concurrent_readers(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    writer = CaptureWriter(db, flush_interval=0.005)
+    writer.start()
+    sid = writer.open_session(time.time(), charge_point_id="CP")
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def read() -> None:
+        store = Store.open(db)
+        while not stop.is_set():
+            seen.append(len(list(store.frames(sid))))
+        store.close()
+
+    t = threading.Thread(target=read)
+    t.start()
+    for seq in range(1, 2001):
+        writer.frame(sid, seq, time.time(), 0.0, Direction.TO_CSMS, '[2,"1","Heartbeat",{}]')
+    writer.close()
+    stop.set()
+    t.join(10)
+    assert seen == sorted(seen)
+    assert Store.open(db).session(sid).frames == 2000
+
+
+def test_utc_iso_has_microseconds() -> None:
+    assert utc_iso(1764090427.123456) == "2025-11-25T17:07:07.123456Z"
+    assert utc_iso(0.9999996) == "1970-01-01T00:00:01.000000Z"
