@@ -256,6 +256,16 @@ def tail(
         fail(exc)
 
 
+def _register_commands() -> None:
+    """Commands that live in their own modules, each adding itself to the app."""
+    from ocpp_replay import cli_replay
+
+    cli_replay.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     with contextlib.suppress(BrokenPipeError):
         app()
