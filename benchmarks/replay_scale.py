@@ -1,0 +1,249 @@
+"""Replay at scale: many concurrent charger sessions against a fast local CSMS.
+
+    python benchmarks/replay_scale.py [--sessions 1000] [--interval 3] [--duration 30] [--ramp 3]
+
+Builds a synthetic capture with CaptureWriter (each session: BootNotification,
+StartTransaction, then MeterValues every ``--interval`` seconds with a timestamp and the
+recorded transactionId, so correlation and timestamp shifting run on every frame), starts an
+aiohttp CSMS in a subprocess (its own core; it answers every CALL at once and assigns its own
+transaction ids), replays the capture with ``run_replay`` on the default asyncio loop and
+prints the scheduling lateness p50/p99/max, the CPU time of the replaying process per frame
+sent, and the number of differences (expected: 0). Exits 1 when p99 lateness is 10 ms or more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import itertools
+import json
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ocpp_replay.frames import Direction
+from ocpp_replay.replay import load_sessions, run_replay, store_run
+from ocpp_replay.store import CaptureWriter, Store, utc_iso
+
+# ----------------------------------------------------------------------------- the backend
+
+
+def serve(port_file: str) -> None:
+    """A fast CSMS: answers every CALL with a CALLRESULT (own transaction ids)."""
+    from aiohttp import WSMsgType, web
+
+    tx = itertools.count(900_000)
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("ocpp1.6",), autoping=True)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            if data[0] != 2:
+                continue
+            action = data[2]
+            if action == "BootNotification":
+                payload: dict[str, object] = {
+                    "currentTime": utc_iso(time.time()),
+                    "interval": 300,
+                    "status": "Accepted",
+                }
+            elif action == "StartTransaction":
+                payload = {"transactionId": next(tx), "idTagInfo": {"status": "Accepted"}}
+            else:
+                payload = {}
+            await ws.send_str(json.dumps([3, data[1], payload]))
+        return ws
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        Path(port_file).write_text(str(port))  # noqa: ASYNC240
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------------------- the capture
+
+
+def make_capture(db: Path, sessions: int, interval: float, duration: float, ramp: float) -> int:
+    rng = random.Random(42)
+    w = CaptureWriter(db, flush_interval=0.2)
+    t0 = time.time() - 3600
+    frames = 0
+    for n in range(sessions):
+        start = t0 + rng.uniform(0, ramp)
+        sid = w.open_session(start, charge_point_id=f"CP-{n:05d}", subprotocol="ocpp1.6")
+        seq = 0
+
+        def put(
+            elapsed: float, direction: Direction, body: list[object], sid: int = sid, start: float = start
+        ) -> None:
+            nonlocal seq, frames
+            seq += 1
+            frames += 1
+            w.frame(sid, seq, start + elapsed, elapsed, direction, json.dumps(body, separators=(",", ":")))
+
+        at = 0.005
+        put(
+            at,
+            Direction.TO_CSMS,
+            [2, "1", "BootNotification", {"chargePointModel": "M", "chargePointVendor": "V"}],
+        )
+        put(
+            at + 0.001,
+            Direction.TO_CP,
+            [3, "1", {"currentTime": utc_iso(start), "interval": 300, "status": "Accepted"}],
+        )
+        at = 0.5 + rng.uniform(0, 0.5)
+        put(
+            at,
+            Direction.TO_CSMS,
+            [
+                2,
+                "2",
+                "StartTransaction",
+                {"connectorId": 1, "idTag": "T", "meterStart": 0, "timestamp": utc_iso(start + at)},
+            ],
+        )
+        put(
+            at + 0.001,
+            Direction.TO_CP,
+            [3, "2", {"transactionId": n + 1, "idTagInfo": {"status": "Accepted"}}],
+        )
+        uid = 3
+        at += interval * rng.uniform(0.5, 1.0)
+        while at < duration:
+            mv = [
+                {"timestamp": utc_iso(start + at), "sampledValue": [{"value": str(uid * 10), "unit": "Wh"}]}
+            ]
+            put(
+                at,
+                Direction.TO_CSMS,
+                [2, str(uid), "MeterValues", {"connectorId": 1, "transactionId": n + 1, "meterValue": mv}],
+            )
+            put(at + 0.001, Direction.TO_CP, [3, str(uid), {}])
+            uid += 1
+            at += interval * rng.uniform(0.9, 1.1)
+        w.close_session(sid, start + at, close_code=1000, closed_by="cp")
+    w.start()
+    w.close(timeout=120)
+    return frames
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+async def bench(args: argparse.Namespace) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="replay-scale-"))
+    db = tmp / "capture.db"
+    started = time.monotonic()
+    frames = make_capture(db, args.sessions, args.interval, args.duration, args.ramp)
+    print(f"capture: {args.sessions} sessions, {frames} frames in {time.monotonic() - started:.1f}s")
+    port_file = tmp / "port"
+    proc = await asyncio.create_subprocess_exec(sys.executable, __file__, "--serve", str(port_file))
+    try:
+        for _ in range(200):
+            if port_file.exists() and port_file.read_text():
+                break
+            await asyncio.sleep(0.05)
+        target = f"ws://127.0.0.1:{port_file.read_text()}/ocpp"
+        store = Store.open(db)
+        sessions = await asyncio.to_thread(load_sessions, store)
+        if args.gc_freeze:
+            gc.collect()
+            gc.freeze()
+        pauses: list[tuple[int, float]] = []
+        gc_started = [0.0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                gc_started[0] = time.perf_counter()
+            else:
+                pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
+
+        gc.callbacks.append(on_gc)
+        cpu0 = time.process_time()
+        wall0 = time.monotonic()
+        result = await run_replay(
+            store, target, sessions=sessions, answer_timeout=10.0, grace=1.0, start_delay=1.0
+        )
+        wall = time.monotonic() - wall0
+        gc.callbacks.remove(on_gc)
+        cpu = time.process_time() - cpu0
+        t0 = time.monotonic()
+        stored = await asyncio.to_thread(store_run, store, result)
+        store_s = time.monotonic() - t0
+        store.close()
+    finally:
+        proc.terminate()
+        await proc.wait()
+    t = result.timing
+    sent = sum(1 for s in result.sessions for f in s.frames if f.direction == "to_csms")
+    peak = max(len(s.frames) for s in result.sessions)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"replay: {len(result.sessions)} concurrent sessions, {sent} frames sent, {result.messages} exchanged"
+    )
+    print(f"  wall {wall:.1f}s, differences {len(result.differences)}, max frames/session {peak}")
+    print(
+        f"  lateness p50 {t.p50 * 1e3:.3f} ms, p99 {t.p99 * 1e3:.3f} ms, max {t.max * 1e3:.3f} ms "
+        f"({t.frames} scheduled frames, {t.held} held by a causal wait)"
+    )
+    print(
+        f"  CPU {cpu:.2f}s = {cpu / max(sent, 1) * 1e6:.0f} us per frame sent "
+        f"({cpu / wall * 100:.0f}% of a core)"
+    )
+    print(f"  run {stored.run_id} stored in {store_s:.1f}s; peak RSS {rss:.0f} MiB")
+    worst = max(pauses, key=lambda p: p[1], default=(0, 0.0))
+    print(
+        f"  gc: {len(pauses)} collections in run_replay (setup included), "
+        f"{sum(1 for g, _ in pauses if g == 2)} full; longest {worst[1] * 1e3:.1f} ms (generation {worst[0]})"
+    )
+    for d in result.differences[:5]:
+        print("  diff:", d)
+    ok = t.p99 < 0.010 and not result.differences
+    print("PASS" if ok else "FAIL", "(floor: p99 lateness < 10 ms, no differences)")
+    if args.keep:
+        print("capture kept in", db)
+    else:
+        await asyncio.to_thread(shutil.rmtree, tmp)
+    return 0 if ok else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--interval", type=float, default=3.0, help="seconds between MeterValues")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds each session lasts")
+    parser.add_argument("--ramp", type=float, default=3.0, help="session starts spread over this")
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() the loaded capture")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary capture")
+    parser.add_argument("--serve", metavar="PORT_FILE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536)) if resource.getrlimit(resource.RLIMIT_NOFILE)[
+        1
+    ] >= 65536 else None
+    raise SystemExit(asyncio.run(bench(args)))
+
+
+if __name__ == "__main__":
+    main()
