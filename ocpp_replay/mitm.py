@@ -66,7 +66,7 @@ def _protocols(header: str | None) -> list[str]:
 
 
 def is_websocket_upgrade(flow: http.HTTPFlow) -> bool:
-    return flow.request.headers.get("upgrade", "").lower() == "websocket"
+    return str(flow.request.headers.get("upgrade", "")).lower() == "websocket"
 
 
 def negotiated_subprotocol(flow: http.HTTPFlow) -> str | None:
@@ -226,7 +226,7 @@ class OcppCapture:
             try:
                 self.filter = SessionFilter.of(ctx.options.ocpp_subprotocol, ctx.options.ocpp_path)
             except ValueError as exc:
-                raise exceptions.OptionsError(f"ocpp_path: {exc}") from exc
+                raise exceptions.OptionsError(f"ocpp_path: {exc}") from exc  # type: ignore[no-untyped-call]
         if "ocpp_keep_messages" in updated:
             self.keep_messages = ctx.options.ocpp_keep_messages
         if "ocpp_db" in updated:
@@ -235,7 +235,7 @@ class OcppCapture:
                 try:
                     self.writer = CaptureWriter(ctx.options.ocpp_db)
                 except CaptureError as exc:
-                    raise exceptions.OptionsError(str(exc)) from exc
+                    raise exceptions.OptionsError(str(exc)) from exc  # type: ignore[no-untyped-call]
                 self.writer.start()
                 log.info("ocpp-replay: recording OCPP websocket traffic in %s", ctx.options.ocpp_db)
             else:

@@ -1,0 +1,234 @@
+"""The ``mitm``, ``import``, ``export``, ``redact`` and ``merge`` commands. ``register(app)`` adds them.
+
+Thin: parse options, call one library function, print one summary line; an
+:class:`~ocpp_replay.errors.OcppReplayError` becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ocpp_replay.cli_common import DEFAULT_DB, DbOption, console, err_console, fail
+from ocpp_replay.errors import ConfigError, OcppReplayError
+from ocpp_replay.store import Store
+
+__all__ = ["mitmdump_argv", "mitmdump_executable", "register"]
+
+OutOption = Annotated[Path, typer.Option("--out", help="The file to write (must not exist, see --force).")]
+ForceFlag = Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")]
+SubprotocolOption = Annotated[
+    str,
+    typer.Option(
+        "--subprotocol",
+        help="Take websocket flows whose subprotocol starts with this ('' takes every websocket flow).",
+    ),
+]
+PathOption = Annotated[
+    str, typer.Option("--path", help="Take only websocket flows whose URL path matches this regex.")
+]
+
+ADDON = Path(__file__).with_name("mitm.py")
+
+
+def mitmdump_executable() -> Path:
+    """The ``mitmdump`` of this Python environment. Raises ConfigError if mitmproxy is missing."""
+    exe = Path(sys.executable).parent / ("mitmdump.exe" if os.name == "nt" else "mitmdump")
+    if importlib.util.find_spec("mitmproxy") is None or not exe.exists():
+        raise ConfigError(
+            f"mitmproxy is not installed in this environment ({sys.prefix}): pip install 'ocpp-replay[mitm]'"
+        )
+    return exe
+
+
+def mitmdump_argv(
+    exe: Path,
+    db: Path,
+    extra: Sequence[str],
+    *,
+    subprotocol: str = "ocpp",
+    path: str = "",
+    keep_messages: bool = False,
+) -> list[str]:
+    argv = [str(exe), "-s", str(ADDON), "--set", f"ocpp_db={db.absolute()}"]
+    argv += ["--set", f"ocpp_subprotocol={subprotocol}"]
+    if path:
+        argv += ["--set", f"ocpp_path={path}"]
+    if keep_messages:
+        argv += ["--set", "ocpp_keep_messages=true"]
+    return argv + list(extra)
+
+
+def mitm(
+    mitmdump_args: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[-- MITMDUMP_ARGS]...", help="Passed to mitmdump, e.g. --mode reverse:..."),
+    ] = None,
+    db: DbOption = DEFAULT_DB,
+    subprotocol: SubprotocolOption = "ocpp",
+    path: PathOption = "",
+    keep_messages: Annotated[
+        bool,
+        typer.Option(
+            "--keep-messages",
+            help="Keep recorded messages in mitmproxy's memory (for -w flow files; grows without bound).",
+        ),
+    ] = False,
+) -> None:
+    """Run mitmdump with the OCPP capture addon: its websocket traffic goes into --db.
+
+    Example: ocpp-replay mitm --db site.db -- --mode reverse:http://csms:8180 --listen-port 9000
+    """
+    try:
+        exe = mitmdump_executable()
+        Store.open(db, create=True).close()  # a bad capture fails here, before mitmdump starts
+    except OcppReplayError as exc:
+        fail(exc)
+    argv = mitmdump_argv(
+        exe, db, mitmdump_args or [], subprotocol=subprotocol, path=path, keep_messages=keep_messages
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "nt":  # no exec there: run it and pass its status on
+        raise typer.Exit(subprocess.call(argv))
+    os.execv(argv[0], argv)
+
+
+def import_(
+    file: Annotated[Path, typer.Argument(help="A JSONL export, or a mitmproxy flow file (mitmdump -w).")],
+    db: DbOption = DEFAULT_DB,
+    subprotocol: SubprotocolOption = "ocpp",
+    path: PathOption = "",
+) -> None:
+    """Import sessions from a JSONL export or a mitmproxy flow file into --db (created if missing)."""
+    from ocpp_replay.exchange import import_file
+
+    try:
+        kind, result = import_file(file, db, subprotocol=subprotocol, path_regex=path)
+    except OcppReplayError as exc:
+        fail(exc)
+    what = "JSONL export" if kind == "jsonl" else "mitmproxy flow file"
+    console.print(
+        f"imported {result.sessions} sessions, {result.frames} frames, {result.events} events "
+        f"from {file} ({what}) into {db}",
+        markup=False,
+    )
+    if result.renumbered:
+        pairs = [f"{old}→{new}" for old, new in result.id_map.items()]
+        shown = ", ".join(pairs[:10]) + (f", … ({len(pairs)} in all)" if len(pairs) > 10 else "")
+        console.print(f"session ids: {shown}", markup=False)
+
+
+def export(
+    out: OutOption,
+    db: DbOption = DEFAULT_DB,
+    session: Annotated[
+        list[int] | None, typer.Option("--session", help="Export this session (repeat).")
+    ] = None,
+    charge_point: Annotated[
+        list[str] | None, typer.Option("--charge-point", help="Export this charge point's sessions (repeat).")
+    ] = None,
+    force: ForceFlag = False,
+) -> None:
+    """Export sessions (all by default) to a JSONL file, lossless; read back with import."""
+    from ocpp_replay.exchange import export_jsonl
+
+    try:
+        with Store.open(db) as store:
+            result = export_jsonl(store, out, session or [], charge_point or [], force=force)
+    except OcppReplayError as exc:
+        fail(exc)
+    console.print(
+        f"exported {result.sessions} sessions, {result.frames} frames, {result.events} events to {out}",
+        markup=False,
+    )
+
+
+def redact(
+    out: OutOption,
+    db: DbOption = DEFAULT_DB,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            envvar="OCPP_REPLAY_REDACT_KEY",
+            help="Secret for the pseudonyms (same key, same pseudonyms). Default: random.",
+        ),
+    ] = None,
+    fields: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fields",
+            help="JSON keys to replace, KEY or KEY=PREFIX, comma-separated or repeated; "
+            "'default' adds the built-in ones (idTag, parentIdTag, idToken, serial numbers, iccid, imsi).",
+        ),
+    ] = None,
+    charge_point_ids: Annotated[
+        bool, typer.Option("--charge-point-ids", help="Also replace charge point ids (and the auth user).")
+    ] = False,
+    force: ForceFlag = False,
+) -> None:
+    """Write a copy of --db with id tags, serial numbers, ICCID/IMSI (and charge point ids) pseudonymised."""
+    from ocpp_replay.redact import DEFAULT_FIELDS, parse_fields, redact_capture
+
+    try:
+        chosen = parse_fields(fields) if fields else DEFAULT_FIELDS
+        result = redact_capture(
+            db,
+            out,
+            key=key.encode("utf-8") if key is not None else None,
+            fields=chosen,
+            charge_point_ids=charge_point_ids,
+            force=force,
+        )
+    except OcppReplayError as exc:
+        fail(exc)
+    console.print(
+        f"redacted {result.sessions} sessions: {result.frames_changed} of {result.frames} frames changed, "
+        f"{result.values} distinct values replaced → {out} (runs not copied)",
+        markup=False,
+    )
+    if result.random_key:
+        err_console.print(
+            "note: no --key given, a random key was used: these pseudonyms cannot be reproduced "
+            "(redact again with the same --key to get matching pseudonyms across captures)",
+            markup=False,
+        )
+
+
+def merge(
+    captures: Annotated[list[Path], typer.Argument(help="The captures to merge.")],
+    out: OutOption,
+    force: ForceFlag = False,
+) -> None:
+    """Merge captures (e.g. one per proxy at a site) into a new one; sessions renumbered by start time."""
+    from ocpp_replay.merge import merge_captures
+
+    try:
+        result = merge_captures(captures, out, force=force)
+    except OcppReplayError as exc:
+        fail(exc)
+    console.print(
+        f"merged {len(captures)} captures: {result.sessions} sessions, {result.frames} frames → {out} "
+        "(runs not merged)",
+        markup=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the capture tool commands to ``app``."""
+    app.command(
+        "mitm",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(mitm)
+    app.command("import")(import_)
+    app.command("export")(export)
+    app.command("redact")(redact)
+    app.command("merge")(merge)

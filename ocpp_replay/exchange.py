@@ -1,0 +1,611 @@
+"""Moving captures between files: the JSONL export format, import of it and of mitmproxy flow files.
+
+A capture is read as a stream of *records* — ``("session", row)``, ``("frame", row)`` and
+``("event", row)``, where a row is a dict of the table's columns — and written through a
+:class:`CaptureSink`. Export, import, :mod:`ocpp_replay.merge` and :mod:`ocpp_replay.redact`
+are all a record stream from somewhere to somewhere, so every column is carried over, including
+columns later migrations add.
+
+The JSONL format (version 1; documented in docs/export-redact-merge.md), one JSON object a line::
+
+    {"format": "ocpp-replay-capture", "version": 1, "exported_at": "...Z", "generator": "...",
+     "migrations": ["m001_capture", ...]}                                       header, first
+    {"type": "session", "id": 1, "charge_point_id": "CP-1", ...every sessions column}
+    {"type": "frame", "session_id": 1, "seq": 1, "timestamp": "...Z", "elapsed": 0.0123,
+     "direction": "to_csms", ..., "raw": "[2,\\"1\\",...]", "raw_bytes_base64": null}
+    {"type": "event", "session_id": 1, "timestamp": "...Z", "kind": "...", "detail": "..."}
+    {"type": "end", "sessions": 1, "frames": 20, "events": 0}                 trailer, last
+
+A session's line comes before its frames and events. ``raw`` is the exact text as a JSON string
+(which round-trips every character); binary frames have ``raw`` null and their bytes in
+``raw_bytes_base64``. ``elapsed`` is written with Python's shortest round-trip float repr, so it
+reads back as the same double. The trailer makes a truncated file an error instead of a silently
+shorter capture. Runs (replay/compare results) are not exported.
+
+An import is one transaction: an error leaves the target capture as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import sqlite_utils
+
+from ocpp_replay import __version__
+from ocpp_replay.errors import CaptureError, ConfigError, UnknownSession
+from ocpp_replay.frames import Direction, peek
+from ocpp_replay.pairing import Pairer
+from ocpp_replay.store import Store, migrations, open_database, utc_iso
+
+log = logging.getLogger(__name__)
+
+FORMAT = "ocpp-replay-capture"
+VERSION = 1
+
+Kind = Literal["session", "frame", "event"]
+Record = tuple[Kind, dict[str, Any]]
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "CaptureSink",
+    "ImportResult",
+    "create_output",
+    "detect_format",
+    "export_jsonl",
+    "import_file",
+    "import_flows",
+    "import_jsonl",
+    "iter_capture",
+    "jsonl_lines",
+    "orphan_events",
+    "parse_jsonl",
+]
+
+
+# ----------------------------------------------------------------------------- reading a capture
+
+
+def _columns(db: sqlite_utils.Database, table: str) -> list[str]:
+    return [row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()]
+
+
+def select_sessions(
+    store: Store, ids: Sequence[int] = (), charge_points: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Rows of the sessions table (every column), in start order, filtered by id and charge point."""
+    where: list[str] = []
+    params: list[Any] = []
+    if ids:
+        where.append(f"id IN ({','.join('?' * len(ids))})")
+        params.extend(ids)
+    if charge_points:
+        where.append(f"charge_point_id IN ({','.join('?' * len(charge_points))})")
+        params.extend(charge_points)
+    sql = "SELECT * FROM sessions" + (" WHERE " + " AND ".join(where) if where else "")
+    sql += " ORDER BY started_at, id"
+    try:
+        cursor = store.db.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    except sqlite3.DatabaseError as exc:
+        raise CaptureError(f"cannot read sessions from {store.path}: {exc}") from exc
+    missing = set(ids) - {r["id"] for r in rows}
+    if missing:
+        raise UnknownSession(f"no session {', '.join(map(str, sorted(missing)))} in {store.path}")
+    return rows
+
+
+def iter_capture(
+    store: Store,
+    ids: Sequence[int] = (),
+    charge_points: Sequence[str] = (),
+    *,
+    with_orphans: bool | None = None,
+) -> Iterator[Record]:
+    """The records of a capture: each session, then its frames in wire order, then its events.
+
+    Events that belong to no session come last (by default only when nothing was filtered).
+    """
+    sessions = select_sessions(store, ids, charge_points)
+    try:
+        for session in sessions:
+            yield "session", session
+            cursor = store.db.execute(
+                "SELECT * FROM frames WHERE session_id = ? ORDER BY seq", [session["id"]]
+            )
+            names = [d[0] for d in cursor.description]
+            for row in cursor:
+                yield "frame", dict(zip(names, row, strict=True))
+            yield from _events(store, "session_id = ?", [session["id"]])
+    except sqlite3.DatabaseError as exc:
+        raise CaptureError(f"cannot read {store.path}: {exc}") from exc
+    if with_orphans if with_orphans is not None else not (ids or charge_points):
+        yield from orphan_events(store)
+
+
+def orphan_events(store: Store) -> Iterator[Record]:
+    """Capture events that belong to no session."""
+    try:
+        yield from _events(store, "session_id IS NULL", [])
+    except sqlite3.DatabaseError as exc:
+        raise CaptureError(f"cannot read {store.path}: {exc}") from exc
+
+
+def _events(store: Store, where: str, params: list[Any]) -> Iterator[Record]:
+    cursor = store.db.execute(f"SELECT * FROM capture_events WHERE {where} ORDER BY id", params)
+    names = [d[0] for d in cursor.description]
+    for row in cursor:
+        event = dict(zip(names, row, strict=True))
+        event.pop("id", None)  # renumbered by the target
+        yield "event", event
+
+
+# ----------------------------------------------------------------------------- writing a capture
+
+
+@dataclass(slots=True)
+class ImportResult:
+    sessions: int = 0
+    frames: int = 0
+    events: int = 0
+    id_map: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def renumbered(self) -> bool:
+        return any(old != new for old, new in self.id_map.items())
+
+
+class CaptureSink:
+    """Writes records into an open capture in one transaction, mapping session ids.
+
+    ``id_for(old_id)`` decides the id a session gets in the target (by default the next free
+    one). Frames and events are written under the id their session got; a frame or event of a
+    session not written first is an error.
+    """
+
+    BATCH = 2000
+
+    def __init__(self, db: sqlite_utils.Database, id_for: Callable[[int], int] | None = None) -> None:
+        self.db = db
+        self.conn: sqlite3.Connection = db.conn
+        self.result = ImportResult()
+        self._columns = {t: set(_columns(db, t)) for t in ("sessions", "frames", "capture_events")}
+        row = self.conn.execute("SELECT max(id) FROM sessions").fetchone()
+        self.next_id = (row[0] or 0) + 1
+        self.id_for = id_for
+        self._frames: list[dict[str, Any]] = []
+
+    def __enter__(self) -> CaptureSink:
+        self.conn.execute("BEGIN")
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self._flush()
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def _check(self, table: str, row: dict[str, Any]) -> None:
+        unknown = set(row) - self._columns[table]
+        if unknown:
+            raise CaptureError(f"the target capture has no {table} column {', '.join(sorted(unknown))}")
+
+    def write(self, kind: Kind, row: dict[str, Any]) -> None:
+        if kind == "frame":
+            self._frames.append(row)
+            if len(self._frames) >= self.BATCH:
+                self._flush()
+            return
+        self._flush()
+        if kind == "session":
+            self.session(row)
+        else:
+            self.event(row)
+
+    def session(self, row: dict[str, Any]) -> int:
+        old = row["id"]
+        if old in self.result.id_map:
+            raise CaptureError(f"session {old} appears twice")
+        new = self.id_for(old) if self.id_for is not None else self.next_id
+        self.next_id = max(self.next_id, new + 1)
+        self.result.id_map[old] = new
+        row = dict(row, id=new)
+        self._check("sessions", row)
+        self.conn.execute(
+            f"INSERT INTO sessions ({', '.join(row)}) VALUES ({','.join('?' * len(row))})",
+            list(row.values()),
+        )
+        self.result.sessions += 1
+        return new
+
+    def forget(self, old: int) -> None:
+        """Write what is pending for session ``old``, then let another session use that id."""
+        self._flush()
+        del self.result.id_map[old]
+
+    def _map(self, row: dict[str, Any], what: str) -> dict[str, Any]:
+        old = row.get("session_id")
+        if old is None:
+            return row
+        try:
+            return dict(row, session_id=self.result.id_map[old])
+        except KeyError:
+            raise CaptureError(f"{what} of session {old} before the session itself") from None
+
+    def event(self, row: dict[str, Any]) -> None:
+        row = self._map(row, "an event")
+        self._check("capture_events", row)
+        self.conn.execute(
+            f"INSERT INTO capture_events ({', '.join(row)}) VALUES ({','.join('?' * len(row))})",
+            list(row.values()),
+        )
+        self.result.events += 1
+
+    def _flush(self) -> None:
+        if not self._frames:
+            return
+        frames, self._frames = self._frames, []
+        by_columns: dict[tuple[str, ...], list[list[Any]]] = {}
+        for row in frames:
+            row = self._map(row, "a frame")
+            by_columns.setdefault(tuple(row), []).append(list(row.values()))
+        for columns, values in by_columns.items():
+            self._check("frames", dict.fromkeys(columns))
+            sql = f"INSERT INTO frames ({', '.join(columns)}) VALUES ({','.join('?' * len(columns))})"
+            try:
+                self.conn.executemany(sql, values)
+            except sqlite3.IntegrityError as exc:
+                raise CaptureError(f"duplicate or invalid frame: {exc}") from exc
+        self.result.frames += len(frames)
+
+
+def create_output(path: str | os.PathLike[str], *, force: bool = False) -> sqlite_utils.Database:
+    """A new, empty capture at ``path`` (mode 0600). Refuses to overwrite unless ``force``."""
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        if not force:
+            raise ConfigError(f"{p} exists; choose another --out or pass --force")
+        if p.is_dir():
+            raise ConfigError(f"{p} is a directory")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{p}{suffix}").unlink()
+    return open_database(p, create=True)
+
+
+@contextlib.contextmanager
+def _target(path: str | os.PathLike[str]) -> Iterator[sqlite_utils.Database]:
+    """Open (or create) the capture an import writes into; remove it again if created and failed."""
+    p = Path(path)
+    created = not p.exists()
+    db = open_database(p, create=True)
+    try:
+        yield db
+    except BaseException:
+        db.conn.close()
+        if created:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f"{p}{suffix}").unlink()
+        raise
+    db.conn.close()
+
+
+# ----------------------------------------------------------------------------- JSONL
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def jsonl_lines(store: Store, records: Iterable[Record]) -> Iterator[str]:
+    """The JSONL export of a record stream (each line without its newline)."""
+    applied = [m.name for m in migrations.applied(store.db)]
+    yield _dumps(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "exported_at": utc_iso(time.time()),
+            "generator": f"ocpp-replay {__version__}",
+            "migrations": applied,
+        }
+    )
+    counts = {"session": 0, "frame": 0, "event": 0}
+    for kind, row in records:
+        counts[kind] += 1
+        if kind == "frame":
+            data = row.get("raw_bytes")
+            row = dict(row)
+            row["raw_bytes_base64"] = None if data is None else base64.b64encode(data).decode("ascii")
+            row.pop("raw_bytes", None)
+        yield _dumps({"type": kind, **row})
+    yield _dumps(
+        {"type": "end", "sessions": counts["session"], "frames": counts["frame"], "events": counts["event"]}
+    )
+
+
+def _private_text(path: Path, force: bool) -> IO[str]:
+    if (path.exists() or path.is_symlink()) and not force:
+        raise ConfigError(f"{path} exists; choose another --out or pass --force")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
+    os.fchmod(fd, 0o600)
+    return open(fd, "w", encoding="utf-8", newline="\n")
+
+
+def export_jsonl(
+    store: Store,
+    out: str | os.PathLike[str],
+    ids: Sequence[int] = (),
+    charge_points: Sequence[str] = (),
+    *,
+    force: bool = False,
+) -> ImportResult:
+    """Write the selected sessions to ``out`` (created 0600). Returns what was written."""
+    counts = ImportResult()
+
+    def counted(records: Iterable[Record]) -> Iterator[Record]:
+        for kind, row in records:
+            if kind == "session":
+                counts.sessions += 1
+                counts.id_map[row["id"]] = row["id"]
+            elif kind == "frame":
+                counts.frames += 1
+            else:
+                counts.events += 1
+            yield kind, row
+
+    records = iter_capture(store, ids, charge_points)
+    path = Path(out)
+    with _private_text(path, force) as fh:
+        for line in jsonl_lines(store, counted(records)):
+            fh.write(line)
+            fh.write("\n")
+    return counts
+
+
+def parse_jsonl(lines: Iterable[str], name: str = "input") -> Iterator[Record]:
+    """Records from the lines of a JSONL export. Raises CaptureError naming the bad line."""
+    header_seen = False
+    ended = False
+    counts = {"session": 0, "frame": 0, "event": 0}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{name} line {n}"
+        if ended:
+            raise CaptureError(f"{where}: data after the end line")
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise CaptureError(f"{where}: not JSON ({exc})") from exc
+        if not isinstance(obj, dict):
+            raise CaptureError(f"{where}: not a JSON object")
+        if not header_seen:
+            if obj.get("format") != FORMAT:
+                raise CaptureError(f"{name} is not an ocpp-replay export (no {FORMAT} header)")
+            version = obj.get("version")
+            if not isinstance(version, int) or version > VERSION:
+                raise CaptureError(f"{name} has export format version {version!r}; this reads {VERSION}")
+            header_seen = True
+            continue
+        kind = obj.pop("type", None)
+        if kind == "end":
+            expected = {
+                "session": obj.get("sessions"),
+                "frame": obj.get("frames"),
+                "event": obj.get("events"),
+            }
+            if expected != counts:
+                raise CaptureError(f"{where}: the end line counts {expected}, the file holds {counts}")
+            ended = True
+            continue
+        if kind not in counts:
+            raise CaptureError(f"{where}: unknown record type {kind!r}")
+        counts[kind] += 1
+        if kind == "frame":
+            encoded = obj.pop("raw_bytes_base64", None)
+            try:
+                obj["raw_bytes"] = None if encoded is None else base64.b64decode(encoded, validate=True)
+            except (binascii.Error, TypeError) as exc:
+                raise CaptureError(f"{where}: raw_bytes_base64 is not base64") from exc
+        if kind == "session" and not isinstance(obj.get("id"), int):
+            raise CaptureError(f"{where}: a session needs an integer id")
+        yield kind, obj
+    if not header_seen:
+        raise CaptureError(f"{name} is empty")
+    if not ended:
+        raise CaptureError(f"{name} is truncated: no end line")
+
+
+def import_jsonl(path: str | os.PathLike[str], db_path: str | os.PathLike[str]) -> ImportResult:
+    """Import a JSONL export into a capture (created if missing), in one transaction.
+
+    Into a capture without sessions the ids are kept; into one with sessions the imported
+    sessions are numbered after its last one, in file order.
+    """
+    p = Path(path)
+    with _target(db_path) as db:
+        keep = db.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
+        try:
+            fh = open(p, encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise CaptureError(f"cannot read {p}: {exc.strerror}") from exc
+        with fh, CaptureSink(db, (lambda old: old) if keep else None) as sink:
+            try:
+                for kind, row in parse_jsonl(fh, str(p)):
+                    sink.write(kind, row)
+            except sqlite3.DatabaseError as exc:
+                raise CaptureError(f"cannot import {p}: {exc}") from exc
+            except UnicodeDecodeError as exc:
+                raise CaptureError(f"{p} is not UTF-8 text") from exc
+        return sink.result
+
+
+# ----------------------------------------------------------------------------- mitmproxy flow files
+
+
+def detect_format(path: str | os.PathLike[str]) -> Literal["jsonl", "mitmproxy"]:
+    """Our JSONL export starts with ``{``; a mitmproxy flow file (tnetstring) with digits and ``:``."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise CaptureError(f"cannot read {p}: {exc.strerror}") from exc
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if stripped.startswith(b"{"):
+        return "jsonl"
+    digits = stripped.split(b":", 1)[0]
+    if digits.isdigit() and b":" in stripped:
+        return "mitmproxy"
+    raise CaptureError(f"{p} is neither an ocpp-replay JSONL export nor a mitmproxy flow file")
+
+
+def import_flows(
+    path: str | os.PathLike[str],
+    db_path: str | os.PathLike[str],
+    *,
+    subprotocol: str = "ocpp",
+    path_regex: str = "",
+) -> ImportResult:
+    """Import the websocket flows of a mitmproxy flow file (``mitmdump -w``) as sessions.
+
+    Sessions are numbered after the capture's last one, in handshake order. Needs mitmproxy.
+    """
+    try:
+        from mitmproxy import http
+        from mitmproxy.exceptions import FlowReadException
+        from mitmproxy.io import FlowReader
+
+        from ocpp_replay import mitm
+    except ImportError as exc:
+        raise ConfigError(
+            "reading mitmproxy flow files needs mitmproxy: pip install 'ocpp-replay[mitm]'"
+        ) from exc
+    try:
+        wanted = mitm.SessionFilter.of(subprotocol, path_regex)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    p = Path(path)
+
+    def flows() -> Iterator[http.HTTPFlow]:
+        try:
+            with open(p, "rb") as fh:
+                for f in FlowReader(fh).stream():
+                    if (
+                        isinstance(f, http.HTTPFlow)
+                        and mitm.is_websocket_upgrade(f)
+                        and (f.websocket is not None or f.response is None or f.response.status_code != 101)
+                        and wanted.wants(f)
+                    ):
+                        yield f
+        except FlowReadException as exc:
+            raise CaptureError(f"cannot read mitmproxy flows from {p}: {exc}") from exc
+        except OSError as exc:
+            raise CaptureError(f"cannot read {p}: {exc.strerror}") from exc
+
+    # Two passes keep one flow in memory at a time and still number sessions by start time.
+    order = sorted((f.request.timestamp_start, i) for i, f in enumerate(flows()))
+    with _target(db_path) as db, CaptureSink(db) as sink:
+        ids = {i: sink.next_id + rank for rank, (_, i) in enumerate(order)}
+        sink.id_for = ids.__getitem__
+        for i, f in enumerate(flows()):
+            for kind, row in flow_records(f, i):
+                sink.write(kind, row)
+        return sink.result
+
+
+def flow_records(flow: Any, key: int) -> Iterator[Record]:
+    """Records of one finished mitmproxy flow: a session (``id`` = ``key``) and its frames."""
+    from ocpp_replay import mitm
+
+    fields = mitm.session_fields(flow)
+    started = flow.request.timestamp_start
+    if flow.websocket is None:  # a refused or failed handshake
+        fields |= mitm.refusal_fields(flow)
+        end = flow.response.timestamp_end if flow.response is not None else None
+        yield (
+            "session",
+            dict(
+                fields,
+                id=key,
+                started_at=utc_iso(started),
+                ended_at=utc_iso(end or started),
+                closed_by="upstream",
+            ),
+        )
+        return
+    n = 0
+    rows: list[dict[str, Any]] = []
+    pairer = Pairer()
+    for wall, elapsed, direction, data in mitm.flow_frames(flow):
+        n += 1
+        rows.append(frame_row(pairer, key, n, wall, elapsed, direction, data))
+    ended = flow.websocket.timestamp_end
+    if ended is None:
+        ended = max([started, *(m.timestamp for m in flow.websocket.messages)])
+    session = dict(fields, id=key, started_at=utc_iso(started), ended_at=utc_iso(ended), frames=n)
+    session |= mitm.close_fields(flow)
+    yield "session", session
+    for row in rows:
+        yield "frame", row
+
+
+def frame_row(
+    pairer: Pairer,
+    session_id: int,
+    seq: int,
+    wall: float,
+    elapsed: float,
+    direction: Direction,
+    data: str | bytes,
+) -> dict[str, Any]:
+    """A frames-table row with the derived columns, computed as the capture writer computes them."""
+    mtype, uid, action, error = peek(data)
+    if mtype is not None:
+        action = pairer.see(session_id, direction, mtype, uid, action)
+    text, binary = (data, None) if isinstance(data, str) else (None, bytes(data))
+    return {
+        "session_id": session_id,
+        "seq": seq,
+        "timestamp": utc_iso(wall),
+        "elapsed": elapsed,
+        "direction": str(direction),
+        "message_type": mtype,
+        "unique_id": uid,
+        "action": action,
+        "raw": text,
+        "raw_bytes": binary,
+        "parse_error": error,
+    }
+
+
+def import_file(
+    path: str | os.PathLike[str],
+    db_path: str | os.PathLike[str],
+    *,
+    subprotocol: str = "ocpp",
+    path_regex: str = "",
+) -> tuple[str, ImportResult]:
+    """Import a JSONL export or a mitmproxy flow file, whichever ``path`` holds."""
+    kind = detect_format(path)
+    if kind == "jsonl":
+        return kind, import_jsonl(path, db_path)
+    return kind, import_flows(path, db_path, subprotocol=subprotocol, path_regex=path_regex)

@@ -1,0 +1,474 @@
+"""Redaction: replace personal and identifying values in a capture with deterministic pseudonyms.
+
+The core (:class:`Redactor`) is pure: text in, text out. :func:`redact_capture` is the I/O
+wrapper that reads one capture and writes a new one.
+
+What is replaced (the default fields; ``--fields`` changes them):
+
+* id tags: 1.6 ``idTag`` and ``parentIdTag`` wherever they occur (Authorize, StartTransaction,
+  StopTransaction, SendLocalList, RemoteStartTransaction, ...); 2.0.1 ``idToken`` (the string
+  inside ``idToken`` and ``groupIdToken`` objects) and ``additionalIdToken`` → ``tag-<hex>``
+* serial numbers: ``chargePointSerialNumber``, ``chargeBoxSerialNumber``,
+  ``meterSerialNumber``, ``serialNumber`` → ``sn-<hex>``
+* SIM identities: ``iccid`` → ``iccid-<hex>``, ``imsi`` → ``imsi-<hex>``
+* optionally charge point ids → ``cp-<hex>``: in ``sessions.charge_point_id``, in the path
+  and upstream URL segments, as the Basic auth user, and wherever a payload string equals one.
+
+A pseudonym is ``<prefix>-`` and the first 12 hex digits of HMAC-SHA256(key, value): the same
+value gets the same pseudonym everywhere in a capture and in every capture redacted with the
+same key, so replays still correlate and sessions still join. 48 bits keep accidental
+collisions out of reach for any site (a collision is detected and raised). Every pseudonym fits
+the schema lengths of the fields it replaces (idTag: 20 characters).
+
+Raw text is edited, not re-serialised: the walker below finds the exact span of each JSON string
+and only the spans that change are rewritten. Everything else in the frame — numbers such as
+transactionId 9223372036854775807, whitespace, key order, escapes — stays byte for byte, and a
+frame with nothing to redact is returned as the very same string. A value found by the rules is
+also replaced where it occurs inside other strings (a DataTransfer ``data`` that embeds JSON)
+and inside frames that are not JSON, as long as it is at least :data:`MIN_SWEEP` characters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from json.decoder import scanstring  # type: ignore[attr-defined]
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from ocpp_replay.errors import CaptureError, ConfigError
+from ocpp_replay.exchange import CaptureSink, Record, create_output, iter_capture
+from ocpp_replay.store import Store
+
+__all__ = [
+    "DEFAULT_FIELDS",
+    "MIN_SWEEP",
+    "Leaf",
+    "Pseudonyms",
+    "RedactResult",
+    "Redactor",
+    "parse_fields",
+    "redact_capture",
+    "string_leaves",
+]
+
+#: JSON key → pseudonym prefix.
+DEFAULT_FIELDS: Mapping[str, str] = {
+    "idTag": "tag",
+    "parentIdTag": "tag",
+    "idToken": "tag",
+    "additionalIdToken": "tag",
+    "chargePointSerialNumber": "sn",
+    "chargeBoxSerialNumber": "sn",
+    "meterSerialNumber": "sn",
+    "serialNumber": "sn",
+    "iccid": "iccid",
+    "imsi": "imsi",
+}
+CHARGE_POINT_PREFIX = "cp"
+USER_PREFIX = "user"
+#: Found values shorter than this are replaced only where a whole string equals them.
+MIN_SWEEP = 6
+HEX_DIGITS = 12
+
+
+# ----------------------------------------------------------------------------- the JSON walker
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """A JSON string value: its span in the text (quotes included) and where it sits."""
+
+    start: int
+    end: int
+    value: str
+    key: str | None  # the object key it is the value of (array items inherit their array's key)
+    depth: int  # 1 for the items of the top-level array (the OCPP-J envelope)
+    index: int | None  # position in its array, if in one
+
+
+_WS = frozenset(" \t\n\r")
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_LITERALS = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
+
+
+class _Walker:
+    __slots__ = ("leaves", "n", "s")
+
+    def __init__(self, text: str) -> None:
+        self.s = text
+        self.n = len(text)
+        self.leaves: list[Leaf] = []
+
+    def ws(self, i: int) -> int:
+        s, n = self.s, self.n
+        while i < n and s[i] in _WS:
+            i += 1
+        return i
+
+    def char(self, i: int) -> str:
+        if i >= self.n:
+            raise ValueError("unexpected end of JSON")
+        return self.s[i]
+
+    def value(self, i: int, key: str | None, depth: int, index: int | None) -> int:
+        i = self.ws(i)
+        c = self.char(i)
+        if c == '"':
+            text, end = scanstring(self.s, i + 1, True)
+            self.leaves.append(Leaf(i, end, text, key, depth, index))
+            return int(end)
+        if c == "{":
+            i = self.ws(i + 1)
+            if self.char(i) == "}":
+                return i + 1
+            while True:
+                if self.char(i) != '"':
+                    raise ValueError(f"expected a key at {i}")
+                k, i = scanstring(self.s, i + 1, True)
+                i = self.ws(i)
+                if self.char(i) != ":":
+                    raise ValueError(f"expected ':' at {i}")
+                i = self.ws(self.value(i + 1, k, depth + 1, None))
+                c = self.char(i)
+                if c == "}":
+                    return i + 1
+                if c != ",":
+                    raise ValueError(f"expected ',' or '}}' at {i}")
+                i = self.ws(i + 1)
+        if c == "[":
+            i = self.ws(i + 1)
+            if self.char(i) == "]":
+                return i + 1
+            item = 0
+            while True:
+                i = self.ws(self.value(i, key, depth + 1, item))
+                item += 1
+                c = self.char(i)
+                if c == "]":
+                    return i + 1
+                if c != ",":
+                    raise ValueError(f"expected ',' or ']' at {i}")
+                i += 1
+        m = _NUMBER.match(self.s, i)
+        if m:
+            return m.end()
+        for literal in _LITERALS:
+            if self.s.startswith(literal, i):
+                return i + len(literal)
+        raise ValueError(f"unexpected {c!r} at {i}")
+
+
+def string_leaves(text: str) -> list[Leaf]:
+    """Every string value of a JSON text with its exact span. Raises ValueError if not JSON.
+
+    Accepts what ``json.loads`` accepts (a property test holds it to that); keys are not leaves.
+    """
+    walker = _Walker(text)
+    try:
+        end = walker.ws(walker.value(0, None, 0, None))
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+    if end != walker.n:
+        raise ValueError(f"extra data at {end}")
+    return walker.leaves
+
+
+# ----------------------------------------------------------------------------- pseudonyms
+
+
+class Pseudonyms:
+    """``prefix-<12 hex>`` from a keyed HMAC-SHA256 of the value; the same value, the same hex."""
+
+    def __init__(self, key: bytes) -> None:
+        if not key:
+            raise ConfigError("the redaction key must not be empty")
+        self._key = key
+        self._cache: dict[tuple[str, str], str] = {}
+        self._seen: dict[str, str] = {}
+
+    def __call__(self, prefix: str, value: str) -> str:
+        cached = self._cache.get((prefix, value))
+        if cached is not None:
+            return cached
+        digest = hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:HEX_DIGITS]
+        owner = self._seen.setdefault(digest, value)
+        if owner != value:  # 1 in 2**48 per pair: never silently merge two identities
+            raise ConfigError(f"pseudonym collision between two values ({digest}); use another key")
+        pseudonym = f"{prefix}-{digest}"
+        self._cache[(prefix, value)] = pseudonym
+        return pseudonym
+
+
+def parse_fields(spec: Iterable[str]) -> dict[str, str]:
+    """``--fields`` values: ``key`` or ``key=prefix``, comma-separated; ``default`` adds the defaults."""
+    fields: dict[str, str] = {}
+    for part in (p.strip() for item in spec for p in item.split(",")):
+        if not part:
+            continue
+        if part == "default":
+            fields.update(DEFAULT_FIELDS)
+            continue
+        key, _, prefix = part.partition("=")
+        key, prefix = key.strip(), (prefix.strip() or DEFAULT_FIELDS.get(key.strip(), "x"))
+        if not key or not re.fullmatch(r"[A-Za-z0-9_.]+", prefix):
+            raise ConfigError(f"bad --fields entry {part!r}: use KEY or KEY=PREFIX")
+        fields[key] = prefix
+    if not fields:
+        raise ConfigError("--fields names no field")
+    return fields
+
+
+# ----------------------------------------------------------------------------- the pure core
+
+
+def _encode(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+class Redactor:
+    """Replaces configured fields (and, optionally, charge point ids) with pseudonyms.
+
+    Two passes over a capture: :meth:`learn` every frame first, so that values found anywhere
+    are also swept out of free text everywhere, then :meth:`text` / :meth:`session` / ...
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        fields: Mapping[str, str] = DEFAULT_FIELDS,
+        *,
+        charge_point_ids: bool = False,
+    ) -> None:
+        self.pseudonym = Pseudonyms(key)
+        self.fields = dict(fields)
+        self.charge_point_ids = charge_point_ids
+        self.known: dict[str, str] = {}  # value → pseudonym, everything the rules found
+        self._sweep: re.Pattern[str] | None = None
+
+    # -- pass 1 ----------------------------------------------------------------------
+
+    def learn_charge_point(self, cp_id: str) -> None:
+        if self.charge_point_ids and cp_id:
+            self._know(cp_id, self.pseudonym(CHARGE_POINT_PREFIX, cp_id))
+
+    def learn(self, raw: str | bytes | None) -> None:
+        text = _as_text(raw)
+        if text is None:
+            return
+        try:
+            leaves = string_leaves(text)
+        except ValueError:
+            return
+        for leaf in leaves:
+            prefix = self.fields.get(leaf.key) if leaf.key is not None else None
+            if prefix is not None and leaf.value:
+                self._know(leaf.value, self.pseudonym(prefix, leaf.value))
+
+    def _know(self, value: str, pseudonym: str) -> None:
+        # A charge point id keeps its cp- name even where a rule also matched it.
+        if self.known.get(value, "").startswith(CHARGE_POINT_PREFIX + "-"):
+            return
+        self.known[value] = pseudonym
+        self._sweep = None
+
+    # -- pass 2 ----------------------------------------------------------------------
+
+    def _sweeper(self) -> re.Pattern[str] | None:
+        if self._sweep is None:
+            long = sorted((v for v in self.known if len(v) >= MIN_SWEEP), key=len, reverse=True)
+            self._sweep = re.compile("|".join(map(re.escape, long))) if long else re.compile(r"(?!x)x")
+        return self._sweep
+
+    def sweep(self, text: str) -> str:
+        """``text`` with every known value (of at least MIN_SWEEP characters) replaced."""
+        if not self.known:
+            return text
+        pattern = self._sweeper()
+        assert pattern is not None
+        return pattern.sub(lambda m: self.known[m.group(0)], text)
+
+    def _replacement(self, leaf: Leaf) -> str | None:
+        if leaf.depth == 1 and leaf.index is not None and leaf.index < 3:
+            return None  # the envelope: message type, unique id, action / error code
+        prefix = self.fields.get(leaf.key) if leaf.key is not None else None
+        if prefix is not None and leaf.value:
+            known = self.known.get(leaf.value)
+            return known if known is not None else self.pseudonym(prefix, leaf.value)
+        known = self.known.get(leaf.value)
+        if known is not None:
+            return known
+        swept = self.sweep(leaf.value)
+        return swept if swept != leaf.value else None
+
+    def text(self, raw: str) -> str:
+        """A frame's text with its redactable strings replaced; the same object if none are."""
+        try:
+            leaves = string_leaves(raw)
+        except ValueError:
+            return self.sweep(raw)
+        parts: list[str] = []
+        last = 0
+        for leaf in leaves:
+            new = self._replacement(leaf)
+            if new is None or new == leaf.value:
+                continue
+            parts.append(raw[last : leaf.start])
+            parts.append(_encode(new))
+            last = leaf.end
+        if not parts:
+            return raw
+        parts.append(raw[last:])
+        return "".join(parts)
+
+    def frame(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A frames row with ``raw`` (or UTF-8 ``raw_bytes``) redacted; the same dict if unchanged."""
+        raw = row.get("raw")
+        if isinstance(raw, str):
+            new = self.text(raw)
+            return row if new is raw else dict(row, raw=new)
+        data = row.get("raw_bytes")
+        if isinstance(data, bytes | bytearray):
+            try:
+                text = bytes(data).decode("utf-8")
+            except UnicodeDecodeError:
+                return row  # not text: nothing a rule can find
+            new = self.text(text)
+            return row if new is text else dict(row, raw_bytes=new.encode("utf-8"))
+        return row
+
+    def _segment(self, segment: str) -> str:
+        known = self.known.get(unquote(segment))
+        if known is not None and known.startswith(CHARGE_POINT_PREFIX + "-"):
+            return quote(known, safe="")
+        return segment
+
+    def _path(self, path: str) -> str:
+        return "/".join(self._segment(s) for s in path.split("/"))
+
+    def session(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A sessions row with charge point ids (and what holds them) replaced, if asked for."""
+        if not self.charge_point_ids:
+            return row
+        row = dict(row)
+        cp = row.get("charge_point_id")
+        if cp:
+            row["charge_point_id"] = self.pseudonym(CHARGE_POINT_PREFIX, cp)
+        if row.get("path"):
+            row["path"] = self._path(row["path"])
+        if row.get("query"):
+            row["query"] = self.sweep(row["query"])
+        url = row.get("upstream_url")
+        if url:
+            parts = urlsplit(url)
+            row["upstream_url"] = urlunsplit(
+                parts._replace(path=self._path(parts.path), query=self.sweep(parts.query))
+            )
+        user = row.get("auth_user")
+        if user:
+            known = self.known.get(user)
+            row["auth_user"] = known if known is not None else self.pseudonym(USER_PREFIX, user)
+        for column in ("error", "close_reason"):
+            if row.get(column):
+                row[column] = self.sweep(row[column])
+        return row
+
+    def event(self, row: dict[str, Any]) -> dict[str, Any]:
+        detail = row.get("detail")
+        return dict(row, detail=self.sweep(detail)) if isinstance(detail, str) else row
+
+    def record(self, kind: str, row: dict[str, Any]) -> dict[str, Any]:
+        if kind == "frame":
+            return self.frame(row)
+        if kind == "session":
+            return self.session(row)
+        return self.event(row)
+
+
+def _as_text(raw: str | bytes | None) -> str | None:
+    if isinstance(raw, bytes | bytearray):
+        try:
+            return bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return raw
+
+
+# ----------------------------------------------------------------------------- the I/O wrapper
+
+
+@dataclass(frozen=True, slots=True)
+class RedactResult:
+    sessions: int
+    frames: int
+    frames_changed: int
+    values: int  # distinct values replaced
+    random_key: bool
+
+
+def random_key() -> bytes:
+    return secrets.token_bytes(32)
+
+
+def redact_capture(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    key: bytes | None = None,
+    fields: Mapping[str, str] = DEFAULT_FIELDS,
+    charge_point_ids: bool = False,
+    force: bool = False,
+) -> RedactResult:
+    """Write a redacted copy of the capture ``src`` to the new file ``out`` (mode 0600).
+
+    Session ids, frame order, timestamps and every other column are kept. Runs (replay and
+    compare results, which hold live frames) are not copied. Without ``key`` a random one is
+    used: the pseudonyms then differ from run to run.
+    """
+    if Path(out).resolve() == Path(src).resolve():
+        raise ConfigError("--out must be a new file, not the capture itself")
+    redactor = Redactor(key or random_key(), fields, charge_point_ids=charge_point_ids)
+    with Store.open(src) as store:
+        try:
+            for (cp,) in store.db.execute("SELECT DISTINCT charge_point_id FROM sessions"):
+                redactor.learn_charge_point(cp)
+            for raw, raw_bytes in store.db.execute("SELECT raw, raw_bytes FROM frames"):
+                redactor.learn(raw if raw is not None else raw_bytes)
+        except sqlite3.DatabaseError as exc:
+            raise CaptureError(f"cannot read {store.path}: {exc}") from exc
+        changed = 0
+
+        def redacted(records: Iterator[Record]) -> Iterator[Record]:
+            nonlocal changed
+            for kind, row in records:
+                new = redactor.record(kind, row)
+                if kind == "frame" and new is not row:
+                    changed += 1
+                yield kind, new
+
+        db = create_output(out, force=force)
+        try:
+            with CaptureSink(db, lambda old: old) as sink:
+                for kind, row in redacted(iter_capture(store)):
+                    sink.write(kind, row)
+        except BaseException:
+            db.conn.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{out}{suffix}").unlink(missing_ok=True)
+            raise
+        db.conn.close()
+    return RedactResult(
+        sessions=sink.result.sessions,
+        frames=sink.result.frames,
+        frames_changed=changed,
+        values=len(redactor.known),
+        random_key=key is None,
+    )
