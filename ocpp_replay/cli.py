@@ -256,6 +256,63 @@ def tail(
         fail(exc)
 
 
+@app.command()
+def validate(
+    db: DbOption = DEFAULT_DB,
+    session: Annotated[
+        list[int] | None, typer.Option("--session", help="Only this session (repeatable).")
+    ] = None,
+    charge_point: Annotated[
+        list[str] | None, typer.Option("--charge-point", help="Only this charge point (repeatable).")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="OCPP version for sessions without a known subprotocol.")
+    ] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Check every captured frame against the official OCPP JSON schemas (exit 1 on violations)."""
+    from ocpp_replay.validate import check_frames, summarize, version_of
+
+    store = _open(db)
+    findings = []
+    skipped: list[str] = []
+    try:
+        for info in store.sessions(ids=session or (), charge_points=charge_point or ()):
+            if info.error:
+                continue  # never connected: no frames
+            try:
+                ver = version_of(info.subprotocol, version)
+            except OcppReplayError as exc:
+                skipped.append(f"session {info.id}: {exc}")
+                continue
+            findings.extend(check_frames(info.id, info.charge_point_id, ver, store.frames(info.id)))
+    except OcppReplayError as exc:
+        fail(exc)
+    if json_:
+        print_json({"violations": [f.as_dict() for f in findings], "skipped": skipped})
+    else:
+        for line in skipped:
+            console.print(f"skipped {printable(line)}", markup=False)
+        if not findings:
+            console.print("no schema violations")
+        else:
+            table = Table(title=f"{len(findings)} schema violations")
+            for col in ("side", "action", "message", "path", "count"):
+                table.add_column(col, justify="right" if col == "count" else "left")
+            for side, action, kind, path, n in summarize(findings):
+                table.add_row(side, printable(action), kind, printable(path) or "(payload)", str(n))
+            console.print(table)
+            for f in findings[:20]:
+                console.print(
+                    f"  session {f.session_id} {printable(f.charge_point_id)} #{f.seq} {f.side} "
+                    f"{printable(f.action)} {printable(f.path) or '(payload)'}: {printable(f.message)}",
+                    markup=False,
+                )
+            if len(findings) > 20:
+                console.print(f"  ... and {len(findings) - 20} more (--json lists all)")
+    raise typer.Exit(1 if findings else 0)
+
+
 def _register_commands() -> None:
     """Commands that live in their own modules, each adding itself to the app."""
     from ocpp_replay import cli_replay
