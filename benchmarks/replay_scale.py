@@ -181,7 +181,13 @@ async def bench(args: argparse.Namespace) -> int:
         cpu0 = time.process_time()
         wall0 = time.monotonic()
         result = await run_replay(
-            store, target, sessions=sessions, answer_timeout=10.0, grace=1.0, start_delay=1.0
+            store,
+            target,
+            sessions=sessions,
+            answer_timeout=10.0,
+            grace=1.0,
+            start_delay=1.0,
+            quiet_gc=not args.no_quiet_gc,
         )
         wall = time.monotonic() - wall0
         gc.callbacks.remove(on_gc)
@@ -233,6 +239,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds each session lasts")
     parser.add_argument("--ramp", type=float, default=3.0, help="session starts spread over this")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() the loaded capture")
+    parser.add_argument("--no-quiet-gc", action="store_true", help="let full GC run during the replay")
     parser.add_argument("--keep", action="store_true", help="keep the temporary capture")
     parser.add_argument("--serve", metavar="PORT_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
