@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ocpp_replay.cli_common import DEFAULT_DB, DbOption, JsonFlag, console, err_console, fail, print_json
@@ -56,7 +56,7 @@ class _Display:
     def __init__(self, live: bool) -> None:
         self.live = live
         self.bar: Progress | None = None
-        self.task: int | None = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> _Display:
         if self.live:
@@ -80,7 +80,7 @@ class _Display:
     def __call__(self, p: ReplayProgress) -> None:
         if self.bar is not None and self.task is not None:
             self.bar.update(
-                self.task,  # type: ignore[arg-type]
+                self.task,
                 total=p.sessions_total,
                 completed=p.sessions_done,
                 frames=p.frames_sent,
@@ -180,6 +180,8 @@ def replay(
             write_junit(result, junit)
     except OcppReplayError as exc:
         fail(exc)
+    except KeyboardInterrupt:
+        fail("interrupted; the run was not stored")
     finally:
         if store is not None:
             store.close()

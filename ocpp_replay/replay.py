@@ -312,7 +312,8 @@ class _SessionRun:
         self.wall_anchor = time.time() - (self.loop.time() - self.anchor)
         self.started_at = utc_iso(time.time())
         log.debug("session %d (%s): connecting", plan.session_id, plan.charge_point_id)
-        if await self._connect():
+        connected = await self._connect()
+        if connected:
             ws = self.ws
             assert ws is not None
             reader = asyncio.create_task(self._read(ws), name=f"replay-read-{plan.session_id}")
@@ -328,7 +329,7 @@ class _SessionRun:
                 for pending in self.pending.values():
                     if pending.timer is not None:
                         pending.timer.cancel()
-        for queue in self.unconsumed.values():
+        for queue in self.unconsumed.values() if connected else ():  # refused: the handshake says it
             for bc in queue:
                 self._diff(Change(DiffKind.MISSING_CALL, "", bc.call.payload, None), bc.seq, bc.call.action)
         log.info(
@@ -628,8 +629,14 @@ class _SessionRun:
         self.ctx.counters.frames_sent += 1
 
 
-def _diff_order(d: Difference) -> tuple[int, str, str]:
-    return (d.seq if d.seq is not None else 1 << 62, str(d.kind), d.path)
+def _diff_order(d: Difference) -> tuple[int, int, str, str]:
+    """Handshake first, then in recorded order; differences without a recorded frame last."""
+    return (
+        0 if d.path.startswith("handshake.") else 1,
+        d.seq if d.seq is not None else 1 << 62,
+        str(d.kind),
+        d.path,
+    )
 
 
 # ----------------------------------------------------------------------------- the run

@@ -8,7 +8,9 @@ the session of issue 3 (boot, statuses, authorize, start, meter values, remote s
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import http
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ class Behaviour:
     remote_start: bool = True  # 2.0.1: RequestStartTransaction after the first status
     extra_call: str | None = None  # 1.6: an action to send that the recording does not have
     no_answer: set[str] = field(default_factory=set)  # actions the CSMS never answers
+    password: str | None = None  # require Basic auth with this password
 
 
 @dataclass
@@ -233,8 +236,23 @@ async def csms(version: str, behaviour: Behaviour | None = None) -> AsyncIterato
                 t.cancel()
             await asyncio.gather(*peer.tasks, return_exceptions=True)
 
+    def process_request(conn: ServerConnection, request: Any) -> Any:
+        if b.password is None:
+            return None
+        cp_id = request.path.rsplit("/", 1)[-1]
+        expected = "Basic " + base64.b64encode(f"{cp_id}:{b.password}".encode()).decode()
+        if request.headers.get("Authorization") != expected:
+            return conn.respond(http.HTTPStatus.UNAUTHORIZED, "unauthorized\n")
+        return None
+
     proto = "ocpp1.6" if version == "1.6" else "ocpp2.0.1"
-    async with serve(handler, "127.0.0.1", 0, subprotocols=[proto]) as server:  # type: ignore[list-item]
+    async with serve(
+        handler,
+        "127.0.0.1",
+        0,
+        subprotocols=[proto],  # type: ignore[list-item]
+        process_request=process_request,
+    ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         yield f"ws://127.0.0.1:{port}/ocpp", seen
 

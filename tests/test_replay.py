@@ -149,7 +149,25 @@ async def test_changed_answer_is_exactly_one_difference_cli(capture16: Path, tmp
     suite = ET.parse(junit).getroot()
     cases = suite.findall(".//testcase")
     assert len(cases) == 1 and cases[0].find("failure") is not None
-    assert "Authorize" in res.output
+    assert "Authorize" in res.stdout
+    assert "[1/1] session 1 (CP-16): 22 messages, 1 difference" in res.stderr  # quiet progress lines
+
+
+async def test_basic_auth_from_auth_file(capture16: Path, tmp_path: Path) -> None:
+    db = _copy(capture16, tmp_path)
+    async with csms("1.6", Behaviour(password="s3cret")) as (url, seen):
+        refused = await _replay(db, url)
+        assert [(d.kind, d.path, d.expected, d.actual) for d in refused.differences] == [
+            (DiffKind.CHANGED, "handshake.status", 101, 401)
+        ]
+        auth = tmp_path / "auth"
+        auth.write_text("# passwords\nCP-16:s3cret\n")
+        res = await _invoke(["replay", "--db", str(db), "--target", url, "--auth-file", str(auth)])
+    assert res.exit_code == 0, res.output
+    assert "s3cret" not in res.output
+    assert seen.transaction_ids == [1000] * 4
+    with Store.open(db) as store:
+        assert all("s3cret" not in (r[0] or "") for r in store.db.execute("SELECT options FROM runs"))
 
 
 async def test_timing_matches_recorded_gaps_at_speed_1_and_4(capture16: Path, tmp_path: Path) -> None:
