@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 import xml.etree.ElementTree as ET
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +317,25 @@ async def test_runs_command_lists_stored_runs(capture16: Path, tmp_path: Path) -
     assert run["kind"] == "replay" and run["diffs"] == 0 and run["sessions"] == 1 and run["exit_code"] == 0
     res = await _invoke(["runs", "--db", str(db)])
     assert res.exit_code == 0 and "replay" in res.stdout
+
+
+async def test_timestamps_shift_with_the_session_unless_kept(capture16: Path, tmp_path: Path) -> None:
+    db = _copy(capture16, tmp_path)
+    with Store.open(db) as store:
+        ((info, frames),) = load_sessions(store, Selection())
+    recorded = {f.seq: f.raw for f in frames}
+    for keep in (False, True):
+        async with csms("1.6") as (url, _):
+            result = await _replay(db, url, keep_timestamps=keep, speed=4.0)
+        sent = {f.recorded_seq: f.raw for f in result.sessions[0].frames if f.direction == "to_csms"}
+        status = json.loads(sent[3])[3]["timestamp"]  # StatusNotification, seq 3
+        if keep:
+            assert sent[3] == recorded[3] and sent[1] == recorded[1]
+        else:
+            assert sent[1] == recorded[1]  # BootNotification has no timestamp: the exact text
+            delta = datetime.fromisoformat(status) - datetime.fromisoformat(
+                json.loads(recorded[3])[3]["timestamp"]
+            )
+            live_start = datetime.fromisoformat(result.sessions[0].started_at or "")
+            rec_start = datetime.fromisoformat(info.started_at)
+            assert abs((delta - (live_start - rec_start)).total_seconds()) < 0.05
