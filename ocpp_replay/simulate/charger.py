@@ -269,7 +269,8 @@ class Charger:
             return self._booted(answer, now)
         if out.action == "Authorize" and out.tx is None:
             connector = self.connectors.get(out.connector, self.connectors[1])
-            connector.authorized = out.payload.get("idTag") if status == "Accepted" else None
+            tag = out.payload.get("idTag") or out.payload.get("idToken", {}).get("idToken")
+            connector.authorized = tag if status == "Accepted" else None
             connector.auth_rejected = status != "Accepted"
             return []
         if out.action == "StartTransaction" and out.tx is not None:
@@ -642,7 +643,8 @@ class Charger:
                 out["unit"] = sample["unit"]
             return out
         unit = sample.get("unit") or "Hz"
-        out = {"value": round(value, digits), "context": context, "measurand": measurand}
+        number: float | int = round(value, digits) if digits else round(value)
+        out = {"value": number, "context": context, "measurand": measurand}
         if "phase" in sample:
             out["phase"] = sample["phase"]
         out["location"] = location

@@ -212,14 +212,21 @@ class _Runner:
 
     async def connect(self, *, attempts: int = 5) -> None:
         url = f"{self.fleet.target.rstrip('/')}/{quote(self.charger_id, safe='')}"
-        auth = aiohttp.BasicAuth(self.charger_id, self.fleet.password) if self.fleet.password else None
+        headers = {}
+        if self.fleet.password is not None:
+            headers["Authorization"] = aiohttp.encode_basic_auth(self.charger_id, self.fleet.password)
         protocol = _SUBPROTOCOL[self.fleet.version]
         last: BaseException | None = None
         for attempt in range(attempts):
             try:
                 async with asyncio.timeout(self.fleet.connect_timeout):
                     ws = await self.fleet.session.ws_connect(
-                        url, protocols=(protocol,), auth=auth, autoping=True, heartbeat=None, max_msg_size=0
+                        url,
+                        protocols=(protocol,),
+                        headers=headers,
+                        autoping=True,
+                        heartbeat=None,
+                        max_msg_size=0,
                     )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 last = exc
