@@ -1,0 +1,373 @@
+"""The reference CSMS: its pure core, then the aiohttp server with a raw websocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ocpp_replay import schemas
+from ocpp_replay.csms import (
+    COMMANDS,
+    DEFAULT_ID_TAGS,
+    V2_BLOCKED_ID_TAG,
+    Backend,
+    CommandFailed,
+    CsmsConfig,
+    ReferenceCsms,
+    serve_forever,
+)
+from ocpp_replay.errors import ConfigError
+from ocpp_replay.frames import Call, CallError, CallResult
+
+pytestmark = pytest.mark.timeout(30)
+
+NOW = datetime(2024, 6, 3, 8, 0, tzinfo=UTC)
+BOOT_16 = {"chargePointVendor": "Alfen BV", "chargePointModel": "NG910-60023"}
+BOOT_201 = {"reason": "PowerUp", "chargingStation": {"vendorName": "Alfen BV", "model": "NG910-60023"}}
+
+
+def session(version: str = "1.6", cp: str = "ALF-0001", **config: Any) -> Any:
+    config.setdefault("tx_id_base", 100)
+    return Backend(CsmsConfig(**config)).open_session(cp, version)
+
+
+def call(s: Any, action: str, payload: dict[str, Any]) -> Any:
+    handled = s.handle_call(Call("1", action, payload), NOW)
+    if isinstance(handled.reply, CallResult):
+        assert schemas.validate(s.version, action, handled.reply.payload, response=True) == []
+    for command in handled.commands:
+        assert schemas.validate(s.version, command.action, command.payload, response=False) == []
+    return handled
+
+
+def test_boot_is_accepted_and_asks_for_the_configuration() -> None:
+    handled = call(session(), "BootNotification", BOOT_16)
+    assert handled.reply.payload["status"] == "Accepted" and handled.reply.payload["interval"] == 300
+    assert [c.action for c in handled.commands] == ["GetConfiguration"]
+    handled = call(session("2.0.1"), "BootNotification", BOOT_201)
+    assert [c.action for c in handled.commands] == ["GetVariables"]
+    quiet = call(session(get_configuration_on_boot=False, heartbeat_interval=42), "BootNotification", BOOT_16)
+    assert quiet.commands == () and quiet.reply.payload["interval"] == 42
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+def test_profiles_differ_in_heartbeat_and_one_card(version: str) -> None:
+    boot = BOOT_16 if version == "1.6" else BOOT_201
+    v1, v2 = session(version, profile="v1"), session(version, profile="v2")
+    assert call(v1, "BootNotification", boot).reply.payload["interval"] == 300
+    assert call(v2, "BootNotification", boot).reply.payload["interval"] == 900
+
+    def authorize(s: Any, tag: str) -> str:
+        if version == "1.6":
+            return str(call(s, "Authorize", {"idTag": tag}).reply.payload["idTagInfo"]["status"])
+        token = {"idToken": tag, "type": "ISO14443"}
+        return str(call(s, "Authorize", {"idToken": token}).reply.payload["idTokenInfo"]["status"])
+
+    for tag in DEFAULT_ID_TAGS:
+        assert authorize(v1, tag) == "Accepted"
+        assert authorize(v2, tag) == ("Blocked" if tag == V2_BLOCKED_ID_TAG else "Accepted")
+    assert authorize(v1, "UNKNOWN") == "Invalid"
+    assert authorize(session(version, blocked_id_tags=frozenset({"ACE0177305"})), "ACE0177305") == "Blocked"
+
+
+def test_v2_blocks_the_card_at_start_transaction_too() -> None:
+    start = {
+        "connectorId": 1,
+        "idTag": V2_BLOCKED_ID_TAG,
+        "meterStart": 0,
+        "timestamp": "2024-06-03T08:00:00Z",
+    }
+    assert (
+        call(session(profile="v1"), "StartTransaction", start).reply.payload["idTagInfo"]["status"]
+        == "Accepted"
+    )
+    assert (
+        call(session(profile="v2"), "StartTransaction", start).reply.payload["idTagInfo"]["status"]
+        == "Blocked"
+    )
+    event = {
+        "eventType": "Started",
+        "timestamp": "2024-06-03T08:00:00Z",
+        "triggerReason": "Authorized",
+        "seqNo": 0,
+        "transactionInfo": {"transactionId": "abc"},
+        "idToken": {"idToken": V2_BLOCKED_ID_TAG, "type": "ISO14443"},
+    }
+    reply = call(session("2.0.1", profile="v2"), "TransactionEvent", event).reply
+    assert reply.payload == {"idTokenInfo": {"status": "Blocked"}}
+
+
+def meter_values(tx: int) -> dict[str, Any]:
+    sample = {"value": "1000", "measurand": "Energy.Active.Import.Register", "unit": "Wh"}
+    return {
+        "connectorId": 1,
+        "transactionId": tx,
+        "meterValue": [{"timestamp": "2024-06-03T08:01:00Z", "sampledValue": [sample]}],
+    }
+
+
+def test_transaction_ids_and_remote_stop_after_n_meter_values() -> None:
+    s = session(remote_stop_after={"ALF-*": 3})
+    start = {"connectorId": 1, "idTag": "ACE0177305", "meterStart": 0, "timestamp": "2024-06-03T08:00:00Z"}
+    tx = call(s, "StartTransaction", start).reply.payload["transactionId"]
+    assert tx == 100
+    assert call(s, "StartTransaction", start).reply.payload["transactionId"] == 101
+    commands = [call(s, "MeterValues", meter_values(tx)).commands for _ in range(5)]
+    assert [len(c) for c in commands] == [0, 0, 1, 0, 0]  # exactly once, after the 3rd
+    assert commands[2][0].action == "RemoteStopTransaction" and commands[2][0].payload == {
+        "transactionId": 100
+    }
+    assert len(s.record.meter_values) == 5
+    other = session(cp="XYZ-1", remote_stop_after={"ALF-*": 3})
+    tx = call(other, "StartTransaction", start).reply.payload["transactionId"]
+    assert all(call(other, "MeterValues", meter_values(tx)).commands == () for _ in range(4))
+    stop = {"meterStop": 5000, "timestamp": "2024-06-03T09:00:00Z", "transactionId": 100, "reason": "Remote"}
+    assert call(s, "StopTransaction", stop).reply.payload == {}
+    assert not s.backend.transactions[100].active
+
+
+def test_two_instances_assign_different_transaction_ids() -> None:
+    a, b = Backend(CsmsConfig()), Backend(CsmsConfig())
+    assert a.next_transaction_id() != b.next_transaction_id()
+
+
+def test_201_transaction_event_triggers_request_stop() -> None:
+    s = session("2.0.1", remote_stop_after={"*": 2})
+    base = {"timestamp": "2024-06-03T08:00:00Z", "transactionInfo": {"transactionId": "t-1"}}
+    call(s, "TransactionEvent", {**base, "eventType": "Started", "triggerReason": "Authorized", "seqNo": 0})
+    sample = {"timestamp": "2024-06-03T08:01:00Z", "sampledValue": [{"value": 1.0}]}
+    updated = {**base, "eventType": "Updated", "triggerReason": "MeterValuePeriodic", "meterValue": [sample]}
+    first = call(s, "TransactionEvent", {**updated, "seqNo": 1})
+    second = call(s, "TransactionEvent", {**updated, "seqNo": 2})
+    assert first.commands == ()
+    assert [(c.action, c.payload) for c in second.commands] == [
+        ("RequestStopTransaction", {"transactionId": "t-1"})
+    ]
+
+
+def test_errors_for_unknown_unsupported_and_malformed() -> None:
+    s = session()
+    assert s.handle_call(Call("7", "MakeCoffee", {}), NOW).reply.error_code == "NotImplemented"
+    assert s.handle_call(Call("8", "SignCertificate", {"csr": "x"}), NOW).reply.error_code == "NotSupported"
+    assert s.handle_invalid('[2,"9","Heartbeat"]') == CallError(
+        "9", "FormationViolation", "malformed CALL", {}
+    )
+    assert session("2.0.1").handle_invalid('[2,"9"]').error_code == "FormatViolation"  # type: ignore[union-attr]
+    assert s.handle_invalid('[7,"9",{}]').error_code == "ProtocolError"  # type: ignore[union-attr]
+    assert s.handle_invalid("not json") is None
+    assert s.handle_invalid('[3,"9",5]') is None  # never answer an answer
+    # lenient by default: Alfen's CurrentMax context is accepted; strict mode rejects it
+    alfen = meter_values(1)
+    alfen["meterValue"][0]["sampledValue"][0]["context"] = "CurrentMax"
+    assert isinstance(s.handle_call(Call("a", "MeterValues", alfen), NOW).reply, CallResult)
+    strict = session(strict=True).handle_call(Call("b", "MeterValues", alfen), NOW).reply
+    assert strict.error_code == "PropertyConstraintViolation"
+    missing = session(strict=True).handle_call(Call("c", "StatusNotification", {"connectorId": 1}), NOW).reply
+    assert missing.error_code == "OccurenceConstraintViolation"  # the 1.6 spelling
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+@pytest.mark.parametrize("name", sorted(set(COMMANDS) - {"call"}))
+def test_every_command_builds_a_valid_call(version: str, name: str) -> None:
+    s = session(version)
+    params: dict[str, Any] = (
+        {"transactionId": 5 if version == "1.6" else "t-5"} if name == "remote-stop" else {}
+    )
+    command = s.command(name, params)
+    assert schemas.validate(version, command.action, command.payload, response=False) == []
+
+
+def test_command_errors() -> None:
+    s = session()
+    with pytest.raises(ConfigError, match="no active transaction"):
+        s.command("remote-stop", {})
+    with pytest.raises(ConfigError, match="unknown command"):
+        s.command("explode", {})
+    with pytest.raises(ConfigError, match="would be invalid"):
+        s.command("call", {"action": "Reset", "payload": {"type": "Sideways"}})
+    with pytest.raises(ConfigError, match="unknown CSMS profile"):
+        CsmsConfig(profile="v3")
+
+
+def test_exercise_tour_once_per_charger() -> None:
+    backend = Backend(CsmsConfig(exercise="ALF-*"))
+    first = call(backend.open_session("ALF-1", "1.6"), "BootNotification", BOOT_16).commands
+    again = call(backend.open_session("ALF-1", "1.6"), "BootNotification", BOOT_16).commands
+    assert [c.action for c in first][-1] == "Reset" and len(first) == 10
+    assert [c.action for c in again] == ["GetConfiguration"]
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+def api(csms: ReferenceCsms, path: str) -> str:
+    return csms.url.replace("ws://", "http://").removesuffix("/ocpp") + path
+
+
+async def recv(ws: aiohttp.ClientWebSocketResponse) -> list[Any]:
+    async with asyncio.timeout(5):
+        data: list[Any] = json.loads(await ws.receive_str())
+        return data
+
+
+async def test_subprotocol_choice(http: aiohttp.ClientSession) -> None:
+    async with ReferenceCsms() as csms:
+        async with http.ws_connect(csms.url + "/A", protocols=("ocpp2.0.1", "ocpp1.6")) as ws:
+            assert ws.protocol == "ocpp2.0.1"
+        async with http.ws_connect(csms.url + "/B", protocols=("ocpp1.6", "ocpp2.0.1")) as ws:
+            assert ws.protocol == "ocpp1.6"
+        async with http.ws_connect(csms.url + "/C", protocols=("ocpp2.0",)) as ws:
+            assert ws.protocol == "ocpp2.0"
+            await ws.send_str(json.dumps([2, "1", "BootNotification", BOOT_201]))
+            assert (await recv(ws))[2]["status"] == "Accepted"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await http.ws_connect(csms.url + "/D", protocols=("ocpp1.5",))
+        assert info.value.status == 400
+
+
+async def test_basic_auth(http: aiohttp.ClientSession) -> None:
+    async with ReferenceCsms(password="pw") as csms:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await http.ws_connect(csms.url + "/CP1", protocols=("ocpp1.6",))
+        assert info.value.status == 401
+        good = {"Authorization": "Basic " + base64.b64encode(b"CP1:pw").decode()}
+        async with http.ws_connect(csms.url + "/CP1", protocols=("ocpp1.6",), headers=good) as ws:
+            assert ws.protocol == "ocpp1.6"
+        wrong_user = {"Authorization": "Basic " + base64.b64encode(b"CP2:pw").decode()}
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await http.ws_connect(csms.url + "/CP1", protocols=("ocpp1.6",), headers=wrong_user)
+
+
+async def test_frames_commands_and_control_api(http: aiohttp.ClientSession) -> None:
+    async with ReferenceCsms(tx_id_base=7) as csms:
+        async with http.ws_connect(csms.url + "/site/CP1", protocols=("ocpp1.6",)) as ws:
+            await ws.send_str(json.dumps([2, "1", "BootNotification", BOOT_16]))
+            assert (await recv(ws))[:2] == [3, "1"]
+            get_config = await recv(ws)
+            assert get_config[0] == 2 and get_config[2] == "GetConfiguration"
+            await ws.send_str(
+                json.dumps(
+                    [3, get_config[1], {"configurationKey": [{"key": "K", "readonly": True, "value": "v"}]}]
+                )
+            )
+            await ws.send_str('[2,"2","Heartbeat"]')
+            assert await recv(ws) == [4, "2", "FormationViolation", "malformed CALL", {}]
+            await ws.send_str('[2,"3","Teleport",{}]')
+            assert (await recv(ws))[2] == "NotImplemented"
+            start = {
+                "connectorId": 1,
+                "idTag": "ACE0177305",
+                "meterStart": 0,
+                "timestamp": "2024-06-03T08:00:00Z",
+            }
+            await ws.send_str(json.dumps([2, "4", "StartTransaction", start]))
+            assert (await recv(ws))[2]["transactionId"] == 7
+
+            async def charger_answers() -> list[Any]:
+                reset = await recv(ws)
+                await ws.send_str(json.dumps([3, reset[1], {"status": "Accepted"}]))
+                return reset
+
+            answering = asyncio.create_task(charger_answers())
+            async with http.post(api(csms, "/api/chargers/CP1/reset"), json={"type": "Hard"}) as resp:
+                assert resp.status == 200
+                assert await resp.json() == {"answer": {"status": "Accepted"}}
+            reset = await answering
+            assert reset[2:] == ["Reset", {"type": "Hard"}]
+
+            async def charger_errors() -> None:
+                stop = await recv(ws)
+                assert stop[2:] == ["RemoteStopTransaction", {"transactionId": 7}]
+                await ws.send_str(json.dumps([4, stop[1], "InternalError", "busy", {}]))
+
+            erroring = asyncio.create_task(charger_errors())
+            async with http.post(api(csms, "/api/chargers/CP1/remote-stop")) as resp:
+                assert (await resp.json())["error"] == "InternalError"
+            await erroring
+            async with http.post(api(csms, "/api/chargers/CP1/explode")) as resp:
+                assert resp.status == 400
+            async with http.post(api(csms, "/api/chargers/NOPE/reset")) as resp:
+                assert resp.status == 404
+            async with http.get(api(csms, "/api/chargers")) as resp:
+                (charger,) = await resp.json()
+            assert charger["id"] == "CP1" and charger["connected"] and charger["configuration"] == {"K": "v"}
+            async with http.get(api(csms, "/api/chargers/CP1")) as resp:
+                assert (await resp.json())["transactions"][0]["id"] == 7
+
+
+async def test_unanswered_command_times_out_and_next_one_goes_out(http: aiohttp.ClientSession) -> None:
+    async with ReferenceCsms(call_timeout=0.2, get_configuration_on_boot=False) as csms:
+        async with http.ws_connect(csms.url + "/CP1", protocols=("ocpp1.6",)) as ws:
+            await ws.send_str(json.dumps([2, "1", "BootNotification", BOOT_16]))
+            await recv(ws)
+            with pytest.raises(CommandFailed, match="no answer"):
+                await csms.send_command("CP1", "trigger", {"requestedMessage": "Heartbeat"})
+            first = await recv(ws)
+            later = asyncio.create_task(
+                csms.send_command("CP1", "unlock", {"connectorId": 1}, answer_within=5)
+            )
+            second = await recv(ws)
+            await ws.send_str(json.dumps([3, second[1], {"status": "Unlocked"}]))
+            assert (await later).payload == {"status": "Unlocked"}  # type: ignore[union-attr]
+            assert first[2] == "TriggerMessage" and second[2] == "UnlockConnector"
+
+
+async def test_a_new_connection_replaces_the_old_one(http: aiohttp.ClientSession) -> None:
+    async with ReferenceCsms() as csms:
+        old = await http.ws_connect(csms.url + "/CP1", protocols=("ocpp1.6",))
+        async with http.ws_connect(csms.url + "/CP1", protocols=("ocpp1.6",)) as new:
+            async with asyncio.timeout(5):
+                msg = await old.receive()
+            assert msg.type is aiohttp.WSMsgType.CLOSE
+            assert csms.connected == ["CP1"] and not new.closed
+        await old.close()
+
+
+async def test_stop_closes_connections(http: aiohttp.ClientSession) -> None:
+    csms = ReferenceCsms()
+    await csms.start()
+    ws = await http.ws_connect(csms.url + "/CP1", protocols=("ocpp1.6",))
+    await csms.stop()
+    async with asyncio.timeout(5):
+        msg = await ws.receive()
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    await ws.close()
+
+
+async def test_serve_forever_until_cancelled(http: aiohttp.ClientSession) -> None:
+    urls: list[str] = []
+    ready = asyncio.Event()
+
+    def announce(url: str) -> None:
+        urls.append(url)
+        ready.set()
+
+    task = asyncio.create_task(serve_forever("127.0.0.1", 0, "v2", ready=announce))
+    async with asyncio.timeout(5):
+        await ready.wait()
+    async with http.ws_connect(urls[0] + "/CP1", protocols=("ocpp1.6",)) as ws:
+        await ws.send_str(json.dumps([2, "1", "BootNotification", BOOT_16]))
+        assert (await recv(ws))[2]["interval"] == 900
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_port_in_use_is_a_config_error() -> None:
+    async with ReferenceCsms() as csms:
+        port = int(csms.url.rsplit(":", 1)[1].split("/")[0])
+        with pytest.raises(ConfigError, match="cannot listen"):
+            await ReferenceCsms().start("127.0.0.1", port)
