@@ -252,77 +252,79 @@ async def test_basic_auth(http: aiohttp.ClientSession) -> None:
 
 
 async def test_frames_commands_and_control_api(http: aiohttp.ClientSession) -> None:
-    async with ReferenceCsms(tx_id_base=7) as csms:
-        async with http.ws_connect(csms.url + "/site/CP1", protocols=("ocpp1.6",)) as ws:
-            await ws.send_str(json.dumps([2, "1", "BootNotification", BOOT_16]))
-            assert (await recv(ws))[:2] == [3, "1"]
-            get_config = await recv(ws)
-            assert get_config[0] == 2 and get_config[2] == "GetConfiguration"
-            await ws.send_str(
-                json.dumps(
-                    [3, get_config[1], {"configurationKey": [{"key": "K", "readonly": True, "value": "v"}]}]
-                )
+    async with (
+        ReferenceCsms(tx_id_base=7) as csms,
+        http.ws_connect(csms.url + "/site/CP1", protocols=("ocpp1.6",)) as ws,
+    ):
+        await ws.send_str(json.dumps([2, "1", "BootNotification", BOOT_16]))
+        assert (await recv(ws))[:2] == [3, "1"]
+        get_config = await recv(ws)
+        assert get_config[0] == 2 and get_config[2] == "GetConfiguration"
+        await ws.send_str(
+            json.dumps(
+                [3, get_config[1], {"configurationKey": [{"key": "K", "readonly": True, "value": "v"}]}]
             )
-            await ws.send_str('[2,"2","Heartbeat"]')
-            assert await recv(ws) == [4, "2", "FormationViolation", "malformed CALL", {}]
-            await ws.send_str('[2,"3","Teleport",{}]')
-            assert (await recv(ws))[2] == "NotImplemented"
-            start = {
-                "connectorId": 1,
-                "idTag": "ACE0177305",
-                "meterStart": 0,
-                "timestamp": "2024-06-03T08:00:00Z",
-            }
-            await ws.send_str(json.dumps([2, "4", "StartTransaction", start]))
-            assert (await recv(ws))[2]["transactionId"] == 7
+        )
+        await ws.send_str('[2,"2","Heartbeat"]')
+        assert await recv(ws) == [4, "2", "FormationViolation", "malformed CALL", {}]
+        await ws.send_str('[2,"3","Teleport",{}]')
+        assert (await recv(ws))[2] == "NotImplemented"
+        start = {
+            "connectorId": 1,
+            "idTag": "ACE0177305",
+            "meterStart": 0,
+            "timestamp": "2024-06-03T08:00:00Z",
+        }
+        await ws.send_str(json.dumps([2, "4", "StartTransaction", start]))
+        assert (await recv(ws))[2]["transactionId"] == 7
 
-            async def charger_answers() -> list[Any]:
-                reset = await recv(ws)
-                await ws.send_str(json.dumps([3, reset[1], {"status": "Accepted"}]))
-                return reset
+        async def charger_answers() -> list[Any]:
+            reset = await recv(ws)
+            await ws.send_str(json.dumps([3, reset[1], {"status": "Accepted"}]))
+            return reset
 
-            answering = asyncio.create_task(charger_answers())
-            async with http.post(api(csms, "/api/chargers/CP1/reset"), json={"type": "Hard"}) as resp:
-                assert resp.status == 200
-                assert await resp.json() == {"answer": {"status": "Accepted"}}
-            reset = await answering
-            assert reset[2:] == ["Reset", {"type": "Hard"}]
+        answering = asyncio.create_task(charger_answers())
+        async with http.post(api(csms, "/api/chargers/CP1/reset"), json={"type": "Hard"}) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"answer": {"status": "Accepted"}}
+        reset = await answering
+        assert reset[2:] == ["Reset", {"type": "Hard"}]
 
-            async def charger_errors() -> None:
-                stop = await recv(ws)
-                assert stop[2:] == ["RemoteStopTransaction", {"transactionId": 7}]
-                await ws.send_str(json.dumps([4, stop[1], "InternalError", "busy", {}]))
+        async def charger_errors() -> None:
+            stop = await recv(ws)
+            assert stop[2:] == ["RemoteStopTransaction", {"transactionId": 7}]
+            await ws.send_str(json.dumps([4, stop[1], "InternalError", "busy", {}]))
 
-            erroring = asyncio.create_task(charger_errors())
-            async with http.post(api(csms, "/api/chargers/CP1/remote-stop")) as resp:
-                assert (await resp.json())["error"] == "InternalError"
-            await erroring
-            async with http.post(api(csms, "/api/chargers/CP1/explode")) as resp:
-                assert resp.status == 400
-            async with http.post(api(csms, "/api/chargers/NOPE/reset")) as resp:
-                assert resp.status == 404
-            async with http.get(api(csms, "/api/chargers")) as resp:
-                (charger,) = await resp.json()
-            assert charger["id"] == "CP1" and charger["connected"] and charger["configuration"] == {"K": "v"}
-            async with http.get(api(csms, "/api/chargers/CP1")) as resp:
-                assert (await resp.json())["transactions"][0]["id"] == 7
+        erroring = asyncio.create_task(charger_errors())
+        async with http.post(api(csms, "/api/chargers/CP1/remote-stop")) as resp:
+            assert (await resp.json())["error"] == "InternalError"
+        await erroring
+        async with http.post(api(csms, "/api/chargers/CP1/explode")) as resp:
+            assert resp.status == 400
+        async with http.post(api(csms, "/api/chargers/NOPE/reset")) as resp:
+            assert resp.status == 404
+        async with http.get(api(csms, "/api/chargers")) as resp:
+            (charger,) = await resp.json()
+        assert charger["id"] == "CP1" and charger["connected"] and charger["configuration"] == {"K": "v"}
+        async with http.get(api(csms, "/api/chargers/CP1")) as resp:
+            assert (await resp.json())["transactions"][0]["id"] == 7
 
 
 async def test_unanswered_command_times_out_and_next_one_goes_out(http: aiohttp.ClientSession) -> None:
-    async with ReferenceCsms(call_timeout=0.2, get_configuration_on_boot=False) as csms:
-        async with http.ws_connect(csms.url + "/CP1", protocols=("ocpp1.6",)) as ws:
-            await ws.send_str(json.dumps([2, "1", "BootNotification", BOOT_16]))
-            await recv(ws)
-            with pytest.raises(CommandFailed, match="no answer"):
-                await csms.send_command("CP1", "trigger", {"requestedMessage": "Heartbeat"})
-            first = await recv(ws)
-            later = asyncio.create_task(
-                csms.send_command("CP1", "unlock", {"connectorId": 1}, answer_within=5)
-            )
-            second = await recv(ws)
-            await ws.send_str(json.dumps([3, second[1], {"status": "Unlocked"}]))
-            assert (await later).payload == {"status": "Unlocked"}  # type: ignore[union-attr]
-            assert first[2] == "TriggerMessage" and second[2] == "UnlockConnector"
+    async with (
+        ReferenceCsms(call_timeout=0.2, get_configuration_on_boot=False) as csms,
+        http.ws_connect(csms.url + "/CP1", protocols=("ocpp1.6",)) as ws,
+    ):
+        await ws.send_str(json.dumps([2, "1", "BootNotification", BOOT_16]))
+        await recv(ws)
+        with pytest.raises(CommandFailed, match="no answer"):
+            await csms.send_command("CP1", "trigger", {"requestedMessage": "Heartbeat"})
+        first = await recv(ws)
+        later = asyncio.create_task(csms.send_command("CP1", "unlock", {"connectorId": 1}, answer_within=5))
+        second = await recv(ws)
+        await ws.send_str(json.dumps([3, second[1], {"status": "Unlocked"}]))
+        assert (await later).payload == {"status": "Unlocked"}  # type: ignore[union-attr]
+        assert first[2] == "TriggerMessage" and second[2] == "UnlockConnector"
 
 
 async def test_a_new_connection_replaces_the_old_one(http: aiohttp.ClientSession) -> None:
