@@ -315,9 +315,10 @@ def validate(
 
 def _register_commands() -> None:
     """Commands that live in their own modules, each adding itself to the app."""
-    from ocpp_replay import cli_replay
+    from ocpp_replay import cli_capture_tools, cli_replay
 
     cli_replay.register(app)
+    cli_capture_tools.register(app)
 
 
 _register_commands()
