@@ -347,3 +347,11 @@ def test_flow_file_websockets_become_sessions(tmp_path: Path) -> None:
     assert run("import", flows, "--db", db2, "--subprotocol", "").exit_code == 0
     with Store.open(db2) as store:
         assert sorted(s.charge_point_id for s in store.sessions()) == ["CP-10", "CP-9", "chat"]
+
+
+def test_every_capture_tool_command_is_documented() -> None:
+    docs = "".join(p.read_text() for p in (Path(__file__).resolve().parents[1] / "docs").glob("*.md"))
+    names = [c.name for c in cli().registered_commands]
+    assert sorted(names) == ["export", "import", "merge", "mitm", "redact"]  # type: ignore[type-var]
+    for name in names:
+        assert f"ocpp-replay {name} " in docs, name
