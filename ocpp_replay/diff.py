@@ -8,6 +8,9 @@ Fast path: both payloads are normalised under the rules (ignored paths removed, 
 paths replaced by a token naming the JSON type) and compared as canonical JSON text; only when
 that differs does deepdiff run, to say where.
 
+:func:`schema_changes` turns the violations of a live payload against the official OCPP schema
+(:mod:`ocpp_replay.schemas`) into ``schema`` changes: path and message, ``expected`` null.
+
 Paths in changes use the syntax of :mod:`ocpp_replay.paths` (``idTagInfo.status``,
 ``meterValue[0].timestamp``), so one can be pasted into a rules file to silence it.
 """
@@ -22,6 +25,7 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
+from ocpp_replay import schemas
 from ocpp_replay.frames import Call, CallError, CallResult
 from ocpp_replay.paths import DELETE, format_path, get, rewrite
 from ocpp_replay.rules import Mode, PathRule
@@ -34,6 +38,7 @@ __all__ = [
     "compare_calls",
     "compare_payloads",
     "normalise",
+    "schema_changes",
 ]
 
 
@@ -46,7 +51,7 @@ class DiffKind(StrEnum):
     TIMEOUT = "timeout"
     MISSING_CALL = "missing_call"
     UNEXPECTED_CALL = "unexpected_call"
-    SCHEMA = "schema"  # reserved for schema validation of live messages
+    SCHEMA = "schema"  # a live message that violates the official OCPP JSON schema
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +232,25 @@ def _describe(frame: CallResult | CallError) -> Any:
 def compare_calls(expected: Call, actual: Call, rules: Sequence[PathRule] = ()) -> list[Change]:
     """Compare a backend's CALL with the expected one (same action) by payload."""
     return compare_payloads(expected.payload, actual.payload, rules)
+
+
+def schema_changes(version: str | None, action: str | None, payload: Any, *, response: bool) -> list[Change]:
+    """The ``schema`` changes of a live payload: one per violation (path, message as ``actual``).
+
+    Nothing for an unknown OCPP version. A response to an action the schemas do not know is
+    not checked (the charger asked something non-standard; the answer cannot be judged); a
+    request (a backend CALL) with an unknown action is one violation, "unknown action".
+    """
+    if version not in schemas.VERSIONS or action is None:
+        return []
+    if response and action not in schemas.actions(version, response=True):
+        return []
+    if not isinstance(payload, dict):
+        return [Change(DiffKind.SCHEMA, "", None, "payload is not a JSON object")]
+    return [
+        Change(DiffKind.SCHEMA, v.path, None, v.message)
+        for v in schemas.validate(version, action, payload, response=response)
+    ]
 
 
 def format_path_keys(keys: Sequence[str | int]) -> str:

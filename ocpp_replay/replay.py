@@ -38,7 +38,7 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from ocpp_replay.correlate import Correlator, Message, shift_timestamps
-from ocpp_replay.diff import Change, Difference, DiffKind, compare_answers, compare_payloads
+from ocpp_replay.diff import Change, Difference, DiffKind, compare_answers, compare_payloads, schema_changes
 from ocpp_replay.errors import (
     CaptureError,
     ConfigError,
@@ -173,6 +173,7 @@ class _Context:
     connect_timeout: float
     progress: ProgressCallback | None
     counters: _Counters
+    check_schema: bool = True
     correlators: dict[str, Correlator] = field(default_factory=dict)
 
 
@@ -510,8 +511,12 @@ class _SessionRun:
         rules = self.ctx.rules.for_message(self.plan.version, action, Message.RESPONSE, self.correlator)
         if expected is not None or actual is not None:
             self.compared[action or "-"] += 1
+        seq = step.answer_seq if step.answer_seq is not None else step.seq
         for change in compare_answers(expected, actual, rules):
-            self._diff(change, step.answer_seq if step.answer_seq is not None else step.seq, action)
+            self._diff(change, seq, action)
+        if self.ctx.check_schema and isinstance(actual, CallResult):
+            for change in schema_changes(self.plan.version, action, actual.payload, response=True):
+                self._diff(change, seq, action)
         self._settle(step.seq)
         if not self.pending:
             self.idle.set()
@@ -574,9 +579,16 @@ class _SessionRun:
         action = call.action
         queue = self.unconsumed.get(action)
         self.compared[action] += 1
+        schema = (
+            schema_changes(self.plan.version, action, call.payload, response=False)
+            if self.ctx.check_schema
+            else []
+        )
         if not queue:
             self._record(Direction.TO_CP, data, None, action)
             self._diff(Change(DiffKind.UNEXPECTED_CALL, "", None, call.payload), None, action)
+            for change in schema:
+                self._diff(change, None, action)
             error = json.dumps(
                 [
                     4,
@@ -595,6 +607,8 @@ class _SessionRun:
         expected = self.correlator.apply(action, Message.REQUEST, bc.call.payload)
         rules = self.ctx.rules.for_message(self.plan.version, action, Message.REQUEST, self.correlator)
         for change in compare_payloads(expected, call.payload, rules):
+            self._diff(change, bc.seq, action)
+        for change in schema:
             self._diff(change, bc.seq, action)
         reply: str | None = None
         answer = bc.answer
@@ -719,10 +733,13 @@ async def run_replay(
     start_delay: float = 0.05,
     quiet_gc: bool = True,
     sessions: Sequence[tuple[SessionInfo, Sequence[FrameRecord]]] | None = None,
+    check_schema: bool = True,
 ) -> RunResult:
     """Replay the selected sessions of ``store`` against ``target`` and compare the answers.
 
     ``sessions`` may be given pre-loaded (then ``store`` and ``selection`` are not read).
+    ``check_schema`` validates every answer and CALL of the backend against the official OCPP
+    schema (a violation is a ``schema`` difference).
     ``quiet_gc`` postpones full garbage collections until the run ends (see ``_no_full_gc``).
     The run is not stored: pass the result to :func:`store_run`.
     """
@@ -752,6 +769,7 @@ async def run_replay(
             "until": selection.until,
         },
         "auth": sorted(auth) if auth else [],
+        "check_schema": check_schema,
     }
     loop = asyncio.get_running_loop()
     started_at = utc_iso(time.time())
@@ -774,6 +792,7 @@ async def run_replay(
             connect_timeout=connect_timeout,
             progress=progress,
             counters=_Counters(len(plans)),
+            check_schema=check_schema,
         )
         gc_guard = _no_full_gc() if quiet_gc else contextlib.nullcontext()
         gc_guard.__enter__()  # before the clock starts: entering it runs one full collection

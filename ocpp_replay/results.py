@@ -4,6 +4,11 @@ Pure. A :class:`RunResult` holds one :class:`SessionResult` per replayed session
 its :class:`~ocpp_replay.diff.Difference` records, its per-action counts and the live frames
 it exchanged (:class:`LiveFrame`, stored in ``run_frames``). Renderers in
 :mod:`ocpp_replay.report` and the store writer read only these objects.
+
+A compare run (``kind == "compare"``) is one RunResult too: each session holds the baseline's
+and the candidate's frames (``LiveFrame.side``) and differences of three sides: ``compare``
+(the candidate's answers against the baseline's: these decide the exit status), ``baseline``
+and ``candidate`` (each against the recording). ``noise`` lists the fields learned as noise.
 """
 
 from __future__ import annotations
@@ -11,12 +16,28 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ocpp_replay.diff import Difference
 
-__all__ = ["ActionStats", "LiveFrame", "RunResult", "SessionResult", "Timing", "percentile"]
+__all__ = [
+    "COMPARE_SIDE",
+    "NOISE_FACTOR",
+    "ActionStats",
+    "LiveFrame",
+    "NoiseField",
+    "RunResult",
+    "SessionResult",
+    "Timing",
+    "percentile",
+]
+
+#: The side of a compare run's candidate-against-baseline differences.
+COMPARE_SIDE = "compare"
+#: A noisy field is still reported when it differs between baseline and candidate more than
+#: this many times as often (as a rate) as between baseline runs (see docs/compare.md).
+NOISE_FACTOR = 2.0
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -70,12 +91,71 @@ class LiveFrame:
     action: str | None
     raw: str
     lateness: float | None = None  # scheduled frames only
+    side: str = "target"  # target (replay) | baseline | candidate (compare)
 
 
 @dataclass(frozen=True, slots=True)
 class ActionStats:
     messages: int = 0  # messages of this action compared (answers and backend calls)
     diffs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseField:
+    """A field that differed between runs against the baseline: noise, for one message kind.
+
+    ``baseline_diffs`` of ``baseline_compared`` messages of this action differed at this path
+    between baseline runs; ``candidate_diffs`` of ``candidate_compared`` between baseline and
+    candidate. ``reported``: it differs so much more often against the candidate (more than
+    :data:`NOISE_FACTOR` times the baseline rate) that it is reported all the same.
+    """
+
+    version: str | None
+    action: str
+    message: str  # request (a backend CALL) | response (an answer of the backend)
+    path: str
+    baseline_diffs: int
+    baseline_compared: int
+    candidate_diffs: int = 0
+    candidate_compared: int = 0
+
+    @property
+    def baseline_rate(self) -> float:
+        return self.baseline_diffs / self.baseline_compared if self.baseline_compared else 0.0
+
+    @property
+    def candidate_rate(self) -> float:
+        return self.candidate_diffs / self.candidate_compared if self.candidate_compared else 0.0
+
+    @property
+    def reported(self) -> bool:
+        return self.candidate_diffs > 0 and self.candidate_rate > NOISE_FACTOR * self.baseline_rate
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ocpp": self.version,
+            "action": self.action,
+            "message": self.message,
+            "path": self.path,
+            "baseline_diffs": self.baseline_diffs,
+            "baseline_compared": self.baseline_compared,
+            "candidate_diffs": self.candidate_diffs,
+            "candidate_compared": self.candidate_compared,
+            "reported": self.reported,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> NoiseField:
+        return cls(
+            d.get("ocpp"),
+            str(d["action"]),
+            str(d["message"]),
+            str(d["path"]),
+            int(d["baseline_diffs"]),
+            int(d["baseline_compared"]),
+            int(d.get("candidate_diffs", 0)),
+            int(d.get("candidate_compared", 0)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +181,13 @@ class SessionResult:
     def passed(self) -> bool:
         return not self.differences
 
+    def on(self, side: str) -> tuple[Difference, ...]:
+        """The differences of one side (target, compare, baseline, candidate)."""
+        return tuple(d for d in self.differences if d.side == side)
+
+    def frames_of(self, side: str) -> tuple[LiveFrame, ...]:
+        return tuple(f for f in self.frames if f.side == side)
+
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
@@ -111,10 +198,28 @@ class RunResult:
     options: Mapping[str, Any] = field(default_factory=dict)
     kind: str = "replay"
     run_id: int | None = None
+    baseline: str | None = None  # compare runs: the baseline's URL (target is the candidate's)
+    noise: tuple[NoiseField, ...] = ()
+
+    @property
+    def candidate(self) -> str | None:
+        return self.target if self.kind == "compare" else None
+
+    @property
+    def side(self) -> str:
+        """The side whose differences decide the result: ``compare`` or ``target``."""
+        return COMPARE_SIDE if self.kind == "compare" else "target"
 
     @property
     def differences(self) -> tuple[Difference, ...]:
+        """Every difference of every side."""
         return tuple(d for s in self.sessions for d in s.differences)
+
+    @property
+    def gating(self) -> tuple[Difference, ...]:
+        """The differences that decide the exit status (the candidate's, when comparing)."""
+        side = self.side
+        return tuple(d for s in self.sessions for d in s.differences if d.side == side)
 
     @property
     def messages(self) -> int:
@@ -128,26 +233,33 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return 1 if any(s.differences for s in self.sessions) else 0
+        return 1 if self.gating else 0
 
     def by_action(self) -> dict[str, ActionStats]:
-        """Messages compared and differences per action (None action shown as '-')."""
+        """Messages compared and (deciding) differences per action (None action shown as '-')."""
         messages: Counter[str] = Counter()
         diffs: Counter[str] = Counter()
         for s in self.sessions:
             messages.update(s.compared)
-            diffs.update(d.action or "-" for d in s.differences)
+        diffs.update(d.action or "-" for d in self.gating)
         return {a: ActionStats(messages[a], diffs[a]) for a in sorted(set(messages) | set(diffs))}
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "sessions": len(self.sessions),
             "messages": self.messages,
-            "diffs": len(self.differences),
+            "diffs": len(self.gating),
             "timing": self.timing.as_dict(),
         }
+        if self.kind == "compare":
+            out["kind"] = "compare"
+            out["baseline"] = self.baseline
+            out["candidate"] = self.candidate
+            out["vs_recording"] = {
+                side: sum(1 for d in self.differences if d.side == side) for side in ("baseline", "candidate")
+            }
+            out["noise"] = [n.as_dict() for n in self.noise]
+        return out
 
     def with_run_id(self, run_id: int) -> RunResult:
-        return RunResult(
-            self.target, self.started_at, self.ended_at, self.sessions, self.options, self.kind, run_id
-        )
+        return replace(self, run_id=run_id)
