@@ -11,6 +11,8 @@ Entry points::
     sessions = await asyncio.to_thread(load_sessions, store, selection)   # or let run_replay do it
     result = await run_replay(store, "ws://csms:9000/ocpp", selection=Selection(), speed=1.0)
     result = await asyncio.to_thread(store_run, store, result)            # result.run_id is set
+    result = await run_compare(store, "ws://a/ocpp", "ws://b/ocpp", noise_runs=1)
+    result = load_run(store, run_id)                                      # any stored run, rebuilt
 
 Errors (:mod:`ocpp_replay.errors`): ``UpstreamError`` when the target cannot be reached,
 ``ReplayError`` for an empty selection or bad options, ``CaptureError`` for an unreadable
@@ -37,6 +39,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from aiohttp import WSMsgType
 
+from ocpp_replay.compare import compare_result
 from ocpp_replay.correlate import Correlator, Message, shift_timestamps
 from ocpp_replay.diff import Change, Difference, DiffKind, compare_answers, compare_payloads, schema_changes
 from ocpp_replay.errors import (
@@ -48,7 +51,7 @@ from ocpp_replay.errors import (
     UpstreamError,
 )
 from ocpp_replay.frames import Call, CallError, CallResult, Direction, parse, peek
-from ocpp_replay.results import LiveFrame, RunResult, SessionResult
+from ocpp_replay.results import LiveFrame, NoiseField, RunResult, SessionResult
 from ocpp_replay.rules import RuleSet
 from ocpp_replay.schedule import BackendCall, SessionPlan, Step, plan_sessions
 
@@ -60,7 +63,9 @@ __all__ = [
     "Selection",
     "list_runs",
     "load_auth_file",
+    "load_run",
     "load_sessions",
+    "run_compare",
     "run_replay",
     "store_run",
 ]
@@ -824,6 +829,70 @@ async def run_replay(
     )
 
 
+# ----------------------------------------------------------------------------- compare
+
+SideProgress = Callable[[str, Progress], None]
+
+
+async def run_compare(
+    store: Store,
+    baseline: str,
+    candidate: str,
+    *,
+    selection: Selection = Selection(),
+    noise_runs: int = 1,
+    rules: RuleSet | None = None,
+    sequential: bool | None = None,
+    progress: SideProgress | None = None,
+    **options: Any,
+) -> RunResult:
+    """Replay the selected sessions against BASELINE and CANDIDATE and compare their answers.
+
+    The two replays run concurrently, each with its own correlation state (two
+    :func:`run_replay` calls), unless ``sequential`` (default: when both URLs are the same
+    backend, whose connections per charge point would replace each other). Then ``noise_runs``
+    more replays against the baseline, one after the other, to learn noise. ``options`` are
+    passed to :func:`run_replay` (speed, max_gap, keep_timestamps, auth, answer_timeout, ...);
+    ``progress`` gets ``(side, Progress)``, side being baseline, candidate or noise N.
+    The result (:func:`ocpp_replay.compare.compare_result`) is not stored: see :func:`store_run`.
+    """
+    rules = rules or RuleSet.default()
+    if noise_runs < 0:
+        raise ReplayError(f"noise runs must not be negative, not {noise_runs}")
+    baseline, candidate = baseline.rstrip("/"), candidate.rstrip("/")
+    if sequential is None:
+        sequential = baseline == candidate
+    sessions = await asyncio.to_thread(load_sessions, store, selection)
+
+    def replay_on(url: str, side: str) -> Any:
+        report: ProgressCallback | None = None
+        if progress is not None:
+            sink = progress
+
+            def report(p: Progress) -> None:
+                sink(side, p)
+
+        return run_replay(
+            store, url, selection=selection, rules=rules, sessions=sessions, progress=report, **options
+        )
+
+    log.info("compare of %d sessions: baseline %s, candidate %s", len(sessions), baseline, candidate)
+    if sequential:
+        base = await replay_on(baseline, "baseline")
+        cand = await replay_on(candidate, "candidate")
+    else:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                base_task = tg.create_task(replay_on(baseline, "baseline"), name="compare-baseline")
+                cand_task = tg.create_task(replay_on(candidate, "candidate"), name="compare-candidate")
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        base, cand = base_task.result(), cand_task.result()
+    again = [await replay_on(baseline, f"noise {i + 1}") for i in range(noise_runs)]
+    opts = {**base.options, "baseline": baseline, "candidate": candidate, "noise_runs": noise_runs}
+    return compare_result(base, cand, rules, again=again, options=opts)
+
+
 # ----------------------------------------------------------------------------- storing
 
 
@@ -837,22 +906,42 @@ def store_run(store: Store, result: RunResult, *, frames: bool = True) -> RunRes
     Blocking: call it in a thread from async code.
     """
     conn = store.db.conn
+    # What load_run needs besides the rows of run_diffs and run_frames: per-session metadata.
+    summary = {
+        **result.summary(),
+        "session_results": [
+            {
+                "session_id": s.session_id,
+                "charge_point_id": s.charge_point_id,
+                "subprotocol": s.subprotocol,
+                "started_at": s.started_at,
+                "ended_at": s.ended_at,
+                "compared": dict(s.compared),
+                "held": s.held,
+                "error": s.error,
+                "close_code": s.close_code,
+            }
+            for s in result.sessions
+        ],
+    }
     try:
         conn.execute("BEGIN")
         cur = conn.execute(
-            "INSERT INTO runs (kind, started_at, ended_at, target, options, sessions, messages, diffs, "
-            "exit_code, summary) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO runs (kind, started_at, ended_at, target, baseline, candidate, options, sessions, "
+            "messages, diffs, exit_code, summary) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 result.kind,
                 result.started_at,
                 result.ended_at,
                 result.target,
+                result.baseline,
+                result.candidate,
                 _json(result.options),
                 len(result.sessions),
                 result.messages,
-                len(result.differences),
+                len(result.gating),
                 result.exit_code,
-                _json(result.summary()),
+                _json(summary),
             ),
         )
         run_id = cur.lastrowid
@@ -884,7 +973,7 @@ def store_run(store: Store, result: RunResult, *, frames: bool = True) -> RunRes
                 [
                     (
                         run_id,
-                        "target",
+                        f.side,
                         s.session_id,
                         f.seq,
                         f.recorded_seq,
@@ -910,6 +999,106 @@ def store_run(store: Store, result: RunResult, *, frames: bool = True) -> RunRes
             raise CaptureError(f"cannot store the run in {store.path}: {exc}") from exc
         raise
     return result.with_run_id(run_id)
+
+
+def _loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def load_run(store: Store, run_id: int) -> RunResult:
+    """Rebuild a stored run (replay or compare) from runs, run_diffs and run_frames (blocking).
+
+    Raises ReplayError when the capture has no such run.
+    """
+    db = store.db
+    try:
+        row = db.execute(
+            "SELECT kind, started_at, ended_at, target, baseline, options, summary FROM runs WHERE id = ?",
+            [run_id],
+        ).fetchone()
+        if row is None:
+            raise ReplayError(f"no run {run_id} in {store.path} (ocpp-replay runs lists them)")
+        diff_rows = db.execute(
+            "SELECT session_id, charge_point_id, seq, action, kind, path, expected, actual, side "
+            "FROM run_diffs WHERE run_id = ? ORDER BY id",
+            [run_id],
+        ).fetchall()
+        frame_rows = db.execute(
+            "SELECT session_id, side, seq, recorded_seq, timestamp, elapsed, direction, message_type, "
+            "unique_id, action, raw, lateness FROM run_frames WHERE run_id = ? "
+            "ORDER BY session_id, side = 'candidate', side, seq",
+            [run_id],
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise CaptureError(f"cannot read run {run_id} from {store.path}: {exc}") from exc
+    kind, started_at, ended_at, target, baseline, options_text, summary_text = row
+    summary = _loads(summary_text)
+    summary = summary if isinstance(summary, dict) else {}
+    options = _loads(options_text)
+    diffs: dict[int, list[Difference]] = {}
+    for sid, cp, seq, action, dkind, path, expected, actual, side in diff_rows:
+        try:
+            k = DiffKind(dkind)
+        except ValueError:
+            k = DiffKind.CHANGED
+        diffs.setdefault(sid, []).append(
+            Difference(sid, cp or "", seq, action, k, path or "", _loads(expected), _loads(actual), side)
+        )
+    frames: dict[int, list[LiveFrame]] = {}
+    for sid, side, *rest in frame_rows:
+        seq, rec, ts, elapsed, direction, mtype, uid, action, raw, lateness = rest
+        frames.setdefault(sid, []).append(
+            LiveFrame(
+                seq, rec, ts or "", elapsed or 0.0, direction, mtype, uid, action, raw or "", lateness, side
+            )
+        )
+    metas = {m["session_id"]: m for m in summary.get("session_results", []) if isinstance(m, dict)}
+    ids = list(metas) or sorted(set(diffs) | set(frames))
+    missing = [i for i in ids if i not in metas]
+    infos = {i.id: i for i in store.sessions(ids=missing)} if missing else {}
+    sessions = []
+    for sid in ids:
+        meta = metas.get(sid, {})
+        info = infos.get(sid)
+        fs = frames.get(sid, [])
+        compared = meta.get("compared")
+        if not isinstance(compared, dict):  # an older run: count the backend's messages
+            compared = dict(Counter(f.action or "-" for f in fs if f.direction == "to_cp" and f.recorded_seq))
+        sessions.append(
+            SessionResult(
+                session_id=sid,
+                charge_point_id=meta.get("charge_point_id")
+                or (info.charge_point_id if info else None)
+                or next((d.charge_point_id for d in diffs.get(sid, [])), ""),
+                subprotocol=meta.get("subprotocol", info.subprotocol if info else None),
+                started_at=meta.get("started_at"),
+                ended_at=meta.get("ended_at"),
+                differences=tuple(diffs.get(sid, [])),
+                compared=compared,
+                frames=tuple(fs),
+                lateness=tuple(f.lateness for f in fs if f.lateness is not None),
+                held=int(meta.get("held") or 0),
+                error=meta.get("error"),
+                close_code=meta.get("close_code"),
+            )
+        )
+    noise = tuple(NoiseField.from_dict(n) for n in summary.get("noise", []) if isinstance(n, dict))
+    return RunResult(
+        target=target or "",
+        started_at=started_at or "",
+        ended_at=ended_at or "",
+        sessions=tuple(sessions),
+        options=options if isinstance(options, dict) else {},
+        kind=kind or "replay",
+        run_id=run_id,
+        baseline=baseline,
+        noise=noise,
+    )
 
 
 def list_runs(store: Store) -> list[dict[str, Any]]:
