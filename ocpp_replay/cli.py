@@ -313,6 +313,103 @@ def validate(
     raise typer.Exit(1 if findings else 0)
 
 
+@app.command()
+def simulate(
+    target: Annotated[str, typer.Option(help="ws:// URL of the CSMS (or of the proxy, to capture).")],
+    chargers: Annotated[int, typer.Option(help="Number of virtual chargers.")] = 1,
+    id_prefix: Annotated[str, typer.Option(help="Charge point ids are PREFIX0001, PREFIX0002, ...")] = "ALF-",
+    version: Annotated[str, typer.Option(help="OCPP version: 1.6 or 2.0.1.")] = "1.6",
+    scenario: Annotated[
+        str, typer.Option(help="session, reconnect, commands, faulty, fleet-day, or a scenario TOML file.")
+    ] = "session",
+    cycles: Annotated[int, typer.Option(help="How many times each charger repeats its session cycle.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same fleet.")] = 0,
+    time_scale: Annotated[
+        float, typer.Option(help="Real seconds per virtual second (1: real time; 0.01: 100x faster).")
+    ] = 1.0,
+    password: Annotated[
+        str | None, typer.Option(help="Basic auth password (the user is the charge point id).")
+    ] = None,
+) -> None:
+    """Run virtual Alfen chargers against a CSMS (exit 1 if a scenario expectation failed)."""
+    from ocpp_replay.simulate import run_simulate
+
+    try:
+        code = run_simulate(
+            target,
+            chargers=chargers,
+            id_prefix=id_prefix,
+            version=version,
+            scenario=scenario,
+            cycles=cycles,
+            seed=seed,
+            time_scale=time_scale,
+            password=password,
+            console=console,
+        )
+    except OcppReplayError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+    raise typer.Exit(code)
+
+
+@app.command()
+def csms(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
+    profile: Annotated[
+        str, typer.Option(help="v1, or v2: blocks one card, other heartbeat interval.")
+    ] = "v1",
+    password: Annotated[
+        str | None, typer.Option(help="Require Basic auth with this password (user: charge point id).")
+    ] = None,
+    remote_stop_after: Annotated[
+        int | None, typer.Option(help="Stop every transaction remotely after its Nth MeterValues.")
+    ] = None,
+    exercise: Annotated[
+        str | None, typer.Option(help="Charger id pattern (e.g. 'ALF-*') to send a tour of backend commands.")
+    ] = None,
+) -> None:
+    """Run the embedded reference CSMS (OCPP 1.6 and 2.0.1) until Ctrl-C."""
+    from ocpp_replay.csms import run_csms
+
+    options: dict[str, object] = {"password": password, "exercise": exercise}
+    if remote_stop_after is not None:
+        options["remote_stop_after"] = {"*": remote_stop_after}
+    try:
+        raise typer.Exit(run_csms(host, port, profile, **options))
+    except OcppReplayError as exc:
+        fail(exc)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo capture and reports go.")] = Path("captures"),
+) -> None:
+    """Show the whole loop on this machine: reference CSMS, proxy, virtual chargers, replay, diff."""
+    from ocpp_replay.demo import run_demo
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False)
+
+    try:
+        result = asyncio.run(run_demo(out, say))
+    except OcppReplayError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        fail("interrupted; everything the demo started is stopped", code=130)
+    from ocpp_replay.report.terminal import differences_table, summary_table
+
+    console.print(summary_table(result.changed))
+    console.print(differences_table(result.changed.differences, limit=20))
+    console.print(
+        f"Next: ocpp-replay sessions --db {result.db} | ocpp-replay runs --db {result.db} | "
+        f"ocpp-replay replay --db {result.db} --target ws://your-csms/ocpp",
+        markup=False,
+    )
+
+
 def _register_commands() -> None:
     """Commands that live in their own modules, each adding itself to the app."""
     from ocpp_replay import cli_capture_tools, cli_replay

@@ -1,0 +1,54 @@
+"""`ocpp-replay demo` end to end, as a newcomer runs it: a real process, real sockets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ocpp_replay.csms.config import V2_BLOCKED_ID_TAG
+from ocpp_replay.store import Store
+
+
+@pytest.mark.timeout(120)
+def test_demo_runs_the_whole_loop_and_exits_0(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ocpp_replay.cli", "demo", "--out", str(tmp_path / "captures")],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "Traceback" not in out + proc.stderr
+    for step in ("1/4", "2/4", "3/4", "4/4", "done in"):
+        assert step in out
+    assert "0 differences (new transaction ids" in out
+
+    db = tmp_path / "captures" / "demo.db"
+    store = Store.open(db)
+    sessions = store.sessions()
+    versions = {s.subprotocol for s in sessions}
+    assert versions == {"ocpp1.6", "ocpp2.0.1"}
+    assert all(s.ended_at and not s.frames_lost for s in sessions)
+    # a remote stop and a reconnect were captured
+    actions = {f.action for s in sessions for f in store.frames(s.id) if f.message_type == 2}
+    assert {"RemoteStopTransaction", "RequestStopTransaction", "Reset"} <= actions
+    per_charger: dict[str, int] = {}
+    for s in sessions:
+        per_charger[s.charge_point_id] = per_charger.get(s.charge_point_id, 0) + 1
+    assert max(per_charger.values()) >= 2  # a charger reconnected
+
+    report = json.loads((tmp_path / "captures" / "demo-report.json").read_text())
+    diffs = [(d["action"], d["path"], d["actual"]) for s in report["sessions"] for d in s["diffs"]]
+    assert ("BootNotification", "interval", 900) in diffs
+    assert any(a == "Authorize" and v == "Blocked" for a, _, v in diffs)
+    assert report["summary"]["diffs"] == len(diffs) > 0
+    assert (tmp_path / "captures" / "demo-junit.xml").read_text().startswith("<?xml")
+    runs = store.db.execute("SELECT kind, diffs FROM runs ORDER BY id").fetchall()
+    assert runs == [("replay", 0), ("replay", len(diffs))]
+    assert V2_BLOCKED_ID_TAG in out
