@@ -54,11 +54,7 @@ Say = Callable[[str], None]
 
 async def run_demo(out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_201: int = 3) -> DemoResult:
     """Run the demo, narrating through ``say``; the capture and reports go to ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    db = out_dir / "demo.db"
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            Path(f"{db}{suffix}").unlink()
+    db = await asyncio.to_thread(_fresh_capture, out_dir)
 
     started = time.monotonic()
     say("1/4  starting the reference CSMS (profile v1) and the capture proxy in front of it")
@@ -155,6 +151,16 @@ async def run_demo(out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_20
     )
     say(f"done in {time.monotonic() - started:.1f} s")
     return DemoResult(db, len(sessions), frames, unchanged, changed, reports)
+
+
+def _fresh_capture(out_dir: Path) -> Path:
+    """The demo's capture path, with any capture of an earlier demo removed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    db = out_dir / "demo.db"
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{db}{suffix}").unlink()
+    return db
 
 
 def _write_reports(result: RunResult, out_dir: Path) -> dict[str, Path]:
