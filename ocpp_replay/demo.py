@@ -36,7 +36,8 @@ TIME_SCALE = 0.002
 REPLAY_SPEED = 4.0
 #: Loopback answers take milliseconds: a backend that does not send a recorded call (the v2
 #: release skips a remote stop) need not hold the demo for the default 10 s.
-_REPLAY_WAITS = {"answer_timeout": 2.0, "grace": 1.0}
+ANSWER_TIMEOUT = 2.0
+GRACE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,7 @@ async def run_demo(out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_20
             "queued messages, backend commands)"
         )
         step = time.monotonic()
-        fleets: list[FleetResult] = await asyncio.gather(
+        fleets: tuple[FleetResult, FleetResult] = await asyncio.gather(
             run_fleet(
                 proxy.url,
                 chargers=chargers_16,
@@ -123,7 +124,9 @@ async def run_demo(out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_20
             exercise="ALF-16-0004",
             tx_id_base=70_000,
         ) as fresh:
-            unchanged = await run_replay(store, fresh.url, speed=REPLAY_SPEED, **_REPLAY_WAITS)
+            unchanged = await run_replay(
+                store, fresh.url, speed=REPLAY_SPEED, answer_timeout=ANSWER_TIMEOUT, grace=GRACE
+            )
         unchanged = await asyncio.to_thread(store_run, store, unchanged)
         say(
             f"     {len(unchanged.sessions)} sessions, {unchanged.messages} answers compared: "
@@ -140,7 +143,9 @@ async def run_demo(out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_20
             exercise="ALF-16-0004",
             tx_id_base=90_000,
         ) as release:
-            changed = await run_replay(store, release.url, speed=REPLAY_SPEED, **_REPLAY_WAITS)
+            changed = await run_replay(
+                store, release.url, speed=REPLAY_SPEED, answer_timeout=ANSWER_TIMEOUT, grace=GRACE
+            )
         changed = await asyncio.to_thread(store_run, store, changed)
         reports = await asyncio.to_thread(_write_reports, changed, out_dir)
     finally:
