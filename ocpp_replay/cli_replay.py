@@ -1,8 +1,8 @@
-"""The ``replay`` and ``runs`` commands. ``register(app)`` adds them to the main Typer app.
+"""The ``replay``, ``compare``, ``report`` and ``runs`` commands. ``register(app)`` adds them.
 
-Thin: parse options, call :func:`ocpp_replay.replay.run_replay` and
-:func:`ocpp_replay.replay.store_run`, render with :mod:`ocpp_replay.report`, map errors to one
-line and exit 2. Exit 0 when nothing differs, 1 when something does.
+Thin: parse options, call :func:`ocpp_replay.replay.run_replay` (or ``run_compare``,
+``load_run``) and :func:`ocpp_replay.replay.store_run`, render with :mod:`ocpp_replay.report`,
+map errors to one line and exit 2. Exit 0 when nothing differs, 1 when something does.
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ from ocpp_replay.replay import (
     Selection,
     list_runs,
     load_auth_file,
+    load_run,
+    run_compare,
     run_replay,
     store_run,
 )
-from ocpp_replay.report import write_json, write_junit
-from ocpp_replay.report.terminal import differences_table, summary_line, summary_table
+from ocpp_replay.report import report_dict, write_html, write_json, write_junit
+from ocpp_replay.report.terminal import differences_table, noise_table, summary_line, summary_table
 from ocpp_replay.results import RunResult
 from ocpp_replay.rules import load_rules
 from ocpp_replay.store import Store, utc_iso
@@ -97,12 +99,120 @@ class _Display:
             )
 
 
+class _CompareDisplay:
+    """Progress of the replays of a compare: a bar per side on a terminal, quiet lines otherwise."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.bar: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _CompareDisplay:
+        if self.live:
+            self.bar = Progress(
+                TextColumn("{task.description:>10}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("sessions · {task.fields[frames]} frames sent · {task.fields[diffs]} differences"),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+            )
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+    def __call__(self, side: str, p: ReplayProgress) -> None:
+        if self.bar is not None:
+            task = self.tasks.get(side)
+            if task is None:
+                task = self.tasks[side] = self.bar.add_task(side, total=None, frames=0, diffs=0)
+            self.bar.update(
+                task, total=p.sessions_total, completed=p.sessions_done, frames=p.frames_sent, diffs=p.diffs
+            )
+        elif p.finished is not None:
+            s = p.finished
+            n = len(s.differences)
+            err_console.print(
+                f"{side} [{p.sessions_done}/{p.sessions_total}] session {s.session_id} "
+                f"({s.charge_point_id}): {s.messages} messages, {n} difference{'s' if n != 1 else ''} "
+                "from the recording",
+                markup=False,
+                highlight=False,
+            )
+
+
 def _print_result(result: RunResult) -> None:
     if result.by_action():
         console.print(summary_table(result))
-    if result.differences:
-        console.print(differences_table(result.differences))
+    if result.gating:
+        title = "Differences of the candidate from the baseline" if result.kind == "compare" else None
+        table = differences_table(result.gating)
+        if title:
+            table.title = title
+        console.print(table)
+    if result.noise:
+        console.print(noise_table(result))
     console.print(summary_line(result), markup=False)
+
+
+def _write_reports(result: RunResult, report: Path | None, junit: Path | None, html: Path | None) -> None:
+    if report is not None:
+        if str(report) == "-":
+            print_json(report_dict(result))
+        else:
+            write_json(result, report)
+    if junit is not None:
+        write_junit(result, junit)
+    if html is not None:
+        write_html(result, html)
+
+
+SessionOption = Annotated[list[int] | None, typer.Option("--session", help="Only this session (repeatable).")]
+ChargePointOption = Annotated[
+    list[str] | None, typer.Option("--charge-point", help="Only sessions of this charger (repeatable).")
+]
+SinceOption = Annotated[str | None, typer.Option(help="Sessions started at or after this ISO time.")]
+UntilOption = Annotated[str | None, typer.Option(help="Sessions started at or before this ISO time.")]
+SpeedOption = Annotated[float, typer.Option(help="Play faster (2 = twice as fast) or slower.")]
+MaxGapOption = Annotated[float | None, typer.Option("--max-gap", help="Cap idle gaps at this many seconds.")]
+RulesOption = Annotated[Path | None, typer.Option("--rules", help="TOML rules file (see docs/replay.md).")]
+ReportOption = Annotated[
+    Path | None, typer.Option("--report", help="Write the JSON report here ('-': stdout).")
+]
+JunitOption = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here.")]
+HtmlOption = Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")]
+AuthOption = Annotated[
+    Path | None, typer.Option("--auth-file", help="Basic auth passwords: CHARGE_POINT_ID:PASSWORD lines.")
+]
+KeepOption = Annotated[bool, typer.Option("--keep-timestamps", help="Send payload timestamps as recorded.")]
+TimeoutOption = Annotated[float, typer.Option(help="Seconds to wait for each answer of the backend.")]
+GraceOption = Annotated[
+    float, typer.Option(help="Seconds to wait at a session's end for recorded backend calls.")
+]
+
+
+def _check_options(speed: float, max_gap: float | None, timeout: float, grace: float) -> None:
+    if not speed > 0:
+        raise ConfigError(f"--speed must be positive, not {speed}")
+    if max_gap is not None and max_gap < 0:
+        raise ConfigError(f"--max-gap must not be negative, not {max_gap}")
+    if not timeout > 0 or grace < 0:
+        raise ConfigError("--timeout must be positive and --grace not negative")
+
+
+def _selection(
+    session: list[int] | None, charge_point: list[str] | None, since: str | None, until: str | None
+) -> Selection:
+    return Selection(
+        session_ids=tuple(session or ()),
+        charge_points=tuple(charge_point or ()),
+        since=_iso_option(since, "--since"),
+        until=_iso_option(until, "--until"),
+    )
 
 
 def replay(
@@ -125,16 +235,11 @@ def replay(
     ] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
     junit: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here.")] = None,
-    auth_file: Annotated[
-        Path | None, typer.Option("--auth-file", help="Basic auth passwords: CHARGE_POINT_ID:PASSWORD lines.")
-    ] = None,
-    keep_timestamps: Annotated[
-        bool, typer.Option("--keep-timestamps", help="Send payload timestamps as recorded.")
-    ] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer of the backend.")] = 10.0,
-    grace: Annotated[
-        float, typer.Option(help="Seconds to wait at a session's end for recorded backend calls.")
-    ] = 5.0,
+    html: HtmlOption = None,
+    auth_file: AuthOption = None,
+    keep_timestamps: KeepOption = False,
+    timeout: TimeoutOption = 10.0,
+    grace: GraceOption = 5.0,
 ) -> None:
     """Replay captured sessions against TARGET and report where its answers differ.
 
@@ -142,20 +247,10 @@ def replay(
     """
     store: Store | None = None
     try:
-        if not speed > 0:
-            raise ConfigError(f"--speed must be positive, not {speed}")
-        if max_gap is not None and max_gap < 0:
-            raise ConfigError(f"--max-gap must not be negative, not {max_gap}")
-        if not timeout > 0 or grace < 0:
-            raise ConfigError("--timeout must be positive and --grace not negative")
+        _check_options(speed, max_gap, timeout, grace)
         rule_set = load_rules(rules)
         auth = load_auth_file(auth_file) if auth_file is not None else {}
-        selection = Selection(
-            session_ids=tuple(session or ()),
-            charge_points=tuple(charge_point or ()),
-            since=_iso_option(since, "--since"),
-            until=_iso_option(until, "--until"),
-        )
+        selection = _selection(session, charge_point, since, until)
         store = Store.open(db)
         with _Display(console.is_terminal) as display:
             result = asyncio.run(
@@ -174,10 +269,7 @@ def replay(
                 )
             )
         result = store_run(store, result)
-        if report is not None:
-            write_json(result, report)
-        if junit is not None:
-            write_junit(result, junit)
+        _write_reports(result, report, junit, html)
     except OcppReplayError as exc:
         fail(exc)
     except KeyboardInterrupt:
@@ -185,8 +277,111 @@ def replay(
     finally:
         if store is not None:
             store.close()
-    _print_result(result)
+    if report is None or str(report) != "-":
+        _print_result(result)
     raise typer.Exit(result.exit_code)
+
+
+def compare(
+    baseline: Annotated[str, typer.Option("--baseline", help="ws:// URL of the backend as it is (A).")],
+    candidate: Annotated[str, typer.Option("--candidate", help="ws:// URL of the backend to check (B).")],
+    db: DbOption = DEFAULT_DB,
+    session: SessionOption = None,
+    charge_point: ChargePointOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    speed: SpeedOption = 1.0,
+    max_gap: MaxGapOption = None,
+    rules: RulesOption = None,
+    noise_runs: Annotated[
+        int, typer.Option("--noise-runs", help="Further replays against the baseline to learn noise.")
+    ] = 1,
+    save_rules: Annotated[
+        Path | None, typer.Option("--save-rules", help="Write the learned noise as a rules file.")
+    ] = None,
+    report: ReportOption = None,
+    junit: JunitOption = None,
+    html: HtmlOption = None,
+    auth_file: AuthOption = None,
+    keep_timestamps: KeepOption = False,
+    timeout: TimeoutOption = 10.0,
+    grace: GraceOption = 5.0,
+    sequential: Annotated[
+        bool,
+        typer.Option("--sequential", help="Replay the baseline, then the candidate (default: at once)."),
+    ] = False,
+) -> None:
+    """Replay the same sessions against BASELINE and CANDIDATE and report where B answers unlike A.
+
+    Exit status: 0 the candidate answers as the baseline does, 1 it differs, 2 error.
+    """
+    from ocpp_replay.compare import noise_rules_toml
+
+    store: Store | None = None
+    try:
+        _check_options(speed, max_gap, timeout, grace)
+        if noise_runs < 0:
+            raise ConfigError(f"--noise-runs must not be negative, not {noise_runs}")
+        rule_set = load_rules(rules)
+        auth = load_auth_file(auth_file) if auth_file is not None else {}
+        selection = _selection(session, charge_point, since, until)
+        store = Store.open(db)
+        with _CompareDisplay(console.is_terminal) as display:
+            result = asyncio.run(
+                run_compare(
+                    store,
+                    baseline,
+                    candidate,
+                    selection=selection,
+                    noise_runs=noise_runs,
+                    rules=rule_set,
+                    sequential=True if sequential else None,
+                    progress=display,
+                    speed=speed,
+                    max_gap=max_gap,
+                    keep_timestamps=keep_timestamps,
+                    auth=auth,
+                    answer_timeout=timeout,
+                    grace=grace,
+                )
+            )
+        result = store_run(store, result)
+        _write_reports(result, report, junit, html)
+        if save_rules is not None:
+            try:
+                save_rules.write_text(noise_rules_toml(result.noise, runs=noise_runs), encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"cannot write rules file {save_rules}: {exc.strerror}") from exc
+    except OcppReplayError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        fail("interrupted; the run was not stored")
+    finally:
+        if store is not None:
+            store.close()
+    if report is None or str(report) != "-":
+        _print_result(result)
+    raise typer.Exit(result.exit_code)
+
+
+def report(
+    run_id: Annotated[int, typer.Argument(help="The run to render (ocpp-replay runs lists them).")],
+    db: DbOption = DEFAULT_DB,
+    html: HtmlOption = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write the JSON report here ('-': stdout).")
+    ] = None,
+    junit: JunitOption = None,
+) -> None:
+    """Render a stored replay or compare run: a summary by action, and HTML, JSON or JUnit files."""
+    try:
+        with Store.open(db) as store:
+            result = load_run(store, run_id)
+        _write_reports(result, json_file, junit, html)
+    except OcppReplayError as exc:
+        fail(exc)
+    if json_file is None or str(json_file) != "-":
+        _print_result(result)
 
 
 def runs(db: DbOption = DEFAULT_DB, json_: JsonFlag = False) -> None:
@@ -209,7 +404,7 @@ def runs(db: DbOption = DEFAULT_DB, json_: JsonFlag = False) -> None:
             str(r["id"]),
             r["kind"] or "",
             r["started_at"] or "",
-            r["target"] or "",
+            f"{r['baseline']} → {r['candidate']}" if r["kind"] == "compare" else (r["target"] or ""),
             str(r["sessions"]),
             str(r["messages"]),
             str(r["diffs"]),
@@ -220,6 +415,8 @@ def runs(db: DbOption = DEFAULT_DB, json_: JsonFlag = False) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``replay`` and ``runs`` commands to ``app``."""
+    """Add the ``replay``, ``compare``, ``report`` and ``runs`` commands to ``app``."""
     app.command("replay")(replay)
+    app.command("compare")(compare)
+    app.command("report")(report)
     app.command("runs")(runs)

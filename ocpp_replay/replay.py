@@ -909,6 +909,7 @@ def store_run(store: Store, result: RunResult, *, frames: bool = True) -> RunRes
     # What load_run needs besides the rows of run_diffs and run_frames: per-session metadata.
     summary = {
         **result.summary(),
+        "noise": [n.as_dict() for n in result.noise],
         "session_results": [
             {
                 "session_id": s.session_id,

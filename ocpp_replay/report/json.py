@@ -1,12 +1,22 @@
-"""The JSON report of a run (``--report FILE.json``).
+"""The JSON report of a run (``--report FILE.json``, ``report RUN_ID --json FILE``).
 
-Format::
+Format of a replay::
 
     {"summary": {"sessions": N, "messages": N, "diffs": N,
                  "timing": {"frames": N, "lateness_ms": {"p50": ms, "p99": ms, "max": ms},
                             "held_frames": N}},
      "sessions": [{"session_id": ID, "charge_point_id": "...",
                    "diffs": [{"seq", "action", "kind", "path", "expected", "actual"}, ...]}, ...]}
+
+A compare run adds ``"run": {"id", "kind": "compare", "target", "baseline", "candidate",
+"started_at", "ended_at"}``; its ``summary`` also has ``kind``,
+``baseline``, ``candidate``, ``vs_recording`` (``{"baseline": N, "candidate": N}``) and
+``noise_fields``; ``diffs`` are the candidate's differences from the baseline (``expected`` is
+the baseline's value); each session has ``vs_recording`` (``{"baseline": [...], "candidate":
+[...]}``, each side against the recording); and ``noise`` lists the learned fields::
+
+    {"ocpp", "action", "message", "path", "baseline_diffs", "baseline_compared",
+     "candidate_diffs", "candidate_compared", "reported"}
 """
 
 from __future__ import annotations
@@ -23,17 +33,35 @@ __all__ = ["report_dict", "write_json"]
 
 
 def report_dict(result: RunResult) -> dict[str, Any]:
-    return {
-        "summary": result.summary(),
-        "sessions": [
-            {
-                "session_id": s.session_id,
-                "charge_point_id": s.charge_point_id,
-                "diffs": [d.as_dict() for d in s.differences],
+    compare = result.kind == "compare"
+    sessions = []
+    for s in result.sessions:
+        entry: dict[str, Any] = {
+            "session_id": s.session_id,
+            "charge_point_id": s.charge_point_id,
+            "diffs": [d.as_dict() for d in s.on(result.side)],
+        }
+        if compare:
+            entry["vs_recording"] = {
+                side: [d.as_dict() for d in s.on(side)] for side in ("baseline", "candidate")
             }
-            for s in result.sessions
-        ],
-    }
+        sessions.append(entry)
+    out: dict[str, Any] = {"summary": result.summary(), "sessions": sessions}
+    if compare:
+        out = {
+            "run": {
+                "id": result.run_id,
+                "kind": result.kind,
+                "target": result.target,
+                "baseline": result.baseline,
+                "candidate": result.candidate,
+                "started_at": result.started_at,
+                "ended_at": result.ended_at,
+            },
+            **out,
+            "noise": [n.as_dict() for n in result.noise],
+        }
+    return out
 
 
 def write_json(result: RunResult, path: str | os.PathLike[str]) -> None:

@@ -1,5 +1,9 @@
 """JUnit XML of a run (``--junit FILE.xml``): one testcase per session, a failure per session
-with differences, one line per difference in the failure's text."""
+with differences, one line per difference in the failure's text.
+
+For a compare run the differences are the candidate's against the baseline (``expected`` is
+the baseline's value); differences of either backend against the recording are not failures.
+"""
 
 from __future__ import annotations
 
@@ -31,14 +35,19 @@ def _clean(text: str) -> str:
 
 
 def junit_xml(result: RunResult, *, suite: str = "ocpp-replay") -> str:
-    failures = sum(1 for s in result.sessions if s.differences)
+    side = result.side
+    failures = sum(1 for s in result.sessions if s.on(side))
     root = ET.Element(
         "testsuites", name=suite, tests=str(len(result.sessions)), failures=str(failures), errors="0"
     )
     ts = ET.SubElement(
         root,
         "testsuite",
-        name=f"{suite} {result.kind} {result.target}",
+        name=_clean(
+            f"{suite} compare {result.baseline} -> {result.candidate}"
+            if result.kind == "compare"
+            else f"{suite} {result.kind} {result.target}"
+        ),
         tests=str(len(result.sessions)),
         failures=str(failures),
         errors="0",
@@ -53,9 +62,10 @@ def junit_xml(result: RunResult, *, suite: str = "ocpp-replay") -> str:
             name=_clean(f"session {s.session_id} ({s.charge_point_id})"),
             time=_seconds(s),
         )
-        if s.differences:
-            n = len(s.differences)
-            kinds = sorted({str(d.kind) for d in s.differences})
+        diffs = s.on(side)
+        if diffs:
+            n = len(diffs)
+            kinds = sorted({str(d.kind) for d in diffs})
             failure = ET.SubElement(
                 case,
                 "failure",
@@ -66,7 +76,7 @@ def junit_xml(result: RunResult, *, suite: str = "ocpp-replay") -> str:
                 "\n".join(
                     f"seq {d.seq if d.seq is not None else '-'} {d.action or '-'} {d.kind} "
                     f"{d.path or '(message)'}: expected {_line(d.expected)}, actual {_line(d.actual)}"
-                    for d in s.differences
+                    for d in diffs
                 )
             )
     ET.indent(root)

@@ -13,7 +13,7 @@ from rich.text import Text
 from ocpp_replay.diff import Difference
 from ocpp_replay.results import RunResult
 
-__all__ = ["differences_table", "summary_line", "summary_table"]
+__all__ = ["differences_table", "noise_table", "summary_line", "summary_table"]
 
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c != 9}
 _CONTROL[0x7F] = "\\x7f"
@@ -29,7 +29,8 @@ def _short(value: object, limit: int = 60) -> str:
 
 
 def summary_table(result: RunResult) -> Table:
-    table = Table(title="Replay by action", title_justify="left")
+    title = "Candidate against baseline, by action" if result.kind == "compare" else "Replay by action"
+    table = Table(title=title, title_justify="left")
     table.add_column("action")
     table.add_column("compared", justify="right")
     table.add_column("diffs", justify="right")
@@ -62,12 +63,46 @@ def differences_table(diffs: list[Difference] | tuple[Difference, ...], limit: i
     return table
 
 
+def noise_table(result: RunResult) -> Table:
+    """The fields learned as noise in a compare run, with how often each differed."""
+    table = Table(title="Learned noise", title_justify="left")
+    for name in ("ocpp", "action", "message", "path", "between baseline runs", "against candidate", ""):
+        table.add_column(name)
+    for n in result.noise:
+        table.add_row(
+            n.version or "-",
+            Text(_safe(n.action)),
+            n.message,
+            Text(_safe(n.path or "(message)")),
+            f"{n.baseline_diffs}/{n.baseline_compared}",
+            f"{n.candidate_diffs}/{n.candidate_compared}",
+            Text("reported", style="red") if n.reported else Text("ignored", style="dim"),
+        )
+    return table
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 def summary_line(result: RunResult) -> str:
     t = result.timing
-    diffs = len(result.differences)
+    diffs = len(result.gating)
     run = f"run {result.run_id}: " if result.run_id is not None else ""
-    return (
-        f"{run}{len(result.sessions)} sessions, {result.messages} messages, {diffs} difference"
-        f"{'s' if diffs != 1 else ''}; lateness p50 {t.p50 * 1000:.2f} ms, p99 {t.p99 * 1000:.2f} ms, "
+    timing = (
+        f"lateness p50 {t.p50 * 1000:.2f} ms, p99 {t.p99 * 1000:.2f} ms, "
         f"max {t.max * 1000:.2f} ms over {t.frames} frames"
+    )
+    if result.kind == "compare":
+        base = sum(1 for d in result.differences if d.side == "baseline")
+        cand = sum(1 for d in result.differences if d.side == "candidate")
+        ignored = sum(1 for n in result.noise if not n.reported)
+        return (
+            f"{run}{_plural(len(result.sessions), 'session')}, {result.messages} messages: "
+            f"{_plural(diffs, 'difference')} of the candidate from the baseline; against the recording "
+            f"baseline {base}, candidate {cand}; {_plural(ignored, 'noise field')} ignored; {timing}"
+        )
+    return (
+        f"{run}{len(result.sessions)} sessions, {result.messages} messages, {_plural(diffs, 'difference')}; "
+        f"{timing}"
     )
