@@ -31,12 +31,12 @@ import re
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import unquote
 
 from mitmproxy import ctx, exceptions, http
 
 from ocpp_replay.errors import CaptureError
 from ocpp_replay.frames import Direction
+from ocpp_replay.handshake import basic_auth_user, charge_point_id_of, offered_protocols
 from ocpp_replay.store import CaptureWriter
 
 log = logging.getLogger(__name__)
@@ -45,24 +45,6 @@ __all__ = ["OcppCapture", "SessionFilter", "addons", "close_fields", "flow_frame
 
 
 # ----------------------------------------------------------------------------- flow → session
-
-
-def _basic_auth_user(header: str | None) -> str | None:
-    # The same rule as the aiohttp proxy; imported lazily there would pull aiohttp in here.
-    import base64
-    import binascii
-
-    if not header or header[:6].lower() != "basic ":
-        return None
-    try:
-        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8", "replace")
-    except (binascii.Error, ValueError):
-        return None
-    return decoded.partition(":")[0]
-
-
-def _protocols(header: str | None) -> list[str]:
-    return [p.strip() for p in (header or "").split(",") if p.strip()]
 
 
 def is_websocket_upgrade(flow: http.HTTPFlow) -> bool:
@@ -88,17 +70,16 @@ def session_fields(flow: http.HTTPFlow) -> dict[str, Any]:
     """The sessions-table fields known when the handshake is done (or refused)."""
     req = flow.request
     raw_path, _, query = req.path.partition("?")
-    segments = [s for s in raw_path.split("/") if s]
     peer = flow.client_conn.peername
-    offered = _protocols(req.headers.get("Sec-WebSocket-Protocol"))
+    offered = offered_protocols(req.headers.get("Sec-WebSocket-Protocol"))
     return {
-        "charge_point_id": unquote(segments[-1]) if segments else "",
+        "charge_point_id": charge_point_id_of(raw_path)[0],
         "path": raw_path,
         "query": query or None,
         "offered_subprotocols": ",".join(offered) or None,
         "subprotocol": negotiated_subprotocol(flow),
         "remote_addr": str(peer[0]) if peer else None,
-        "auth_user": _basic_auth_user(req.headers.get("Authorization")),
+        "auth_user": basic_auth_user(req.headers.get("Authorization")),
         "upstream_url": _ws_url(flow),
     }
 
@@ -176,7 +157,7 @@ class SessionFilter:
         chosen = negotiated_subprotocol(flow)
         if chosen is not None:
             return chosen.startswith(self.subprotocol)
-        offered = _protocols(flow.request.headers.get("Sec-WebSocket-Protocol"))
+        offered = offered_protocols(flow.request.headers.get("Sec-WebSocket-Protocol"))
         return any(p.startswith(self.subprotocol) for p in offered)
 
 

@@ -16,8 +16,6 @@ counted, never raised into the traffic.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import os
@@ -26,13 +24,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import WSMsgType, web
 
 from ocpp_replay.errors import ConfigError, UpstreamError
 from ocpp_replay.frames import Direction
+from ocpp_replay.handshake import basic_auth_user, charge_point_id_of, offered_protocols
 from ocpp_replay.store import CaptureWriter
 
 log = logging.getLogger(__name__)
@@ -114,32 +113,6 @@ class _Session:
     close_code: int | None = None
     close_reason: str | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-
-def charge_point_id_of(path: str) -> tuple[str, str]:
-    """(charge point id, raw last segment) of a request path: the last non-empty segment."""
-    segments = [s for s in path.split("/") if s]
-    if not segments:
-        return "", ""
-    raw = segments[-1]
-    return unquote(raw), raw
-
-
-def basic_auth_user(header: str | None) -> str | None:
-    """The user name of a Basic Authorization header; the password is never kept."""
-    if not header or header[:6].lower() != "basic ":
-        return None
-    try:
-        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8", "replace")
-    except (binascii.Error, ValueError):
-        return None
-    return decoded.partition(":")[0]
-
-
-def offered_protocols(header: str | None) -> tuple[str, ...]:
-    if not header:
-        return ()
-    return tuple(p.strip() for p in header.split(",") if p.strip())
 
 
 def _close_reason(extra: Any) -> str:

@@ -18,7 +18,8 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 
 from ocpp_replay.frames import Direction
-from ocpp_replay.proxy import ProxyServer, TlsOptions, basic_auth_user, charge_point_id_of
+from ocpp_replay.handshake import basic_auth_user, charge_point_id_of
+from ocpp_replay.proxy import ProxyServer, TlsOptions
 from ocpp_replay.store import Store
 from tests.peers import CsmsBehaviour, Recording, charger, run_csms, session16, session201
 
