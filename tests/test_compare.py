@@ -381,8 +381,10 @@ async def test_compare_v1_v2_finds_exactly_the_profile_differences(capture: Path
     out = {n: tmp_path / n for n in ("r.json", "r.xml", "r.html")}
     async with ReferenceCsms("v1") as v1, ReferenceCsms("v2") as v2:
         res = await _invoke(
-            ["compare", "--db", str(db), "--baseline", v1.url, "--candidate", v2.url, *FAST]
-            + ["--report", str(out["r.json"]), "--junit", str(out["r.xml"]), "--html", str(out["r.html"])]
+            [
+                *["compare", "--db", str(db), "--baseline", v1.url, "--candidate", v2.url, *FAST],
+                *["--report", str(out["r.json"]), "--junit", str(out["r.xml"]), "--html", str(out["r.html"])],
+            ]
         )
     assert res.exit_code == 1, res.output
     doc = json.loads(out["r.json"].read_text())
