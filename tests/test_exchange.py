@@ -21,7 +21,9 @@ from ocpp_replay.exchange import detect_format
 from ocpp_replay.frames import Direction
 from ocpp_replay.store import CaptureWriter, Store
 
-ALFEN = Path(__file__).resolve().parents[2] / "shared" / "alfen-frames.jsonl"
+ALFEN = (
+    Path(__file__).resolve().parent / "data" / "alfen-frames.jsonl"
+)  # real Alfen frames, from public issue threads
 T0 = 1_764_000_000.123456
 
 #: Frames a round trip must keep exactly: Alfen's INT64_MAX, non-ASCII, escapes, control

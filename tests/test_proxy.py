@@ -23,7 +23,9 @@ from ocpp_replay.proxy import ProxyServer, TlsOptions
 from ocpp_replay.store import Store
 from tests.peers import CsmsBehaviour, Recording, charger, run_csms, session16, session201
 
-ALFEN = Path(__file__).resolve().parents[2] / "shared" / "alfen-frames.jsonl"
+ALFEN = (
+    Path(__file__).resolve().parent / "data" / "alfen-frames.jsonl"
+)  # real Alfen frames, from public issue threads
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,7 +14,9 @@ from ocpp_replay.errors import ConfigError
 from ocpp_replay.frames import Call, parse
 from ocpp_replay.schemas import Violation, normalize_version, validate
 
-ALFEN = Path("/work/shared/alfen-frames.jsonl")
+ALFEN = (
+    Path(__file__).resolve().parent / "data" / "alfen-frames.jsonl"
+)  # real Alfen frames, from public issue threads
 
 
 def alfen_calls() -> list[Call]:

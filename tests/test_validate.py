@@ -13,7 +13,9 @@ from ocpp_replay.cli import app
 from ocpp_replay.frames import Direction
 from ocpp_replay.store import CaptureWriter
 
-ALFEN = Path(__file__).resolve().parents[2] / "shared" / "alfen-frames.jsonl"
+ALFEN = (
+    Path(__file__).resolve().parent / "data" / "alfen-frames.jsonl"
+)  # real Alfen frames, from public issue threads
 runner = CliRunner()
 
 CLEAN = [
