@@ -24,13 +24,13 @@ import os
 import signal
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
@@ -57,6 +57,33 @@ async def serve_csms(port: int) -> None:
                 # The least any CSMS does: parse the CALL and serialise a CALLRESULT.
                 call = json.loads(msg.data)
                 await ws.send_str(json.dumps([3, call[1], {}], separators=(",", ":")))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
+    await asyncio.Event().wait()
+
+
+async def serve_bare_hop(port: int, upstream: str) -> None:
+    """A bare aiohttp forwarding hop, recording nothing: what any aiohttp proxy costs."""
+    client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def pump(src: Any, dst: Any) -> None:
+        async for msg in src:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+        await dst.close()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        up = await client.ws_connect(
+            f"{upstream}/{request.match_info['tail'].rsplit('/', 1)[-1]}", protocols=("ocpp1.6",)
+        )
+        ws = web.WebSocketResponse(protocols=("ocpp1.6",))
+        await ws.prepare(request)
+        await asyncio.gather(pump(ws, up), pump(up, ws))
         return ws
 
     app = web.Application()
@@ -183,34 +210,61 @@ def main() -> int:
     ap.add_argument("--flood-clients", type=int, default=50)
     ap.add_argument("--flood-seconds", type=float, default=15.0)
     ap.add_argument("--serve-csms", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-bare-hop", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_csms:
         asyncio.run(serve_csms(args.serve_csms))
         return 0
+    if args.serve_bare_hop:
+        asyncio.run(serve_bare_hop(int(args.serve_bare_hop[0]), args.serve_bare_hop[1]))
+        return 0
 
-    csms_port, proxy_port = free_port(), free_port()
+    csms_port, proxy_port, hop_port = free_port(), free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="ocpp-bench-"))
     db = tmp / "bench.db"
     csms = subprocess.Popen([sys.executable, __file__, "--serve-csms", str(csms_port)])
     proxy = subprocess.Popen(
-        [sys.executable, "-m", "ocpp_replay.cli", "proxy", "--upstream", f"ws://127.0.0.1:{csms_port}/ocpp",
-         "--host", "127.0.0.1", "--port", str(proxy_port), "--db", str(db), "--log-level", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "ocpp_replay.cli",
+            "proxy",
+            "--upstream",
+            f"ws://127.0.0.1:{csms_port}/ocpp",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(proxy_port),
+            "--db",
+            str(db),
+            "--log-level",
+            "WARNING",
+        ],
         stdout=subprocess.DEVNULL,
+    )
+    hop = subprocess.Popen(
+        [sys.executable, __file__, "--serve-bare-hop", str(hop_port), f"ws://127.0.0.1:{csms_port}/ocpp"]
     )
     try:
         wait_port(csms_port)
         wait_port(proxy_port)
+        wait_port(hop_port)
+        hop_url = f"ws://127.0.0.1:{hop_port}/ocpp"
         pproc = psutil.Process(proxy.pid)
         direct_url = f"ws://127.0.0.1:{csms_port}/ocpp"
         proxy_url = f"ws://127.0.0.1:{proxy_port}/ocpp"
         rss_start = rss_mib(pproc)
         cpu_start = pproc.cpu_times()
-        print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, aiohttp {aiohttp.__version__}")
+        print(
+            f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, aiohttp {aiohttp.__version__}"
+        )
         print(f"proxy RSS at start: {rss_start:.1f} MiB")
 
         print(f"\nsteady: {args.chargers} chargers x 1 MeterValues/s for {args.seconds:.0f} s")
         d = asyncio.run(steady(direct_url, args.chargers, args.seconds))
         print(line("direct", d))
+        b = asyncio.run(steady(hop_url, args.chargers, args.seconds))
+        print(line("bare hop", b))
         p = asyncio.run(steady(proxy_url, args.chargers, args.seconds))
         print(line("through proxy", p))
         rss_mid = rss_mib(pproc)
@@ -222,10 +276,16 @@ def main() -> int:
         print(f"\nflood: {args.flood_clients} chargers in a closed loop for {args.flood_seconds:.0f} s")
         fd = asyncio.run(flood(direct_url, args.flood_clients, args.flood_seconds))
         print(line("direct", fd))
+        fb = asyncio.run(flood(hop_url, args.flood_clients, args.flood_seconds))
+        print(line("bare hop", fb))
         fp = asyncio.run(flood(proxy_url, args.flood_clients, args.flood_seconds))
         print(line("through proxy", fp))
         ratio = (fp.calls / fp.seconds) / (fd.calls / fd.seconds)
-        print(f"  throughput through the proxy: {ratio * 100:.0f} % of direct")
+        bare_ratio = (fb.calls / fb.seconds) / (fd.calls / fd.seconds)
+        print(
+            f"  throughput: proxy {ratio * 100:.0f} % of direct; a bare aiohttp hop that records "
+            f"nothing {bare_ratio * 100:.0f} %; proxy/bare hop {ratio / bare_ratio * 100:.0f} %"
+        )
 
         time.sleep(1.0)  # let the last batch reach the disk
         rss_end = rss_mib(pproc)
@@ -238,23 +298,34 @@ def main() -> int:
             lost = conn.execute("SELECT coalesce(sum(frames_lost), 0) FROM sessions").fetchone()[0]
             ended = conn.execute("SELECT count(*) FROM sessions WHERE ended_at IS NULL").fetchone()[0]
         proxy_cpu = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
-        print(f"\ncapture: {recorded} frames recorded, {expected} expected, {lost} marked lost, "
-              f"{ended} sessions left open")
-        print(f"proxy CPU: {proxy_cpu:.1f} s for {expected} frames "
-              f"({proxy_cpu / max(expected, 1) * 1e6:.1f} us per frame)")
+        print(
+            f"\ncapture: {recorded} frames recorded, {expected} expected, {lost} marked lost, "
+            f"{ended} sessions left open"
+        )
+        print(
+            f"proxy CPU: {proxy_cpu:.1f} s for {expected} frames "
+            f"({proxy_cpu / max(expected, 1) * 1e6:.1f} us per frame)"
+        )
         print(f"proxy RSS: start {rss_start:.1f} MiB, after steady {rss_mid:.1f} MiB, end {rss_end:.1f} MiB")
         print(f"capture size: {db.stat().st_size / 2**20:.1f} MiB")
         summary = {
-            "steady_direct_p50_ms": d.pct(50), "steady_direct_p99_ms": d.pct(99),
-            "steady_proxy_p50_ms": p.pct(50), "steady_proxy_p99_ms": p.pct(99),
-            "flood_ratio": ratio, "recorded": recorded, "expected": expected,
-            "rss_start_mib": rss_start, "rss_end_mib": rss_end,
+            "steady_direct_p50_ms": d.pct(50),
+            "steady_direct_p99_ms": d.pct(99),
+            "steady_proxy_p50_ms": p.pct(50),
+            "steady_proxy_p99_ms": p.pct(99),
+            "steady_bare_p99_ms": b.pct(99),
+            "flood_ratio": ratio,
+            "flood_bare_ratio": bare_ratio,
+            "recorded": recorded,
+            "expected": expected,
+            "rss_start_mib": rss_start,
+            "rss_end_mib": rss_end,
         }
         print("\n" + json.dumps(summary))
         ok = recorded == expected and lost == 0 and not d.errors and not p.errors
         return 0 if ok else 1
     finally:
-        for proc in (proxy, csms):
+        for proc in (proxy, hop, csms):
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(10)
