@@ -169,15 +169,14 @@ def _fresh_capture(out_dir: Path) -> Path:
 
 
 def _write_reports(result: RunResult, out_dir: Path) -> dict[str, Path]:
-    from ocpp_replay.report import write_json, write_junit
+    from ocpp_replay.report import write_html, write_json, write_junit
 
-    paths = {"json": out_dir / "demo-report.json", "junit": out_dir / "demo-junit.xml"}
+    paths = {
+        "json": out_dir / "demo-report.json",
+        "junit": out_dir / "demo-junit.xml",
+        "html": out_dir / "demo-report.html",
+    }
     write_json(result, paths["json"])
     write_junit(result, paths["junit"])
-    try:
-        from ocpp_replay.report.html import write_html
-    except ImportError:  # the HTML renderer is optional in this build
-        return paths
-    paths["html"] = out_dir / "demo-report.html"
     write_html(result, paths["html"])
     return paths

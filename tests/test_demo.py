@@ -49,6 +49,8 @@ def test_demo_runs_the_whole_loop_and_exits_0(tmp_path: Path) -> None:
     assert any(a == "Authorize" and v == "Blocked" for a, _, v in diffs)
     assert report["summary"]["diffs"] == len(diffs) > 0
     assert (tmp_path / "captures" / "demo-junit.xml").read_text().startswith("<?xml")
+    html = (tmp_path / "captures" / "demo-report.html").read_text()
+    assert "Blocked" in html and "BootNotification" in html
     runs = store.db.execute("SELECT kind, diffs FROM runs ORDER BY id").fetchall()
     assert runs == [("replay", 0), ("replay", len(diffs))]
     assert V2_BLOCKED_ID_TAG in out
