@@ -49,7 +49,7 @@ async def test_profile_3_the_proxy_presents_its_client_certificate_upstream(tmp_
                 sent = cp.recording.sent  # type: ignore[union-attr]
     assert csms.connections[-1].received == sent
     peer_cert = csms.connections[-1].ws.transport.get_extra_info("peercert")
-    assert ("DNS", "ALF-TLS3") in peer_cert["subjectAltName"]  # the CSMS saw the proxy's certificate
+    assert ("DNS", "alf-tls3") in peer_cert["subjectAltName"]  # the CSMS saw the proxy's certificate
     assert Store.open(tmp_path / "b.db").sessions()[0].frames == 2 * len(sent)
 
 
