@@ -46,7 +46,7 @@ from ocpp_replay import __version__
 from ocpp_replay.errors import CaptureError, ConfigError, UnknownSession
 from ocpp_replay.frames import Direction, peek
 from ocpp_replay.pairing import Pairer
-from ocpp_replay.store import Store, migrations, open_database, utc_iso
+from ocpp_replay.store import Store, WriterLock, migrations, open_database, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -292,16 +292,21 @@ def _target(path: str | os.PathLike[str]) -> Iterator[sqlite_utils.Database]:
     p = Path(path)
     created = not p.exists()
     db = open_database(p, create=True)
+    # An import adds sessions: no proxy or mitm addon may be handing out ids in the meantime.
+    lock = WriterLock(p)
     try:
+        lock.acquire()
         yield db
     except BaseException:
         db.conn.close()
+        lock.release()
         if created:
-            for suffix in ("", "-wal", "-shm"):
+            for suffix in ("", "-wal", "-shm", "-lock"):
                 with contextlib.suppress(FileNotFoundError):
                     Path(f"{p}{suffix}").unlink()
         raise
     db.conn.close()
+    lock.release()
 
 
 # ----------------------------------------------------------------------------- JSONL

@@ -32,6 +32,11 @@ from ocpp_replay.errors import CaptureError, CaptureNotFound, UnknownSession
 from ocpp_replay.frames import Direction, peek
 from ocpp_replay.pairing import Pairer
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, one writer is on the user
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 MIGRATION_SET = "ocpp_replay"
@@ -406,6 +411,57 @@ class WriterStats:
     max_flush_seconds: float = 0.0
 
 
+class WriterLock:
+    """The one-writer lock of a capture: an exclusive ``flock`` on the sidecar file ``<db>-lock``.
+
+    Whoever adds sessions to a capture holds it (the proxy and the mitmproxy addon for as long
+    as they run, ``import`` while it imports): a writer hands out session ids from memory, so two
+    writers on one capture would give two connections the same id. The lock is on a sidecar
+    file, never on the database: closing a descriptor of the database would drop SQLite's own
+    locks. The kernel releases it when the process dies, kill -9 included; the file stays
+    (mode 0600) and holds the pid of the last writer. Readers never take it.
+    """
+
+    def __init__(self, db: str | os.PathLike[str]) -> None:
+        self.db = Path(db)
+        self.path = Path(f"{self.db}-lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock. Raises CaptureError if another writer holds it."""
+        if fcntl is None or self._fd is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise CaptureError(f"cannot create the lock file {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise CaptureError(
+                f"{self.db} is being written by another process{who}; give each proxy its own "
+                "capture and combine them with `ocpp-replay merge`"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def __enter__(self) -> WriterLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class CaptureWriter:
     """Records sessions and frames from an event loop without ever blocking it.
 
@@ -426,9 +482,18 @@ class CaptureWriter:
         self.stats = WriterStats()
         db = open_database(self.path, create=True)
         self._conn: sqlite3.Connection = db.conn
-        row = self._conn.execute("SELECT max(id) FROM sessions").fetchone()
-        self._next_session_id = (row[0] or 0) + 1
-        self._mark_interrupted_sessions()
+        # Held until close: session ids below come from memory, and sessions still open in
+        # the capture can only be left over from a writer that died.
+        self._lock = WriterLock(self.path)
+        try:
+            self._lock.acquire()
+            row = self._conn.execute("SELECT max(id) FROM sessions").fetchone()
+            self._next_session_id = (row[0] or 0) + 1
+            self._mark_interrupted_sessions()
+        except BaseException:
+            self._lock.release()
+            self._conn.close()
+            raise
         self._queue: deque[tuple[Any, ...]] = deque()
         self._retry: list[_Op] = []
         self._pairer = Pairer()
@@ -487,6 +552,7 @@ class CaptureWriter:
             log.error("capture writer did not finish within %.0fs; %d items unwritten", timeout, self.pending)
         else:
             self._conn.close()
+            self._lock.release()
 
     # -- the writer thread ----------------------------------------------------------
 
@@ -643,7 +709,8 @@ class CaptureWriter:
             self._conn.execute(
                 "UPDATE sessions SET ended_at = coalesce((SELECT max(timestamp) FROM frames "
                 "WHERE frames.session_id = sessions.id), started_at), closed_by = 'unknown', "
-                "close_reason = 'capture interrupted' WHERE ended_at IS NULL"
+                "close_reason = 'capture interrupted', frames = coalesce(frames, (SELECT count(*) "
+                "FROM frames WHERE frames.session_id = sessions.id)) WHERE ended_at IS NULL"
             )
         except sqlite3.Error as exc:
             raise CaptureError(f"cannot write to {self.path}: {exc}") from exc

@@ -181,6 +181,25 @@ def test_export_selection_and_unknown_session(tmp_path: Path) -> None:
     assert run("export", "--db", src, "--out", out, "--force").exit_code == 0
 
 
+def test_import_into_a_capture_a_proxy_is_writing_is_refused(tmp_path: Path) -> None:
+    """The live writer hands out session ids from memory: an import would collide with them."""
+    out = tmp_path / "export.jsonl"
+    assert run("export", "--db", standard_capture(tmp_path / "src.db"), "--out", out).exit_code == 0
+    live = tmp_path / "live.db"
+    writer = CaptureWriter(live, flush_interval=0.01)
+    writer.start()
+    try:
+        sid = writer.open_session(T0, charge_point_id="LIVE")
+        assert "being written by another process" in error_line(run("import", out, "--db", live))
+        writer.frame(sid, 1, T0, 0.0, Direction.TO_CSMS, '[2,"1","Heartbeat",{}]')
+        writer.close_session(sid, T0 + 1, close_code=1000, closed_by="cp", frames=1)
+    finally:
+        writer.close()
+    with Store.open(live) as store:
+        assert [(s.id, s.charge_point_id, s.frames) for s in store.sessions()] == [(sid, "LIVE", 1)]
+    assert run("import", out, "--db", live).exit_code == 0  # free again once the writer is gone
+
+
 @pytest.mark.parametrize(
     ("mangle", "message"),
     [

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -137,9 +139,54 @@ def test_sessions_left_open_by_a_dead_proxy_are_closed_on_next_start(tmp_path: P
     writer.frame(sid, 1, time.time(), 0.0, Direction.TO_CSMS, '[2,"1","Heartbeat",{}]')
     writer._flush()  # what a killed proxy managed to write
     writer._conn.close()
+    writer._lock.release()  # the kernel does this when the process dies
     CaptureWriter(db).close()
     info = Store.open(db).session(sid)
     assert info.ended_at is not None and info.closed_by == "unknown"
+    raw = sqlite3.connect(db).execute("SELECT frames FROM sessions WHERE id = ?", [sid]).fetchone()
+    assert raw == (1,)  # the frames column is filled in too, not left NULL
+
+
+def test_a_second_writer_on_a_capture_is_refused(tmp_path: Path) -> None:
+    """Two writers would hand out the same session ids and end each other's live sessions."""
+    db = tmp_path / "c.db"
+    first = CaptureWriter(db, flush_interval=0.01)
+    first.start()
+    sid = first.open_session(time.time(), charge_point_id="LIVE")
+    first.frame(sid, 1, time.time(), 0.0, Direction.TO_CSMS, '[2,"1","Heartbeat",{}]')
+    time.sleep(0.1)
+    with pytest.raises(CaptureError, match=f"another process \\(pid {os.getpid()}\\).*merge"):
+        CaptureWriter(db)
+    first.close_session(sid, time.time(), close_code=1000, closed_by="cp", frames=1)
+    first.close()
+    info = Store.open(db).session(sid)
+    assert (info.closed_by, info.close_code, info.frames) == ("cp", 1000, 1)  # not ended by the refused one
+    assert stat.S_IMODE(os.stat(f"{db}-lock").st_mode) == 0o600
+    CaptureWriter(db).close()  # once the first writer is closed, the capture is free again
+
+
+def test_the_writer_lock_dies_with_its_process(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    code = (
+        "import os, sys, time\n"
+        "from ocpp_replay.store import CaptureWriter\n"
+        "w = CaptureWriter(sys.argv[1])\n"
+        "w.open_session(time.time(), charge_point_id='CP')\n"
+        "w._flush()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        with pytest.raises(CaptureError, match=f"pid {proc.pid}"):
+            CaptureWriter(db)
+    finally:
+        proc.kill()  # kill -9: no clean-up in the writer
+        proc.communicate(timeout=10)
+    CaptureWriter(db).close()
+    [info] = Store.open(db).sessions()
+    assert info.closed_by == "unknown" and info.ended_at is not None
 
 
 def test_writer_is_safe_against_concurrent_readers(tmp_path: Path) -> None:
