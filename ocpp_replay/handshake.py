@@ -1,6 +1,7 @@
 """What the websocket handshake of a charger tells: charge point id, subprotocols, auth user.
 
-Pure. Shared by the aiohttp proxy and the mitmproxy addon so both record sessions alike.
+Pure. Shared by the aiohttp proxy and the mitmproxy addon so both record sessions alike, and
+log what they tell with the same escaping (:func:`escape_controls`).
 """
 
 from __future__ import annotations
@@ -38,3 +39,15 @@ def offered_protocols(header: str | None) -> tuple[str, ...]:
     if not header:
         return ()
     return tuple(p.strip() for p in header.split(",") if p.strip())
+
+
+def escape_controls(text: str) -> str:
+    """Text from a charger or a CSMS, safe for a log line or a terminal.
+
+    Control characters (C0, DEL, C1), line and paragraph separators and invisible format
+    characters such as bidi overrides become Python escapes (``\\x1b``, ``\\u202e``);
+    everything else, non-ASCII letters included, is kept.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -36,7 +36,7 @@ from mitmproxy import ctx, exceptions, http
 
 from ocpp_replay.errors import CaptureError
 from ocpp_replay.frames import Direction
-from ocpp_replay.handshake import basic_auth_user, charge_point_id_of, offered_protocols
+from ocpp_replay.handshake import basic_auth_user, charge_point_id_of, escape_controls, offered_protocols
 from ocpp_replay.store import CaptureWriter
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,12 @@ class OcppCapture:
         except Exception:  # recording must never break the traffic it records
             log.exception("ocpp-replay: recording a refused handshake failed")
             return
-        log.info("refuse %s session=%d %s", fields["charge_point_id"], session_id, fields["error"])
+        log.info(
+            "refuse %s session=%d %s",
+            escape_controls(fields["charge_point_id"]),
+            session_id,
+            escape_controls(fields["error"] or ""),
+        )
 
     # -- websocket -----------------------------------------------------------------
 
@@ -264,9 +269,9 @@ class OcppCapture:
         self.live[flow.id] = _Live(session_id, fields["charge_point_id"], started_mono)
         log.info(
             "open   %s session=%d subprotocol=%s from %s",
-            fields["charge_point_id"],
+            escape_controls(fields["charge_point_id"]),
             session_id,
-            fields["subprotocol"] or "-",
+            escape_controls(fields["subprotocol"] or "-"),
             fields["remote_addr"],
         )
 
@@ -310,7 +315,7 @@ class OcppCapture:
             log.exception("ocpp-replay: recording the end of session %d failed", live.session_id)
         log.info(
             "close  %s session=%d code=%s by=%s frames=%d held=%d",
-            live.charge_point_id,
+            escape_controls(live.charge_point_id),
             live.session_id,
             fields.get("close_code"),
             fields.get("closed_by") or "-",

@@ -31,7 +31,7 @@ from aiohttp import WSMsgType, web
 
 from ocpp_replay.errors import ConfigError, UpstreamError
 from ocpp_replay.frames import Direction
-from ocpp_replay.handshake import basic_auth_user, charge_point_id_of, offered_protocols
+from ocpp_replay.handshake import basic_auth_user, charge_point_id_of, escape_controls, offered_protocols
 from ocpp_replay.store import CaptureWriter
 
 log = logging.getLogger(__name__)
@@ -368,7 +368,11 @@ class ProxyServer:
         self.stats.connections += 1
         self.stats.active += 1
         log.info(
-            "open   %s session=%d subprotocol=%s from %s", cp_id, session_id, upstream.protocol or "-", peer
+            "open   %s session=%d subprotocol=%s from %s",
+            escape_controls(cp_id),
+            session_id,
+            escape_controls(upstream.protocol or "-"),
+            peer,
         )
         try:
             session.tasks = [
@@ -401,7 +405,7 @@ class ProxyServer:
             )
             log.info(
                 "close  %s session=%d code=%s by=%s frames=%d",
-                cp_id,
+                escape_controls(cp_id),
                 session_id,
                 session.close_code,
                 session.closed_by or "-",
@@ -425,7 +429,7 @@ class ProxyServer:
         fields.update(upstream_status=status, error=error)
         session_id = self.writer.open_session(started_wall, **fields)
         self.writer.close_session(session_id, time.time(), closed_by="upstream")
-        log.info("refuse %s session=%d %s", cp_id, session_id, error)
+        log.info("refuse %s session=%d %s", escape_controls(cp_id), session_id, escape_controls(error))
         headers: dict[str, str] = {}
         if upstream_headers is not None:
             for name in ("WWW-Authenticate", "Retry-After"):

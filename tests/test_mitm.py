@@ -281,3 +281,27 @@ def test_mitm_command_without_mitmproxy(monkeypatch: pytest.MonkeyPatch, tmp_pat
     )
     line = error_line(run("mitm", "--db", tmp_path / "c.db", "--", "--mode", "reverse:http://x"))
     assert "mitmproxy is not installed" in line and "ocpp-replay[mitm]" in line
+
+
+def test_addon_log_lines_escape_control_characters(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The addon, driven directly with mitmproxy's test flows: its log lines are escaped."""
+    from mitmproxy.test import tflow
+
+    from ocpp_replay.mitm import OcppCapture
+    from ocpp_replay.store import CaptureWriter
+
+    caplog.set_level("INFO", logger="ocpp_replay.mitm")
+    addon = OcppCapture()
+    addon.writer = CaptureWriter(tmp_path / "c.db")
+    flow = tflow.twebsocketflow()
+    flow.request.path = "/ocpp/%1B%5B31mEVIL%07%E2%80%AE"
+    flow.request.headers["Sec-WebSocket-Protocol"] = "ocpp1.6"
+    assert flow.response is not None
+    flow.response.headers["Sec-WebSocket-Protocol"] = "ocpp1.6"
+    addon.websocket_start(flow)
+    addon.websocket_end(flow)
+    addon.done()
+    mine = [r.getMessage() for r in caplog.records if "EVIL" in r.getMessage()]
+    assert len(mine) == 2  # open and close
+    for line in mine:
+        assert line.isprintable() and "\\x1b[31mEVIL\\x07\\u202e" in line, repr(line)

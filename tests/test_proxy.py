@@ -368,3 +368,21 @@ def test_charge_point_id_and_auth_helpers() -> None:
     assert basic_auth_user("Basic " + base64.b64encode(b"cp:pw:with:colons").decode()) == "cp"
     assert basic_auth_user("Bearer xyz") is None
     assert basic_auth_user("Basic !!!") is None
+
+
+async def test_log_lines_escape_control_characters_from_chargers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="ocpp_replay.proxy")
+    async with run_csms() as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        async with connect(f"{proxy.url}/%1B%5B2J%1B%5B31mEVIL%07%C2%9B%E2%80%AE", subprotocols=["ocpp1.6"]):  # type: ignore[list-item]
+            pass
+        await settle(proxy)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ocpp_replay.proxy"]
+    mine = [line for line in lines if "EVIL" in line]
+    assert len(mine) == 2  # open and close
+    for line in mine:
+        assert line.isprintable(), repr(line)
+        assert "\\x1b[2J\\x1b[31mEVIL\\x07\\x9b\\u202e" in line
+    [session] = Store.open(tmp_path / "c.db").sessions()
+    assert session.charge_point_id == "\x1b[2J\x1b[31mEVIL\x07\x9b\u202e"  # the capture keeps it as sent
