@@ -529,9 +529,15 @@ class ProxyServer:
 
         A vanished CSMS is mirrored to the charger as a dropped TCP connection (what it would
         see without the proxy); a vanished charger is reported to the CSMS as 1001 Going Away.
+        A side that broke the websocket protocol (a message over ``max_message_size``, a text
+        frame that is not UTF-8, ...) did not vanish: aiohttp has closed it with the matching
+        code (1009, 1007, ...), and the proxy ends the other side with 1001 and the reason.
         """
         if session.closed_by is not None:
             return  # the other pump is already ending this session (close or shutdown)
+        if msg.type is WSMsgType.ERROR and isinstance(msg.data, aiohttp.WebSocketError):
+            await self._refuse_message(session, side, dst, msg.data)
+            return
         session.closed_by = side
         session.close_code = 1006
         detail = msg.data if msg.type is WSMsgType.ERROR else None
@@ -542,3 +548,25 @@ class ProxyServer:
                 transport.abort()
             return
         await dst.close(code=CLOSE_GOING_AWAY, message=b"charge point connection lost")
+
+    async def _refuse_message(
+        self,
+        session: _Session,
+        side: str,
+        dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+        error: aiohttp.WebSocketError,
+    ) -> None:
+        """``side`` sent what the proxy cannot forward; aiohttp closed it with ``error.code``."""
+        who = "charge point" if side == "cp" else "CSMS"
+        session.closed_by = "proxy"
+        session.close_code = error.code
+        session.close_reason = f"{who} sent a message the proxy refused: {error}"
+        log.warning(
+            "session %d (%s): %s; closed with %d",
+            session.id,
+            escape_controls(session.charge_point_id),
+            session.close_reason,
+            error.code,
+        )
+        # The reason of a close frame has room for 123 bytes.
+        await dst.close(code=CLOSE_GOING_AWAY, message=f"{who} sent a message the proxy refused".encode())

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import ssl
 import stat
 from pathlib import Path
@@ -368,6 +369,53 @@ def test_charge_point_id_and_auth_helpers() -> None:
     assert basic_auth_user("Basic " + base64.b64encode(b"cp:pw:with:colons").decode()) == "cp"
     assert basic_auth_user("Bearer xyz") is None
     assert basic_auth_user("Basic !!!") is None
+
+
+@pytest.mark.parametrize("sender", ["cp", "csms"])
+async def test_a_message_over_the_size_limit_closes_both_sides_and_is_recorded(
+    tmp_path: Path, sender: str
+) -> None:
+    """The sender gets 1009 from the proxy, the other side 1001 with the reason (not a drop)."""
+    big = '[2,"2","DataTransfer",{"vendorId":"Alfen","data":"' + "A" * 5000 + '"}]'
+    csms_close: list[tuple[int | None, str | None]] = []
+
+    async def backend(ws: ServerConnection) -> None:
+        try:
+            message = await ws.recv()
+            await ws.send(f'[3,"1",{{"echo":{len(message)}}}]')
+            if sender == "csms":
+                await ws.send(big)
+            await ws.recv()
+        except websockets.ConnectionClosed as exc:
+            csms_close.append((exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, None))
+
+    db = tmp_path / "c.db"
+    async with run_csms(handler=backend) as csms, ProxyServer(csms.url, db, max_message_size=1000) as proxy:
+        async with connect(f"{proxy.url}/BIG", subprotocols=["ocpp1.6"], max_size=None) as ws:  # type: ignore[list-item]
+            await ws.send('[2,"1","Heartbeat",{}]')
+            assert await asyncio.wait_for(ws.recv(), 5) == '[3,"1",{"echo":22}]'
+            if sender == "cp":
+                await ws.send(big)
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 5)
+        async with asyncio.timeout(5):
+            while not csms_close:
+                await asyncio.sleep(0.01)
+        await settle(proxy)
+    assert info.value.rcvd is not None
+    charger_got = (info.value.rcvd.code, info.value.rcvd.reason)
+    who = "charge point" if sender == "cp" else "CSMS"
+    if sender == "cp":
+        assert charger_got[0] == 1009
+        assert csms_close == [(1001, f"{who} sent a message the proxy refused")]
+    else:
+        assert csms_close[0][0] == 1009
+        assert charger_got == (1001, f"{who} sent a message the proxy refused")
+    [session] = Store.open(db).sessions()
+    assert (session.closed_by, session.close_code, session.frames) == ("proxy", 1009, 2)
+    assert session.close_reason is not None
+    assert session.close_reason.startswith(f"{who} sent a message the proxy refused: ")
+    assert re.search("exceeds (size )?limit 1000", session.close_reason)
 
 
 async def test_log_lines_escape_control_characters_from_chargers(
