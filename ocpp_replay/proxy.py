@@ -140,6 +140,15 @@ class ProxyServer:
         parts = urlsplit(upstream)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise ConfigError(f"upstream must be a ws:// or wss:// URL, not {upstream!r}")
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"port must be between 0 and 65535, not {port}")
+        if max_message_size < 0:
+            raise ConfigError(f"max message size must be 0 (no limit) or more bytes, not {max_message_size}")
+        # 0 would make the writer thread spin without pause, taking a core from the traffic.
+        if not flush_interval > 0:
+            raise ConfigError(f"flush interval must be more than 0 seconds, not {flush_interval:g}")
+        if not connect_timeout > 0:
+            raise ConfigError(f"connect timeout must be more than 0 seconds, not {connect_timeout:g}")
         self.upstream = upstream.rstrip("/")
         self.db_path = Path(db)
         self.host = host

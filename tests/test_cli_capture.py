@@ -79,7 +79,7 @@ async def test_proxy_command_records_and_stops_cleanly_on_sigterm(tmp_path: Path
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
-            out, err = await asyncio.to_thread(proc.communicate, timeout=20)
+            _out, err = await asyncio.to_thread(proc.communicate, timeout=20)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -149,6 +149,25 @@ def test_healthz_answers_while_running(tmp_path: Path) -> None:
             "--db",
             "{tmp}/x.db",
         ],
+        ["proxy", "--upstream", "ws://127.0.0.1:{listening}/ocpp", "--port", "70000", "--db", "{tmp}/x.db"],
+        [
+            "proxy",
+            "--upstream",
+            "ws://127.0.0.1:{listening}/ocpp",
+            "--max-message-size",
+            "-5",
+            "--db",
+            "{tmp}/x.db",
+        ],
+        [
+            "proxy",
+            "--upstream",
+            "ws://127.0.0.1:{listening}/ocpp",
+            "--flush-interval",
+            "0",
+            "--db",
+            "{tmp}/x.db",
+        ],
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> None:
@@ -157,10 +176,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> No
 
     Store.open(tmp_path / "empty.db", create=True).close()
     closed = free_port()
-    argv = [a.format(tmp=tmp_path, closed=closed) for a in args]
-    proc = subprocess.run(
-        [sys.executable, "-m", "ocpp_replay.cli", *argv], capture_output=True, text=True, timeout=30
-    )
+    with socket.socket() as listening:  # an upstream that accepts TCP: the options are at fault
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        argv = [a.format(tmp=tmp_path, closed=closed, listening=listening.getsockname()[1]) for a in args]
+        proc = subprocess.run(
+            [sys.executable, "-m", "ocpp_replay.cli", *argv], capture_output=True, text=True, timeout=30
+        )
     assert proc.returncode == 2, proc
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
