@@ -496,7 +496,7 @@ async def test_control_api_commands_reach_a_virtual_charger(tmp_path: Path) -> N
         task = asyncio.create_task(fleet(csms.url, scenario=idle))
         try:
             async with asyncio.timeout(10):
-                while "ALF-0001" not in csms.connected or not csms.backend.chargers["ALF-0001"].boots:  # noqa: ASYNC110
+                while "ALF-0001" not in csms.connected or not csms.backend.chargers["ALF-0001"].boots:
                     await asyncio.sleep(0.01)
             answer = await csms.send_command("ALF-0001", "get-configuration", {"key": ["NumberOfConnectors"]})
             assert answer.payload["configurationKey"][0]["key"] == "NumberOfConnectors"  # type: ignore[union-attr]
