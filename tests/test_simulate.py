@@ -525,6 +525,20 @@ async def test_same_seed_same_traffic() -> None:
 async def test_unreachable_target_is_an_upstream_error() -> None:
     with pytest.raises(UpstreamError):
         await fleet("ws://127.0.0.1:9/ocpp", ramp_up=0, connect_timeout=1)
+
+
+async def test_unreachable_target_fails_fast_in_real_time() -> None:
+    """At --time-scale 1 the chargers' retries took 150 s before the error; the error comes first."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    started = time.monotonic()
+    with pytest.raises(UpstreamError, match=f"127.0.0.1:{port} unreachable"):
+        await fleet(f"ws://127.0.0.1:{port}/ocpp", chargers=3, time_scale=1.0)
+    assert time.monotonic() - started < 5
     with pytest.raises(ConfigError):
         await fleet("http://127.0.0.1:9/ocpp")
 
