@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ocpp_replay.csms import ReferenceCsms
 from ocpp_replay.csms.config import V2_BLOCKED_ID_TAG
+from ocpp_replay.errors import ConfigError
 from ocpp_replay.proxy import ProxyServer
 from ocpp_replay.replay import run_replay, store_run
 from ocpp_replay.results import RunResult
@@ -160,11 +161,18 @@ async def run_demo(out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_20
 
 def _fresh_capture(out_dir: Path) -> Path:
     """The demo's capture path, with any capture of an earlier demo removed."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {out_dir} for the demo's files: {exc.strerror}") from exc
     db = out_dir / "demo.db"
     for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             Path(f"{db}{suffix}").unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ConfigError(f"cannot remove the earlier demo capture {db}{suffix}: {exc.strerror}") from exc
     return db
 
 

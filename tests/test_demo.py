@@ -54,3 +54,19 @@ def test_demo_runs_the_whole_loop_and_exits_0(tmp_path: Path) -> None:
     runs = store.db.execute("SELECT kind, diffs FROM runs ORDER BY id").fetchall()
     assert runs == [("replay", 0), ("replay", len(diffs))]
     assert V2_BLOCKED_ID_TAG in out
+
+
+@pytest.mark.timeout(30)
+def test_demo_out_that_is_a_file_is_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "captures").write_text("not a directory")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ocpp_replay.cli", "demo", "--out", str(tmp_path / "captures")],
+        capture_output=True,
+        text=True,
+        timeout=25,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot use "), proc.stderr
