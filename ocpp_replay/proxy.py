@@ -195,7 +195,8 @@ class ProxyServer:
         )
         app = web.Application(handler_args={"max_field_size": 65536})
         app.router.add_get("/healthz", self._healthz)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # [\s\S], not ".": a percent-encoded newline in the id must not fall through to a 404.
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await self._runner.setup()
         self._site = web.TCPSite(

@@ -434,3 +434,15 @@ async def test_log_lines_escape_control_characters_from_chargers(
         assert "\\x1b[2J\\x1b[31mEVIL\\x07\\x9b\\u202e" in line
     [session] = Store.open(tmp_path / "c.db").sessions()
     assert session.charge_point_id == "\x1b[2J\x1b[31mEVIL\x07\x9b\u202e"  # the capture keeps it as sent
+
+
+async def test_a_newline_in_the_charge_point_id_is_proxied_and_recorded(tmp_path: Path) -> None:
+    """The router matched the decoded path with '.', so an id with %0A got an unrecorded 404."""
+    async with run_csms() as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        async with connect(f"{proxy.url}/ALF%0A0001", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            await ws.send('[2,"1","Heartbeat",{}]')
+            assert (await asyncio.wait_for(ws.recv(), 5)).startswith('[3,"1"')  # type: ignore[union-attr]
+        await settle(proxy)
+    assert csms.handshakes[0].path == "/ocpp/ALF%0A0001"
+    [session] = Store.open(tmp_path / "c.db").sessions()
+    assert (session.charge_point_id, session.path, session.frames) == ("ALF\n0001", "/ocpp/ALF%0A0001", 2)
