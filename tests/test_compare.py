@@ -531,3 +531,82 @@ async def test_report_of_unknown_run_and_bad_compare_options(capture: Path, tmp_
             ]
         )
     assert res.exit_code == 2 and "unreachable" in res.stderr and "Traceback" not in res.stderr
+
+
+# ----------------------------------------------------------------------------- end to end, OCPP 2.0.1
+
+
+async def _capture201(db: Path) -> None:
+    async with ReferenceCsms("v1") as csms, ProxyServer(csms.url, db) as proxy:
+        # The virtual chargers tap DEFAULT_ID_TAGS in turn: the third charger taps the card
+        # that the v2 profile blocks.
+        result = await run_fleet(
+            proxy.url, chargers=3, version="2.0.1", scenario="session", time_scale=0.002, seed=1
+        )
+    assert not result.problems, result.problems
+
+
+@pytest.fixture(scope="module")
+def capture201(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("capcmp201") / "capture.db"
+    asyncio.run(asyncio.wait_for(_capture201(db), 30))
+    return db
+
+
+async def test_compare_v1_v2_on_ocpp201_finds_exactly_the_profile_differences(
+    capture201: Path, tmp_path: Path
+) -> None:
+    db = _copy(capture201, tmp_path)
+    with Store.open(db) as store:
+        sessions = {s.charge_point_id: s for s in store.sessions()}
+        assert set(sessions) == {"ALF-0001", "ALF-0002", "ALF-0003"}
+        assert {s.subprotocol for s in sessions.values()} == {"ocpp2.0.1"}
+        blocked_sid = sessions["ALF-0003"].id
+        tapped = {
+            sid: any(V2_BLOCKED_ID_TAG in (f.raw or "") for f in store.frames(sid))
+            for sid in (s.id for s in sessions.values())
+        }
+    assert tapped == {s.id: s.id == blocked_sid for s in sessions.values()}  # the blocked card was used
+    report = tmp_path / "r.json"
+    async with ReferenceCsms("v1") as v1, ReferenceCsms("v2") as v2:
+        res = await _invoke(
+            [
+                *["compare", "--db", str(db), "--baseline", v1.url, "--candidate", v2.url, *FAST],
+                *["--report", str(report)],
+            ]
+        )
+        same = await _invoke(
+            ["compare", "--db", str(db), "--baseline", v1.url, "--candidate", v1.url, *FAST, "--report", "-"]
+        )
+    assert res.exit_code == 1, res.output
+    doc = json.loads(report.read_text())
+    got = {
+        s["charge_point_id"]: [
+            (d["action"], d["kind"], d["path"], d["expected"], d["actual"]) for d in s["diffs"]
+        ]
+        for s in doc["sessions"]
+    }
+    interval = ("BootNotification", "changed", "interval", 300, 900)
+    blocked = ("changed", "idTokenInfo.status", "Accepted", "Blocked")
+    # The blocked card: Authorize, and the TransactionEvents that carry the idToken (Started, Ended).
+    assert got == {
+        "ALF-0001": [interval],
+        "ALF-0002": [interval],
+        "ALF-0003": [
+            interval,
+            ("Authorize", *blocked),
+            ("TransactionEvent", *blocked),
+            ("TransactionEvent", *blocked),
+        ],
+    }
+    blocked_events = next(d for d in doc["sessions"] if d["charge_point_id"] == "ALF-0003")["diffs"][2:]
+    assert blocked_events[0]["seq"] < blocked_events[1]["seq"]
+    # 2.0.1 transaction ids are the charger's: both backends agree with the recording except v2's changes
+    assert doc["summary"]["vs_recording"] == {"baseline": 0, "candidate": 6}
+    assert doc["summary"]["diffs"] == 6 and doc["noise"] == []
+    # the same backend on both sides: nothing differs
+    assert same.exit_code == 0, same.output
+    same_doc = json.loads(same.stdout)
+    assert same_doc["summary"]["diffs"] == 0
+    assert same_doc["summary"]["vs_recording"] == {"baseline": 0, "candidate": 0}
+    assert same_doc["noise"] == []
