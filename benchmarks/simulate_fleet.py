@@ -74,9 +74,8 @@ def main() -> int:
     calls = sum(result.sent.values())
     connected = sum(1 for c in result.chargers if c.connections)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"{args.chargers} chargers, OCPP {args.version}, scenario {args.scenario}, time scale {args.time_scale}"
-    )
+    what = f"OCPP {args.version}, scenario {args.scenario}, time scale {args.time_scale}"
+    print(f"{args.chargers} chargers, {what}")
     print(f"  wall {wall:.1f} s, {calls} CALLs sent ({calls / wall:.0f}/s), {connected} chargers connected")
     print(
         f"  simulator CPU {cpu:.1f} s ({cpu / max(calls, 1) * 1e6:.0f} us per CALL), peak RSS {rss:.0f} MiB"
