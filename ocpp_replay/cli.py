@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ocpp_replay import __version__
 from ocpp_replay.cli_common import (
@@ -172,12 +173,12 @@ def sessions(
         lost = f" ({r.frames_lost} lost)" if r.frames_lost else ""
         table.add_row(
             str(r.id),
-            printable(r.charge_point_id),
-            r.subprotocol or "-",
+            Text(printable(r.charge_point_id)),
+            Text(printable(r.subprotocol) or "-"),
             r.started_at,
             r.ended_at or "(open)",
             f"{r.frames}{lost}",
-            close,
+            Text(close),
             r.closed_by or "",
         )
     console.print(table)
@@ -300,7 +301,9 @@ def validate(
             for col in ("side", "action", "message", "path", "count"):
                 table.add_column(col, justify="right" if col == "count" else "left")
             for side, action, kind, path, n in summarize(findings):
-                table.add_row(side, printable(action), kind, printable(path) or "(payload)", str(n))
+                table.add_row(
+                    side, Text(printable(action)), kind, Text(printable(path) or "(payload)"), str(n)
+                )
             console.print(table)
             for f in findings[:20]:
                 console.print(

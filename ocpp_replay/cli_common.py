@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from ocpp_replay.errors import OcppReplayError
+from ocpp_replay.handshake import escape_controls
 
 DEFAULT_DB = Path("captures/capture.db")
 
@@ -23,15 +24,16 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-_CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c not in (9,)}
-_CONTROL[0x7F] = "\\x7f"
-
 
 def printable(text: str | None) -> str:
-    """Text from charger traffic with control characters escaped, safe for a terminal."""
+    """Text from charger traffic with control characters escaped, safe for a terminal.
+
+    C0, DEL and C1 controls, separators and bidi overrides become Python escapes. Not rich
+    markup: print it with ``markup=False`` or inside a ``rich.text.Text``.
+    """
     if text is None:
         return ""
-    return text.translate(_CONTROL)
+    return escape_controls(text)
 
 
 def fail(exc: OcppReplayError | str, code: int = 2) -> NoReturn:
@@ -44,4 +46,9 @@ def fail(exc: OcppReplayError | str, code: int = 2) -> NoReturn:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    """Indented JSON on stdout. Letters stay readable; invisible and control characters
+    (bidi overrides, C1) are written as \\u escapes, which JSON readers decode to the same text."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() or c == "\n" else json.dumps(c)[1:-1] for c in text)
+    sys.stdout.write(text + "\n")

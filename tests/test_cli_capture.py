@@ -247,3 +247,27 @@ def test_tail_follows_new_frames(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=10)
     assert b'"action": "Heartbeat"' in buf
+
+
+def test_hostile_charge_point_ids_are_shown_escaped_never_as_markup(tmp_path: Path) -> None:
+    from ocpp_replay.frames import Direction
+    from ocpp_replay.store import CaptureWriter
+
+    db = tmp_path / "h.db"
+    writer = CaptureWriter(db)
+    hostile = ["[/x]", "[bold red]CP", "\x1b[31mRED\x1b[0m", "A\u202eB", "C\x9bD"]
+    for cp in hostile:
+        sid = writer.open_session(time.time(), charge_point_id=cp, subprotocol="ocpp1.6")
+        writer.frame(
+            sid, 1, time.time(), 0.0, Direction.TO_CSMS, f'[2,"1","Authorize",{{"idTag":"{cp[:2]}\\u001b"}}]'
+        )
+        writer.close_session(sid, time.time(), frames=1)
+    writer.close()
+    for args in (["sessions"], ["show", "1"], ["show", "3"], ["validate"], ["sessions", "--json"]):
+        result = runner.invoke(app, [*args, "--db", str(db)])
+        assert result.exit_code in (0, 1), (args, result.output, result.exception)
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        for raw in ("\x1b", "\u202e", "\x9b"):
+            assert raw not in result.output, (args, raw)
+    table = runner.invoke(app, ["sessions", "--db", str(db)], env={"COLUMNS": "250"}).output
+    assert "[/x]" in table and "[bold red]CP" in table and "\\x1b[31mRED" in table
