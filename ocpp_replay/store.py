@@ -402,6 +402,14 @@ def _merge_lost(lost: dict[int, list[int]], session_id: int, count: int, first: 
         entry[2] = max(entry[2], last)
 
 
+def _is_transient(exc: sqlite3.Error) -> bool:
+    """A failure that waiting may cure: the file is locked or busy, or the disk is full."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        word in text for word in ("locked", "busy", "disk is full", "disk i/o")
+    )
+
+
 @dataclass(slots=True)
 class WriterStats:
     frames_written: int = 0
@@ -547,7 +555,7 @@ class CaptureWriter:
         if self._started:
             self._thread.join(timeout)
         else:
-            self._flush()
+            self._final_flush()
         if self._thread.is_alive():
             log.error("capture writer did not finish within %.0fs; %d items unwritten", timeout, self.pending)
         else:
@@ -564,9 +572,15 @@ class CaptureWriter:
     def _run(self) -> None:
         while not self._stop.wait(self.flush_interval):
             self._flush()
-        self._flush()
-        if self._retry:  # one last chance for what a failing database held back
+        self._final_flush()
+
+    def _final_flush(self) -> None:
+        # Last flushes: what is queued, then what a failing database held back and the
+        # losses noted meanwhile (a few tries, not forever: the proxy is stopping).
+        for _ in range(3):
             self._flush()
+            if not self._retry and not self._lost and not self._queue:
+                break
 
     def _flush(self) -> None:
         queue = self._queue
@@ -585,7 +599,10 @@ class CaptureWriter:
             if self._conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("ROLLBACK")
-            self._hold_back(ops, lost, exc)
+            if _is_transient(exc):
+                self._hold_back(ops, lost, exc)
+            else:
+                self._write_apart(ops, lost, exc)
             return
         self.stats.batches += 1
         self.stats.max_flush_seconds = max(self.stats.max_flush_seconds, time.monotonic() - started)
@@ -674,15 +691,40 @@ class CaptureWriter:
                 _merge_lost(self._lost, session_id, count, first, last)
         frames = sum(len(params) for sql, params in ops if sql is _INSERT_FRAME)
         if frames + len(self._queue) <= self.max_pending:
-            self._retry = ops
+            self._retry.extend(ops)
             log.warning("capture write failed (%s); %d frames held for retry", exc, frames)
             return
-        self._retry = [op for op in ops if op[0] is not _INSERT_FRAME]
+        self._retry.extend(op for op in ops if op[0] is not _INSERT_FRAME)
         for sql, params in ops:
             if sql is _INSERT_FRAME:
                 for row in params:
                     self._note_lost(row[0], row[1], row[1], 1)
         log.error("capture write failed (%s); %d frames dropped, counted and marked", exc, frames)
+
+    def _write_apart(self, ops: list[_Op], lost: dict[int, list[int]], exc: sqlite3.Error) -> None:
+        """A batch failed for a reason retrying will not cure (a constraint, a damaged or
+        altered schema): write it one operation, then one row, at a time, so that one bad
+        row cannot hold back everything queued behind it. What still fails is dropped,
+        counted and logged."""
+        log.error("capture write failed (%s); writing the batch row by row", exc)
+        for sql, params in ops:
+            for row in params:
+                try:
+                    self._write([(sql, [row])], {})
+                except sqlite3.Error as row_exc:
+                    if self._conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._conn.execute("ROLLBACK")
+                    if _is_transient(row_exc):
+                        self._hold_back([(sql, [row])], {}, row_exc)
+                    elif sql is _INSERT_FRAME:
+                        self._note_lost(row[0], row[1], row[1], 1)
+                    else:
+                        log.error("capture: dropped %s (%s)", sql.split("(")[0].strip(), row_exc)
+        try:
+            self._write([], lost)
+        except sqlite3.Error as lost_exc:
+            self._hold_back([], lost, lost_exc)
 
     def _write(self, ops: list[_Op], lost: dict[int, list[int]]) -> None:
         conn = self._conn

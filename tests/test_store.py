@@ -217,3 +217,22 @@ def test_writer_is_safe_against_concurrent_readers(tmp_path: Path) -> None:
 def test_utc_iso_has_microseconds() -> None:
     assert utc_iso(1764090427.123456) == "2025-11-25T17:07:07.123456Z"
     assert utc_iso(0.9999996) == "1970-01-01T00:00:01.000000Z"
+
+
+def test_a_row_sqlite_refuses_does_not_hold_back_the_rest(tmp_path: Path) -> None:
+    """A permanent error (here a duplicate key) is isolated row by row: only that row is lost."""
+    db = tmp_path / "c.db"
+    writer = CaptureWriter(db, flush_interval=0.01)
+    sid = writer.open_session(time.time(), charge_point_id="CP")
+    writer.frame(sid, 1, time.time(), 0.0, Direction.TO_CSMS, '[2,"1","Heartbeat",{}]')
+    writer.frame(sid, 1, time.time(), 0.0, Direction.TO_CSMS, '[2,"dup","Heartbeat",{}]')  # same key
+    for seq in range(2, 6):
+        writer.frame(sid, seq, time.time(), 0.0, Direction.TO_CSMS, f'[2,"{seq}","Heartbeat",{{}}]')
+    writer.close_session(sid, time.time(), close_code=1000, frames=6)
+    writer.start()
+    writer.close()
+    store = Store.open(db)
+    assert [f.unique_id for f in store.frames(sid)] == ["1", "2", "3", "4", "5"]
+    info = store.session(sid)
+    assert info.close_code == 1000 and info.frames_lost == 1 == writer.stats.frames_lost
+    assert writer.pending == 0
