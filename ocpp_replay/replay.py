@@ -661,14 +661,23 @@ def _diff_order(d: Difference) -> tuple[int, int, str, str]:
 # ----------------------------------------------------------------------------- the run
 
 
-async def _probe(target: str, connect_timeout: float) -> None:
-    parts = urlsplit(target)
+def _target_address(target: str) -> tuple[str, int]:
+    """Host and port of a ws:// or wss:// target; ConfigError when it is not one."""
+    try:
+        parts = urlsplit(target)
+        port = parts.port
+    except ValueError as exc:  # a port out of range, a broken IPv6 literal
+        raise ConfigError(f"target {target!r} is not a valid URL: {exc}") from exc
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ConfigError(f"target must be a ws:// or wss:// URL, not {target!r}")
-    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    return parts.hostname, port or (443 if parts.scheme == "wss" else 80)
+
+
+async def _probe(target: str, connect_timeout: float) -> None:
+    host, port = _target_address(target)
     try:
         async with asyncio.timeout(connect_timeout):
-            _, writer = await asyncio.open_connection(parts.hostname, port)
+            _, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError) as exc:
         if isinstance(exc, ConnectionRefusedError):
             reason = "connection refused"
@@ -676,7 +685,7 @@ async def _probe(target: str, connect_timeout: float) -> None:
             reason = "timed out"
         else:
             reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise UpstreamError(f"target {parts.hostname}:{port} unreachable: {reason}") from exc
+        raise UpstreamError(f"target {host}:{port} unreachable: {reason}") from exc
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()

@@ -339,3 +339,12 @@ async def test_timestamps_shift_with_the_session_unless_kept(capture16: Path, tm
             live_start = datetime.fromisoformat(result.sessions[0].started_at or "")
             rec_start = datetime.fromisoformat(info.started_at)
             assert abs((delta - (live_start - rec_start)).total_seconds()) < 0.05
+
+
+@pytest.mark.parametrize(
+    "target", ["ws://127.0.0.1:99999/ocpp", "ws://[::1/ocpp", "ws://127.0.0.1:-1/ocpp", "http://127.0.0.1/x"]
+)
+async def test_malformed_target_is_one_line_exit_2(capture16: Path, target: str) -> None:
+    res = await _invoke(["replay", "--db", str(capture16), "--target", target])
+    assert res.exit_code == 2
+    assert "target" in _error_line(res.stderr)
