@@ -300,10 +300,15 @@ class _SessionRun:
             self.error = f"handshake refused: {exc.status} {exc.message}"
             self._diff(Change(DiffKind.CHANGED, "handshake.status", 101, exc.status), None, None)
             return False
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            raise UpstreamError(
+                f"target {self.ctx.target} accepted the connection for {plan.charge_point_id} but "
+                f"completed no websocket handshake within {self.ctx.connect_timeout:g} s"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(
                 f"target {self.ctx.target} unreachable for {plan.charge_point_id}: "
-                f"{exc or type(exc).__name__}"
+                f"{str(exc) or type(exc).__name__}"
             ) from exc
         if (self.ws.protocol or None) != (plan.subprotocol or None):
             self._diff(

@@ -348,3 +348,27 @@ async def test_malformed_target_is_one_line_exit_2(capture16: Path, target: str)
     res = await _invoke(["replay", "--db", str(capture16), "--target", target])
     assert res.exit_code == 2
     assert "target" in _error_line(res.stderr)
+
+
+async def test_target_that_never_completes_the_handshake(capture16: Path, tmp_path: Path) -> None:
+    """A target that accepts TCP and never answers the upgrade: one clear error, not an empty reason."""
+    from ocpp_replay.errors import UpstreamError
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with Store.open(capture16) as store, pytest.raises(UpstreamError) as info:
+            await run_replay(store, f"ws://127.0.0.1:{port}/ocpp", connect_timeout=0.3)
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    message = str(info.value)
+    assert message.endswith("completed no websocket handshake within 0.3 s"), message
+    assert "CP-16" in message
