@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -269,10 +269,8 @@ class _SessionRun:
     # -- connection -------------------------------------------------------------------
 
     def _url(self) -> str:
-        url = f"{self.ctx.target}/{quote(self.plan.charge_point_id, safe='')}"
-        if self.plan.query:
-            url += "?" + self.plan.query
-        return url
+        """``<target>/<chargePointId>``; a query of the target and the recorded one both kept."""
+        return session_url(self.ctx.target, self.plan.charge_point_id, self.plan.query)
 
     def _headers(self) -> dict[str, str]:
         auth = self.ctx.auth
@@ -664,6 +662,18 @@ def _diff_order(d: Difference) -> tuple[int, int, str, str]:
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+def session_url(target: str, charge_point_id: str, query: str | None = None) -> str:
+    """The URL a session connects to: the charge point id appended to the target's path.
+
+    A query string of the target (``ws://csms/ocpp?tenant=3``) stays a query, followed by the
+    recorded one; it never swallows the charge point id.
+    """
+    parts = urlsplit(target)
+    path = f"{parts.path.rstrip('/')}/{quote(charge_point_id, safe='')}"
+    queries = "&".join(q for q in (parts.query, query) if q)
+    return urlunsplit((parts.scheme, parts.netloc, path, queries, ""))
 
 
 def _target_address(target: str) -> tuple[str, int]:

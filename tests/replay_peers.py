@@ -60,6 +60,7 @@ class Seen:
     remote_start_ids_seen: list[Any] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     extra_answers: list[Any] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # request paths (and queries) of the connections
 
 
 class _Filter:
@@ -221,7 +222,8 @@ async def csms(version: str, behaviour: Behaviour | None = None) -> AsyncIterato
 
     async def handler(ws: ServerConnection) -> None:
         assert ws.request is not None
-        cp_id = ws.request.path.rsplit("/", 1)[-1]
+        seen.paths.append(ws.request.path)
+        cp_id = ws.request.path.split("?", 1)[0].rsplit("/", 1)[-1]
         conn = _Filter(ws, b.no_answer, seen)
         peer: Any = (
             Csms16(cp_id, conn, b, seen, tx) if version == "1.6" else Csms201(cp_id, conn, b, seen, rs)

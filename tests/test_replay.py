@@ -372,3 +372,22 @@ async def test_target_that_never_completes_the_handshake(capture16: Path, tmp_pa
     message = str(info.value)
     assert message.endswith("completed no websocket handshake within 0.3 s"), message
     assert "CP-16" in message
+
+
+async def test_target_with_a_query_string_keeps_the_charge_point_id_in_the_path(
+    capture16: Path, tmp_path: Path
+) -> None:
+    db = _copy(capture16, tmp_path)
+    async with csms("1.6", Behaviour(tx_base=900)) as (url, seen):
+        result = await _replay(db, url + "/?tenant=3")
+    assert seen.paths == ["/ocpp/CP-16?tenant=3"]
+    assert result.differences == ()
+
+
+def test_session_url() -> None:
+    from ocpp_replay.replay import session_url
+
+    assert session_url("ws://h:9/ocpp", "CP 1/2") == "ws://h:9/ocpp/CP%201%2F2"
+    assert session_url("ws://h:9/ocpp/", "CP", "a=b") == "ws://h:9/ocpp/CP?a=b"
+    assert session_url("wss://[::1]:9/o?t=3", "CP", "a=b") == "wss://[::1]:9/o/CP?t=3&a=b"
+    assert session_url("ws://h", "CP") == "ws://h/CP"
