@@ -34,7 +34,7 @@ from ocpp_replay.report import report_dict, write_html, write_json, write_junit
 from ocpp_replay.report.terminal import differences_table, noise_table, summary_line, summary_table
 from ocpp_replay.results import RunResult
 from ocpp_replay.rules import load_rules
-from ocpp_replay.store import Store, utc_iso
+from ocpp_replay.store import Store
 
 __all__ = ["register"]
 
@@ -49,7 +49,12 @@ def _iso_option(value: str | None, name: str) -> str | None:
         raise ConfigError(f"{name}: not an ISO 8601 time: {value!r}") from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return utc_iso(dt.timestamp())
+    try:
+        dt = dt.astimezone(UTC)
+    except OverflowError as exc:  # 9999-12-31T23:59-01:00 is in year 10000 in UTC
+        raise ConfigError(f"{name}: out of range: {value!r}") from exc
+    # isoformat pads the year to four digits (strftime does not on every platform)
+    return dt.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 class _Display:

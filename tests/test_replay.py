@@ -391,3 +391,30 @@ def test_session_url() -> None:
     assert session_url("ws://h:9/ocpp/", "CP", "a=b") == "ws://h:9/ocpp/CP?a=b"
     assert session_url("wss://[::1]:9/o?t=3", "CP", "a=b") == "wss://[::1]:9/o/CP?t=3&a=b"
     assert session_url("ws://h", "CP") == "ws://h/CP"
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "error"),
+    [
+        ("9999-12-31T23:59:59-01:00", None, "--since: out of range"),
+        (None, "0001-01-01T00:00:00+01:00", "--until: out of range"),
+        ("yesterday", None, "--since: not an ISO 8601 time"),
+        (None, "2026-01-01T25:00", "--until: not an ISO 8601 time"),
+    ],
+)
+async def test_since_and_until_out_of_range_are_one_line(
+    capture16: Path, since: str | None, until: str | None, error: str
+) -> None:
+    window = [*(["--since", since] if since else []), *(["--until", until] if until else [])]
+    res = await _invoke(["replay", "--db", str(capture16), "--target", "ws://127.0.0.1:9/ocpp", *window])
+    assert res.exit_code == 2
+    assert error in _error_line(res.stderr)
+
+
+def test_since_and_until_are_written_as_the_capture_writes_times() -> None:
+    from ocpp_replay.cli_replay import _iso_option
+
+    assert _iso_option("2026-11-25T18:20:00.000001+01:00", "--since") == "2026-11-25T17:20:00.000001Z"
+    assert _iso_option("0001-01-01", "--since") == "0001-01-01T00:00:00.000000Z"
+    assert _iso_option("9999-12-31T23:59:59.999999Z", "--until") == "9999-12-31T23:59:59.999999Z"
+    assert _iso_option(" 2026-11-25 ", "--since") == "2026-11-25T00:00:00.000000Z"
