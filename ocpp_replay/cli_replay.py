@@ -15,8 +15,18 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from ocpp_replay.cli_common import DEFAULT_DB, DbOption, JsonFlag, console, err_console, fail, print_json
+from ocpp_replay.cli_common import (
+    DEFAULT_DB,
+    DbOption,
+    JsonFlag,
+    console,
+    err_console,
+    fail,
+    print_json,
+    printable,
+)
 from ocpp_replay.errors import ConfigError, OcppReplayError
 from ocpp_replay.replay import (
     Progress as ReplayProgress,
@@ -98,7 +108,8 @@ class _Display:
             n = len(s.differences)
             err_console.print(
                 f"[{p.sessions_done}/{p.sessions_total}] session {s.session_id} "
-                f"({s.charge_point_id}): {s.messages} messages, {n} difference{'s' if n != 1 else ''}",
+                f"({printable(s.charge_point_id)}): {s.messages} messages, "
+                f"{n} difference{'s' if n != 1 else ''}",
                 markup=False,
                 highlight=False,
             )
@@ -143,7 +154,8 @@ class _CompareDisplay:
             n = len(s.differences)
             err_console.print(
                 f"{side} [{p.sessions_done}/{p.sessions_total}] session {s.session_id} "
-                f"({s.charge_point_id}): {s.messages} messages, {n} difference{'s' if n != 1 else ''} "
+                f"({printable(s.charge_point_id)}): {s.messages} messages, "
+                f"{n} difference{'s' if n != 1 else ''} "
                 "from the recording",
                 markup=False,
                 highlight=False,
@@ -399,17 +411,18 @@ def runs(db: DbOption = DEFAULT_DB, json_: JsonFlag = False) -> None:
     if json_:
         print_json(rows)
         return
-    table = Table(title=f"Runs in {db}", title_justify="left")
+    table = Table(title=Text(f"Runs in {printable(str(db))}"), title_justify="left")
     for name in ("id", "kind", "started", "target", "sessions", "messages", "diffs", "exit", "p99 late ms"):
         table.add_column(name, justify="right" if name in ("id", "sessions", "messages", "diffs") else "left")
     for r in rows:
         timing = r.get("timing") or {}
         p99 = (timing.get("lateness_ms") or {}).get("p99")
+        # Text, not markup: a stored URL or kind is read from a capture that may come from anywhere.
         table.add_row(
             str(r["id"]),
-            r["kind"] or "",
-            r["started_at"] or "",
-            f"{r['baseline']} → {r['candidate']}" if r["kind"] == "compare" else (r["target"] or ""),
+            Text(printable(r["kind"])),
+            Text(printable(r["started_at"])),
+            Text(printable(f"{r['baseline']} → {r['candidate']}" if r["kind"] == "compare" else r["target"])),
             str(r["sessions"]),
             str(r["messages"]),
             str(r["diffs"]),

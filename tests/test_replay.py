@@ -418,3 +418,60 @@ def test_since_and_until_are_written_as_the_capture_writes_times() -> None:
     assert _iso_option("0001-01-01", "--since") == "0001-01-01T00:00:00.000000Z"
     assert _iso_option("9999-12-31T23:59:59.999999Z", "--until") == "9999-12-31T23:59:59.999999Z"
     assert _iso_option(" 2026-11-25 ", "--since") == "2026-11-25T00:00:00.000000Z"
+
+
+EVIL_CP = "EVIL<script>\x1b[31mRED\x07\u202eTXT\x9b2J[/x]"
+RAW_CONTROLS = ("\x1b", "\x07", "\u202e", "\x9b")
+
+
+def _evil_capture(db: Path) -> None:
+    from ocpp_replay.frames import Direction
+
+    w = CaptureWriter(db)
+    t0 = time.time()
+    sid = w.open_session(t0, charge_point_id=EVIL_CP, subprotocol="ocpp1.6")
+    frames = [
+        ("to_csms", 0.01, '[2,"1","Heartbeat",{}]'),
+        ("to_cp", 0.012, '[3,"1",{"currentTime":"2026-01-01T00:00:00Z","x":"\\u001b[2J\\u202e"}]'),
+    ]
+    for seq, (direction, elapsed, raw) in enumerate(frames, 1):
+        w.frame(sid, seq, t0 + elapsed, elapsed, Direction(direction), raw)
+    w.close_session(sid, t0 + 0.05, close_code=1000, closed_by="cp")
+    w.close()
+
+
+async def test_traffic_text_reaches_the_terminal_escaped(tmp_path: Path) -> None:
+    """Progress lines, tables and the runs list escape a charger's control characters and
+    bidi overrides, and never read stored text as rich markup."""
+    db = tmp_path / "capture.db"
+    _evil_capture(db)
+    async with csms("1.6") as (url, _seen):
+        target = f"{url}/oc[/x]pp"  # a stored URL that looks like rich markup
+        res = await _invoke(["replay", "--db", str(db), "--target", target, "--timeout", "1", "--grace", "0"])
+        assert res.exit_code == 1, res.output  # the recorded answer had an "x" the live one has not
+        runs = await _invoke(["runs", "--db", str(db)])
+    for out in (res.stdout, res.stderr, runs.stdout):
+        assert not any(c in out for c in RAW_CONTROLS), out
+    assert "session 1 (EVIL<script>\\x1b[31mRED\\x07\\u202eTXT\\x9b2J[/x])" in res.stderr
+    assert runs.exit_code == 0, runs.output  # the table was a rich MarkupError
+    assert "│ replay" in runs.stdout
+
+
+def test_terminal_tables_escape_c1_and_bidi() -> None:
+    from rich.console import Console
+
+    from ocpp_replay.diff import Difference
+    from ocpp_replay.report.terminal import differences_table, summary_table
+    from ocpp_replay.results import SessionResult
+
+    d = Difference(1, EVIL_CP, 2, EVIL_CP, DiffKind.CHANGED, EVIL_CP, EVIL_CP, "\u202e")
+    s = SessionResult(1, EVIL_CP, "ocpp1.6", None, None, (d,), {EVIL_CP: 1})
+    result = RunResult("ws://x", "", "", (s,))
+    import io
+
+    console = Console(record=True, width=400, file=io.StringIO())
+    console.print(summary_table(result))
+    console.print(differences_table(result.differences))
+    out = console.export_text()
+    assert not any(c in out for c in RAW_CONTROLS), out
+    assert "\\u202e" in out and "\\x9b" in out

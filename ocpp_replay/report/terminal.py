@@ -11,16 +11,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ocpp_replay.diff import Difference
+from ocpp_replay.handshake import escape_controls
 from ocpp_replay.results import RunResult
 
 __all__ = ["differences_table", "noise_table", "summary_line", "summary_table"]
 
-_CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c != 9}
-_CONTROL[0x7F] = "\\x7f"
-
 
 def _safe(text: object) -> str:
-    return str(text).translate(_CONTROL)
+    """C0, DEL and C1 controls, separators and bidi overrides as Python escapes."""
+    return escape_controls(str(text))
 
 
 def _short(value: object, limit: int = 60) -> str:
