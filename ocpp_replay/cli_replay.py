@@ -8,9 +8,11 @@ map errors to one line and exit 2. Exit 0 when nothing differs, 1 when something
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -176,6 +178,50 @@ def _print_result(result: RunResult) -> None:
     console.print(summary_line(result), markup=False)
 
 
+def _check_outputs(**paths: Path | None) -> None:
+    """Refuse at once what could not be written after a replay that may take hours.
+
+    ``paths`` maps option names (``report``, ``save_rules``, ...) to the files asked for.
+    """
+    for name, path in paths.items():
+        if path is None or str(path) == "-":
+            continue
+        option = "--" + name.replace("_", "-")
+        if path.is_dir():
+            raise ConfigError(f"{option}: {path} is a directory")
+        parent = path.parent
+        if not parent.is_dir():
+            raise ConfigError(f"{option}: cannot write {path}: no directory {parent}")
+        if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise ConfigError(f"{option}: cannot write {path}: permission denied")
+
+
+def _finish(
+    result: RunResult,
+    report: Path | None,
+    junit: Path | None,
+    html: Path | None,
+    extra: Callable[[], None] | None = None,
+) -> NoReturn:
+    """Print the result, write the files asked for, exit with the run's status.
+
+    The run is stored by now: a file that cannot be written is an error (exit 2) that says so,
+    after the result was printed, so that hours of replay are not lost to a full disk.
+    """
+    if report is None or str(report) != "-":
+        _print_result(result)
+    try:
+        _write_reports(result, report, junit, html)
+        if extra is not None:
+            extra()
+    except OcppReplayError as exc:
+        fail(
+            f"{exc}; the run is stored as run {result.run_id} "
+            f"(ocpp-replay report {result.run_id} writes its reports again)"
+        )
+    raise typer.Exit(result.exit_code)
+
+
 def _write_reports(result: RunResult, report: Path | None, junit: Path | None, html: Path | None) -> None:
     if report is not None:
         if str(report) == "-":
@@ -268,6 +314,7 @@ def replay(
         rule_set = load_rules(rules)
         auth = load_auth_file(auth_file) if auth_file is not None else {}
         selection = _selection(session, charge_point, since, until)
+        _check_outputs(report=report, junit=junit, html=html)
         store = Store.open(db)
         with _Display(console.is_terminal) as display:
             result = asyncio.run(
@@ -286,7 +333,6 @@ def replay(
                 )
             )
         result = store_run(store, result)
-        _write_reports(result, report, junit, html)
     except OcppReplayError as exc:
         fail(exc)
     except KeyboardInterrupt:
@@ -294,9 +340,7 @@ def replay(
     finally:
         if store is not None:
             store.close()
-    if report is None or str(report) != "-":
-        _print_result(result)
-    raise typer.Exit(result.exit_code)
+    _finish(result, report, junit, html)
 
 
 def compare(
@@ -342,6 +386,7 @@ def compare(
         rule_set = load_rules(rules)
         auth = load_auth_file(auth_file) if auth_file is not None else {}
         selection = _selection(session, charge_point, since, until)
+        _check_outputs(report=report, junit=junit, html=html, save_rules=save_rules)
         store = Store.open(db)
         with _CompareDisplay(console.is_terminal) as display:
             result = asyncio.run(
@@ -363,12 +408,6 @@ def compare(
                 )
             )
         result = store_run(store, result)
-        _write_reports(result, report, junit, html)
-        if save_rules is not None:
-            try:
-                save_rules.write_text(noise_rules_toml(result.noise, runs=noise_runs), encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(f"cannot write rules file {save_rules}: {exc.strerror}") from exc
     except OcppReplayError as exc:
         fail(exc)
     except KeyboardInterrupt:
@@ -376,9 +415,16 @@ def compare(
     finally:
         if store is not None:
             store.close()
-    if report is None or str(report) != "-":
-        _print_result(result)
-    raise typer.Exit(result.exit_code)
+
+    def write_rules() -> None:
+        if save_rules is None:
+            return
+        try:
+            save_rules.write_text(noise_rules_toml(result.noise, runs=noise_runs), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write rules file {save_rules}: {exc.strerror}") from exc
+
+    _finish(result, report, junit, html, write_rules)
 
 
 def report(
@@ -392,6 +438,7 @@ def report(
 ) -> None:
     """Render a stored replay or compare run: a summary by action, and HTML, JSON or JUnit files."""
     try:
+        _check_outputs(json=json_file, junit=junit, html=html)
         with Store.open(db) as store:
             result = load_run(store, run_id)
         _write_reports(result, json_file, junit, html)

@@ -475,3 +475,56 @@ def test_terminal_tables_escape_c1_and_bidi() -> None:
     out = console.export_text()
     assert not any(c in out for c in RAW_CONTROLS), out
     assert "\\u202e" in out and "\\x9b" in out
+
+
+@pytest.mark.parametrize("option", ["--report", "--junit", "--html"])
+async def test_unwritable_report_is_refused_before_the_replay(
+    capture16: Path, tmp_path: Path, option: str
+) -> None:
+    db = _copy(capture16, tmp_path)
+    async with csms("1.6") as (url, seen):
+        missing_dir = await _invoke(
+            ["replay", "--db", str(db), "--target", url, option, str(tmp_path / "no" / "r")]
+        )
+        a_directory = await _invoke(["replay", "--db", str(db), "--target", url, option, str(tmp_path)])
+    assert missing_dir.exit_code == 2 and a_directory.exit_code == 2
+    assert f"{option}: cannot write" in _error_line(missing_dir.stderr)
+    assert f"{option}: {tmp_path} is a directory" in _error_line(a_directory.stderr)
+    assert seen.actions == []  # nothing was replayed
+    with Store.open(db) as store:
+        assert store.db.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+
+
+async def test_report_that_fails_after_the_replay_keeps_the_result(
+    capture16: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up while the replay runs: the result is printed, the run is stored, and
+    the error says how to get the report again."""
+    from ocpp_replay import cli_replay
+    from ocpp_replay.errors import ConfigError
+
+    def full(_result: object, path: object) -> None:
+        raise ConfigError(f"cannot write HTML report {path}: No space left on device")
+
+    monkeypatch.setattr(cli_replay, "write_html", full)
+    db = _copy(capture16, tmp_path)
+    async with csms("1.6", Behaviour(tx_base=900)) as (url, _seen):
+        res = await _invoke(
+            [
+                "replay",
+                "--db",
+                str(db),
+                "--target",
+                url,
+                "--max-gap",
+                "0.05",
+                "--html",
+                str(tmp_path / "r.html"),
+            ]
+        )
+    assert res.exit_code == 2
+    assert "run 1: 1 sessions" in " ".join(res.stdout.split())
+    line = _error_line(res.stderr[res.stderr.index("error: ") :])  # after the progress lines
+    assert "No space left on device; the run is stored as run 1" in line
+    with Store.open(db) as store:
+        assert store.db.execute("SELECT id FROM runs").fetchall() == [(1,)]
