@@ -235,14 +235,22 @@ class Correlator:
         if not targets or not self.live:
             return payload
         live = self.live
+        # Correlations that share a target path (NotifyReport's requestId comes from GetBaseReport
+        # or GetReport) are tried in turn on the recorded value, and each value is replaced once:
+        # one after the other, 5 -> 9 by the first and then 9 -> 12 by the second would chain.
+        names_by_path: dict[Path, list[str]] = {}
         for c, path in targets:
-            name = c.name
+            names_by_path.setdefault(path, []).append(c.name)
+        for path, names in names_by_path.items():
 
-            def swap(value: Any, name: str = name) -> Any:
+            def swap(value: Any, names: list[str] = names) -> Any:
                 key = _key(value)
                 if key is None:
                     return value
-                return live.get((name, key), value)
+                for name in names:
+                    if (name, key) in live:
+                        return live[(name, key)]
+                return value
 
             payload = rewrite(payload, path, swap)
         return payload

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocpp_replay.correlate import Correlator, Message, builtin_correlations, ocpp_version, shift_timestamps
+from ocpp_replay.correlate import (
+    BUILTIN_16,
+    BUILTIN_201,
+    Correlator,
+    Message,
+    builtin_correlations,
+    ocpp_version,
+    shift_timestamps,
+)
 from ocpp_replay.errors import ConfigError
 from ocpp_replay.paths import ANY, DELETE, find, format_path, parse_path, rewrite
 
@@ -117,3 +125,61 @@ def test_parse_path_raises_only_config_error(text: str) -> None:
     except ConfigError:
         return
     assert parse_path(format_path(path)) == path
+
+
+def test_correlations_sharing_a_target_do_not_chain() -> None:
+    """NotifyReport's requestId is GetBaseReport's or GetReport's: a value is replaced once,
+    even when one correlation's live value is another's recorded value."""
+    c = Correlator(BUILTIN_201)
+    c.learn("GetBaseReport", Message.REQUEST, {"requestId": 5}, {"requestId": 9})
+    c.learn("GetReport", Message.REQUEST, {"requestId": 9}, {"requestId": 12})
+    assert c.apply("NotifyReport", Message.REQUEST, {"requestId": 5, "seqNo": 0}) == {
+        "requestId": 9,
+        "seqNo": 0,
+    }
+    assert c.apply("NotifyReport", Message.REQUEST, {"requestId": 9, "seqNo": 0}) == {
+        "requestId": 12,
+        "seqNo": 0,
+    }
+    unchanged = {"requestId": 7}
+    assert c.apply("NotifyReport", Message.REQUEST, unchanged) is unchanged
+
+
+def test_ids_in_nested_arrays_are_replaced_and_equal_numbers_elsewhere_are_not() -> None:
+    from ocpp_replay.correlate import Correlation, Location
+
+    corr = Correlation(
+        "ref",
+        Location.of("DataTransfer", "response", "data[*].ref"),
+        (Location.of("MeterValues", "request", "meterValue[*].sampledValue[*].context"),),
+    )
+    c = Correlator((*BUILTIN_16, corr))
+    c.learn("StartTransaction", Message.RESPONSE, {"transactionId": 1}, {"transactionId": 17})
+    c.learn(
+        "DataTransfer",
+        Message.RESPONSE,
+        {"data": [{"ref": "a"}, {"ref": "1"}]},
+        {"data": [{"ref": "A"}, {"ref": "X"}]},
+    )
+    recorded = {
+        "connectorId": 1,
+        "transactionId": 1,
+        "meterValue": [
+            {
+                "timestamp": "t",
+                "sampledValue": [{"value": "1", "context": "1"}, {"value": "a", "context": "a"}],
+            },
+            {"timestamp": "t", "sampledValue": [{"value": "1", "context": "Sample.Periodic"}]},
+        ],
+    }
+    assert c.apply("MeterValues", Message.REQUEST, recorded) == {
+        "connectorId": 1,  # equals the recorded transaction id, but is not one
+        "transactionId": 17,
+        "meterValue": [
+            {
+                "timestamp": "t",
+                "sampledValue": [{"value": "1", "context": "X"}, {"value": "a", "context": "A"}],
+            },
+            {"timestamp": "t", "sampledValue": [{"value": "1", "context": "Sample.Periodic"}]},
+        ],
+    }
