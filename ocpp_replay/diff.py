@@ -170,6 +170,12 @@ def compare_payloads(expected: Any, actual: Any, rules: Sequence[PathRule] = ())
             both_tokens = isinstance(t1, str) and isinstance(t2, str) and t1.startswith(_TOKEN)
             if k is DiffKind.CHANGED and both_tokens and t2.startswith(_TOKEN):
                 k = DiffKind.TYPE_CHANGED
+            # A list item only on one side: the other side's item at that index (if the list is
+            # longer there) is another item, not this one.
+            if k is DiffKind.ADDED:
+                before = _MISSING
+            elif k is DiffKind.REMOVED:
+                after = _MISSING
             changes.append(
                 Change(
                     k,

@@ -46,6 +46,13 @@ def test_kinds_and_paths() -> None:
     )
 
 
+def test_list_item_only_on_one_side_has_no_value_on_the_other() -> None:
+    """An item removed from (or added to) a list: the other side's value is null, not the item
+    that moved into its index."""
+    assert compare_payloads({"a": [1, 2, 3]}, {"a": [1, 3]}) == [Change(DiffKind.REMOVED, "a[1]", 2, None)]
+    assert compare_payloads({"a": [1, 3]}, {"a": [1, 2, 3]}) == [Change(DiffKind.ADDED, "a[1]", None, 2)]
+
+
 def test_strict_types_in_fast_path() -> None:
     """1 == True == 1.0 in Python; not in JSON."""
     assert compare_payloads({"a": 1}, {"a": True})[0].kind is DiffKind.TYPE_CHANGED
