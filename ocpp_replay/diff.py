@@ -27,7 +27,7 @@ from deepdiff import DeepDiff
 
 from ocpp_replay import schemas
 from ocpp_replay.frames import Call, CallError, CallResult
-from ocpp_replay.paths import DELETE, format_path, get, rewrite
+from ocpp_replay.paths import format_path, get, rewrite
 from ocpp_replay.rules import Mode, PathRule
 
 __all__ = [
@@ -126,14 +126,40 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else _TYPES.get(type(value), type(value).__name__)
 
 
+#: What an ignored list item becomes: removing it would shift the items after it, and the
+#: differences found there would name the wrong index (and the wrong values).
+_IGNORED = "\x00ignored"
+
+
+def _is_ignored(value: Any) -> bool:
+    return isinstance(value, str) and value == _IGNORED
+
+
+def _drop_ignored_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_ignored_keys(v) for k, v in value.items() if not _is_ignored(v)}
+    if isinstance(value, list):
+        return [_drop_ignored_keys(v) for v in value]
+    return value
+
+
 def normalise(payload: Any, rules: Sequence[PathRule]) -> Any:
-    """The payload with ignored paths removed and presence paths replaced by a type token."""
+    """The payload with ignored paths removed and presence paths replaced by a type token.
+
+    An ignored key is removed; an ignored list item is replaced by a placeholder, so that the
+    items after it keep their index.
+    """
+    ignored = False
     for rule in rules:
         if rule.mode is Mode.IGNORE:
-            payload = rewrite(payload, rule.path, lambda _v: DELETE)
+            before = payload
+            payload = rewrite(payload, rule.path, lambda _v: _IGNORED)
+            ignored = ignored or payload is not before
         else:
             payload = rewrite(payload, rule.path, lambda v: _TOKEN + _type_name(v))
-    return payload
+    if _is_ignored(payload):
+        return None  # the whole message is ignored
+    return _drop_ignored_keys(payload) if ignored else payload
 
 
 def _canonical(value: Any) -> str:
@@ -160,8 +186,12 @@ def compare_payloads(expected: Any, actual: Any, rules: Sequence[PathRule] = ())
         return []
     tree = DeepDiff(exp_n, act_n, ignore_order=False, verbose_level=2, view="tree")
     changes: list[Change] = []
+    skipped = False
     for report_type, kind in _KINDS.items():
         for level in tree.get(report_type, ()):
+            if _is_ignored(level.t1) or _is_ignored(level.t2):
+                skipped = True
+                continue  # an ignored list item that only one side has
             keys = tuple(level.path(output_format="list"))
             before = get(expected, keys, _MISSING)
             after = get(actual, keys, _MISSING)
@@ -185,7 +215,7 @@ def compare_payloads(expected: Any, actual: Any, rules: Sequence[PathRule] = ())
                 )
             )
     changes.sort(key=lambda c: c.path)
-    if not changes:  # deepdiff saw something the canonical text did not explain
+    if not changes and not skipped:  # deepdiff saw something the canonical text did not explain
         changes.append(Change(DiffKind.CHANGED, "", expected, actual))
     return changes
 

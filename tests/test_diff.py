@@ -53,6 +53,25 @@ def test_list_item_only_on_one_side_has_no_value_on_the_other() -> None:
     assert compare_payloads({"a": [1, 3]}, {"a": [1, 2, 3]}) == [Change(DiffKind.ADDED, "a[1]", None, 2)]
 
 
+def test_an_ignored_list_item_does_not_shift_the_others() -> None:
+    """Ignoring meterValue[0] must not make meterValue[2] be reported as meterValue[1]."""
+    ignore_first = (PathRule(parse_path("list[0]"), Mode.IGNORE),)
+    assert compare_payloads({"list": ["x", "a", "b"]}, {"list": ["y", "a", "c"]}, ignore_first) == [
+        Change(DiffKind.CHANGED, "list[2]", "b", "c")
+    ]
+    # present on one side only: still ignored
+    assert compare_payloads({"list": ["x"]}, {"list": []}, ignore_first) == []
+    assert (
+        compare_payloads({"list": [1, 2]}, {"list": [3]}, (PathRule(parse_path("list[*]"), Mode.IGNORE),))
+        == []
+    )
+    assert compare_payloads({"a": 1}, {"b": 2}, (PathRule(parse_path(""), Mode.IGNORE),)) == []
+    ignore_ts = (PathRule(parse_path("mv[*].ts"), Mode.IGNORE),)
+    assert compare_payloads({"mv": [{"ts": 1, "v": 1}]}, {"mv": [{"v": 2}]}, ignore_ts) == [
+        Change(DiffKind.CHANGED, "mv[0].v", 1, 2)
+    ]
+
+
 def test_strict_types_in_fast_path() -> None:
     """1 == True == 1.0 in Python; not in JSON."""
     assert compare_payloads({"a": 1}, {"a": True})[0].kind is DiffKind.TYPE_CHANGED
