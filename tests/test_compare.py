@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import uuid
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,19 @@ def test_html_escapes_traffic_and_is_self_contained() -> None:
     assert "<script" not in page.lower().replace("&lt;script", "")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "http://" not in page and "https://" not in page and "<link" not in page and " src=" not in page
+
+
+def test_html_shows_control_characters_and_bidi_overrides_escaped() -> None:
+    """An RLO in a charge point id would reverse the rest of its line on the page; ESC and BEL
+    are invisible. Each is shown as an escape, as in the terminal."""
+    evil = "CP\u202eevil\x1b[31m\x07\x9b"
+    d = Difference(1, evil, 2, evil, DiffKind.CHANGED, "a", evil, "x")
+    frame = _frame(1, 2, "to_cp", json.dumps([3, "1", {"x": 1}], ensure_ascii=False), evil)
+    frame = replace(frame, raw=f'[3,"1",{{"x":"{evil}"}}]')
+    s = SessionResult(1, evil, "ocpp1.6", None, None, (d,), {evil: 1}, (frame,))
+    page = html_report(_run(s))
+    assert not any(c in page for c in ("\u202e", "\x1b", "\x07", "\x9b"))
+    assert "CP\\u202eevil\\x1b[31m\\x07\\x9b" in page
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -33,6 +33,7 @@ from ocpp_replay.correlate import ocpp_version
 from ocpp_replay.diff import Difference, DiffKind
 from ocpp_replay.errors import ConfigError
 from ocpp_replay.frames import MessageType
+from ocpp_replay.handshake import escape_controls
 from ocpp_replay.results import LiveFrame, RunResult, SessionResult
 
 __all__ = ["BACKEND_COMMANDS", "coverage", "html_report", "write_html"]
@@ -129,7 +130,9 @@ details.bad>summary{color:var(--bad)}
 
 
 def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    """Traffic text for the page: control characters and bidi overrides shown as escapes (an
+    RLO in a charge point id would otherwise reverse the rest of the line), then HTML-escaped."""
+    return html.escape(escape_controls(str(text)), quote=True)
 
 
 def _cut(text: str, limit: int = MAX_VALUE) -> str:
