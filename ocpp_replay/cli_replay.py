@@ -261,9 +261,10 @@ GraceOption = Annotated[
 def _check_options(speed: float, max_gap: float | None, timeout: float, grace: float) -> None:
     if not speed > 0:
         raise ConfigError(f"--speed must be positive, not {speed}")
-    if max_gap is not None and max_gap < 0:
+    # "not x >= 0" rather than "x < 0": NaN compares false either way and must be refused too
+    if max_gap is not None and not max_gap >= 0:
         raise ConfigError(f"--max-gap must not be negative, not {max_gap}")
-    if not timeout > 0 or grace < 0:
+    if not timeout > 0 or not grace >= 0:
         raise ConfigError("--timeout must be positive and --grace not negative")
 
 

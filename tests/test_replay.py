@@ -528,3 +528,14 @@ async def test_report_that_fails_after_the_replay_keeps_the_result(
     assert "No space left on device; the run is stored as run 1" in line
     with Store.open(db) as store:
         assert store.db.execute("SELECT id FROM runs").fetchall() == [(1,)]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--max-gap", "nan"), ("--grace", "nan"), ("--timeout", "nan"), ("--speed", "nan")]
+)
+async def test_nan_options_are_refused(capture16: Path, option: str, value: str) -> None:
+    res = await _invoke(
+        ["replay", "--db", str(capture16), "--target", "ws://127.0.0.1:9/ocpp", option, value]
+    )
+    assert res.exit_code == 2
+    assert _error_line(res.stderr).startswith(f"error: {option} must")
