@@ -264,8 +264,10 @@ def _check_options(speed: float, max_gap: float | None, timeout: float, grace: f
     # "not x >= 0" rather than "x < 0": NaN compares false either way and must be refused too
     if max_gap is not None and not max_gap >= 0:
         raise ConfigError(f"--max-gap must not be negative, not {max_gap}")
-    if not timeout > 0 or not grace >= 0:
-        raise ConfigError("--timeout must be positive and --grace not negative")
+    if not timeout > 0:
+        raise ConfigError(f"--timeout must be positive, not {timeout}")
+    if not grace >= 0:
+        raise ConfigError(f"--grace must not be negative, not {grace}")
 
 
 def _selection(
