@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,9 @@ def test_demo_runs_the_whole_loop_and_exits_0(tmp_path: Path) -> None:
     assert any(a == "Authorize" and v == "Blocked" for a, _, v in diffs)
     assert report["summary"]["diffs"] == len(diffs) > 0
     assert (tmp_path / "captures" / "demo-junit.xml").read_text().startswith("<?xml")
+    for name in ("demo.db", "demo-report.json", "demo-junit.xml", "demo-report.html"):
+        # captures and reports hold idTags: owner only
+        assert stat.S_IMODE((tmp_path / "captures" / name).stat().st_mode) == 0o600, name
     html = (tmp_path / "captures" / "demo-report.html").read_text()
     assert "Blocked" in html and "BootNotification" in html
     runs = store.db.execute("SELECT kind, diffs FROM runs ORDER BY id").fetchall()

@@ -26,12 +26,12 @@ import json
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any, Final
 
 from ocpp_replay.correlate import ocpp_version
 from ocpp_replay.diff import Difference, DiffKind
 from ocpp_replay.errors import ConfigError
+from ocpp_replay.files import write_private_text
 from ocpp_replay.frames import MessageType
 from ocpp_replay.handshake import escape_controls
 from ocpp_replay.results import LiveFrame, RunResult, SessionResult
@@ -479,6 +479,6 @@ def html_report(result: RunResult) -> str:
 
 def write_html(result: RunResult, path: str | os.PathLike[str]) -> None:
     try:
-        Path(path).write_text(html_report(result), encoding="utf-8")
+        write_private_text(path, html_report(result))
     except OSError as exc:
         raise ConfigError(f"cannot write HTML report {path}: {exc.strerror}") from exc

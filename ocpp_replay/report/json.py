@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from ocpp_replay.errors import ConfigError
+from ocpp_replay.files import write_private_text
 from ocpp_replay.results import RunResult
 
 __all__ = ["report_dict", "write_json"]
@@ -67,6 +67,6 @@ def report_dict(result: RunResult) -> dict[str, Any]:
 def write_json(result: RunResult, path: str | os.PathLike[str]) -> None:
     text = json.dumps(report_dict(result), indent=2, ensure_ascii=False, default=str) + "\n"
     try:
-        Path(path).write_text(text, encoding="utf-8")
+        write_private_text(path, text)
     except OSError as exc:
         raise ConfigError(f"cannot write report {path}: {exc.strerror}") from exc

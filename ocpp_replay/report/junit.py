@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 from ocpp_replay.errors import ConfigError
+from ocpp_replay.files import write_private_text
 from ocpp_replay.results import RunResult, SessionResult
 
 __all__ = ["junit_xml", "write_junit"]
@@ -85,6 +85,6 @@ def junit_xml(result: RunResult, *, suite: str = "ocpp-replay") -> str:
 
 def write_junit(result: RunResult, path: str | os.PathLike[str]) -> None:
     try:
-        Path(path).write_text(junit_xml(result), encoding="utf-8")
+        write_private_text(path, junit_xml(result))
     except OSError as exc:
         raise ConfigError(f"cannot write JUnit report {path}: {exc.strerror}") from exc
