@@ -72,7 +72,7 @@ def serve(port_file: str) -> None:
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        Path(port_file).write_text(str(port))  # noqa: ASYNC240
+        Path(port_file).write_text(str(port))
         await asyncio.Event().wait()
 
     asyncio.run(main())
