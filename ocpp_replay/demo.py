@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ocpp_replay.csms import ReferenceCsms
 from ocpp_replay.csms.config import V2_BLOCKED_ID_TAG
@@ -33,6 +34,13 @@ from ocpp_replay.store import Store
 #: Real seconds per virtual second for the chargers: a charging session of tens of virtual
 #: minutes plays in a few seconds, keeping its shape (meter values, suspends, reconnects).
 TIME_SCALE = 0.002
+#: What the backend does on its own, the same at capture and at every replay: stop one 1.6 and
+#: one 2.0.1 transaction remotely after its third meter values, tour one charger through the
+#: backend commands (configuration, availability, trigger, charging profiles, reset, ...).
+BACKEND: dict[str, Any] = {
+    "remote_stop_after": {"ALF-16-0003": 3, "ALF-201-0002": 3},
+    "exercise": "ALF-16-0004",
+}
 #: Replays run this much faster than recorded.
 REPLAY_SPEED = 4.0
 #: Loopback answers take milliseconds: a backend that does not send a recorded call (the v2
@@ -60,11 +68,7 @@ async def run_demo(out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_20
 
     started = time.monotonic()
     say("1/4  starting the reference CSMS (profile v1) and the capture proxy in front of it")
-    csms = ReferenceCsms(
-        "v1",
-        remote_stop_after={"ALF-16-0003": 3, "ALF-201-0002": 3},
-        exercise="ALF-16-0004",
-    )
+    csms = ReferenceCsms("v1", **BACKEND)
     async with contextlib.AsyncExitStack() as stack:
         await csms.start()
         stack.push_async_callback(csms.stop)
@@ -119,16 +123,7 @@ async def run_demo(out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_20
         )
 
         say(f"3/4  replaying the capture at {REPLAY_SPEED:g}x against a fresh, unchanged v1 backend")
-        async with ReferenceCsms(
-            "v1",
-            remote_stop_after={"ALF-16-0003": 3, "ALF-201-0002": 3},
-            exercise="ALF-16-0004",
-            tx_id_base=70_000,
-        ) as fresh:
-            unchanged = await run_replay(
-                store, fresh.url, speed=REPLAY_SPEED, answer_timeout=ANSWER_TIMEOUT, grace=GRACE
-            )
-        unchanged = await asyncio.to_thread(store_run, store, unchanged)
+        unchanged = await _replay_against(store, "v1", tx_id_base=70_000)
         say(
             f"     {len(unchanged.sessions)} sessions, {unchanged.messages} answers compared: "
             f"{len(unchanged.differences)} differences (new transaction ids correlated)"
@@ -138,16 +133,7 @@ async def run_demo(out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_20
             f"4/4  replaying against the v2 profile (a new release: card {V2_BLOCKED_ID_TAG} "
             "blocked, heartbeat interval changed)"
         )
-        async with ReferenceCsms(
-            "v2",
-            remote_stop_after={"ALF-16-0003": 3, "ALF-201-0002": 3},
-            exercise="ALF-16-0004",
-            tx_id_base=90_000,
-        ) as release:
-            changed = await run_replay(
-                store, release.url, speed=REPLAY_SPEED, answer_timeout=ANSWER_TIMEOUT, grace=GRACE
-            )
-        changed = await asyncio.to_thread(store_run, store, changed)
+        changed = await _replay_against(store, "v2", tx_id_base=90_000)
         reports = await asyncio.to_thread(_write_reports, changed, out_dir)
     finally:
         store.close()
@@ -157,6 +143,15 @@ async def run_demo(out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_20
     )
     say(f"done in {time.monotonic() - started:.1f} s")
     return DemoResult(db, len(sessions), frames, unchanged, changed, reports)
+
+
+async def _replay_against(store: Store, profile: str, *, tx_id_base: int) -> RunResult:
+    """Replay the whole capture against a fresh reference CSMS of PROFILE; store the run."""
+    async with ReferenceCsms(profile, tx_id_base=tx_id_base, **BACKEND) as backend:
+        result = await run_replay(
+            store, backend.url, speed=REPLAY_SPEED, answer_timeout=ANSWER_TIMEOUT, grace=GRACE
+        )
+    return await asyncio.to_thread(store_run, store, result)
 
 
 def _fresh_capture(out_dir: Path) -> Path:
