@@ -180,6 +180,9 @@ class _Context:
     counters: _Counters
     check_schema: bool = True
     correlators: dict[str, Correlator] = field(default_factory=dict)
+    #: Until one charger has connected, a failing target is an error (exit 2); after that a
+    #: charger the target fails is a difference of its session.
+    connected_once: bool = False
 
 
 class _SessionRun:
@@ -299,15 +302,22 @@ class _SessionRun:
             self._diff(Change(DiffKind.CHANGED, "handshake.status", 101, exc.status), None, None)
             return False
         except TimeoutError as exc:
-            raise UpstreamError(
-                f"target {self.ctx.target} accepted the connection for {plan.charge_point_id} but "
-                f"completed no websocket handshake within {self.ctx.connect_timeout:g} s"
-            ) from exc
+            reason = f"no websocket handshake within {self.ctx.connect_timeout:g} s"
+            if not self.ctx.connected_once:
+                raise UpstreamError(
+                    f"target {self.ctx.target} accepted the connection for {plan.charge_point_id} but "
+                    f"completed {reason}"
+                ) from exc
+            return self._connect_failed(reason)
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(
-                f"target {self.ctx.target} unreachable for {plan.charge_point_id}: "
-                f"{str(exc) or type(exc).__name__}"
-            ) from exc
+            reason = f"unreachable: {str(exc) or type(exc).__name__}"
+            if not self.ctx.connected_once:
+                raise UpstreamError(
+                    f"target {self.ctx.target} unreachable for {plan.charge_point_id}: "
+                    f"{str(exc) or type(exc).__name__}"
+                ) from exc
+            return self._connect_failed(reason)
+        self.ctx.connected_once = True
         if (self.ws.protocol or None) != (plan.subprotocol or None):
             self._diff(
                 Change(DiffKind.CHANGED, "handshake.subprotocol", plan.subprotocol, self.ws.protocol),
@@ -315,6 +325,13 @@ class _SessionRun:
                 None,
             )
         return True
+
+    def _connect_failed(self, reason: str) -> bool:
+        """The target worked for other chargers but not for this one: a difference of this
+        session (the backend fell over, or refuses this charger), not the end of the run."""
+        self.error = f"handshake failed: {reason}"
+        self._diff(Change(DiffKind.CHANGED, "handshake.status", 101, reason), None, None)
+        return False
 
     async def run(self) -> SessionResult:
         plan = self.plan

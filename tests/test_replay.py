@@ -539,3 +539,53 @@ async def test_nan_options_are_refused(capture16: Path, option: str, value: str)
     )
     assert res.exit_code == 2
     assert _error_line(res.stderr).startswith(f"error: {option} must")
+
+
+async def test_a_charger_the_target_fails_mid_run_is_a_difference_not_the_end(tmp_path: Path) -> None:
+    """The target served one charger, then never answers another's handshake: the run goes on,
+    the second session has a handshake difference, exit status 1 (not an error)."""
+    import time as _time
+
+    from aiohttp import web
+
+    from ocpp_replay.frames import Direction
+    from ocpp_replay.store import CaptureWriter
+
+    db = tmp_path / "two.db"
+    writer = CaptureWriter(db)
+    t0 = _time.time()
+    for i, cp in enumerate(("GOOD", "HANG")):
+        sid = writer.open_session(t0 + 0.3 * i, charge_point_id=cp, subprotocol="ocpp1.6")
+        writer.frame(sid, 1, t0 + 0.3 * i, 0.01, Direction.TO_CSMS, '[2,"1","Heartbeat",{}]')
+        writer.frame(
+            sid, 2, t0 + 0.3 * i, 0.02, Direction.TO_CP, '[3,"1",{"currentTime":"2026-11-25T10:00:00Z"}]'
+        )
+        writer.close_session(sid, t0 + 0.3 * i + 0.1, close_code=1000, closed_by="cp", frames=2)
+    writer.close()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/HANG"):
+            await asyncio.sleep(30)  # never answers the upgrade
+        ws = web.WebSocketResponse(protocols=("ocpp1.6",))
+        await ws.prepare(request)
+        async for msg in ws:
+            uid = json.loads(msg.data)[1]
+            await ws.send_str(json.dumps([3, uid, {"currentTime": "2026-11-25T18:00:00Z"}]))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        result = await _replay(db, f"ws://127.0.0.1:{port}/ocpp", connect_timeout=0.5)
+    finally:
+        await runner.cleanup()
+    by_cp = {s.charge_point_id: s for s in result.sessions}
+    assert by_cp["GOOD"].differences == ()
+    [diff] = by_cp["HANG"].differences
+    assert diff.path == "handshake.status" and "no websocket handshake within 0.5 s" in str(diff.actual)
+    assert result.exit_code == 1
