@@ -23,7 +23,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -98,6 +98,10 @@ class ProxyStats:
     frames: int = 0
 
 
+#: Both ends of a connection deliver text frames undecoded (decode_text=False).
+_Ws = web.WebSocketResponse[Literal[False]] | aiohttp.ClientWebSocketResponse[Literal[False]]
+
+
 @dataclass(slots=True)
 class _Session:
     """One charger connection as the proxy sees it. Holds no frames."""
@@ -105,8 +109,8 @@ class _Session:
     id: int
     charge_point_id: str
     started_mono: float
-    charger: web.WebSocketResponse
-    upstream: aiohttp.ClientWebSocketResponse
+    charger: web.WebSocketResponse[Literal[False]]
+    upstream: aiohttp.ClientWebSocketResponse[Literal[False]]
     request: web.Request
     seq: int = 0
     closed_by: str | None = None
@@ -330,6 +334,7 @@ class ProxyServer:
                 heartbeat=None,
                 compress=15 if wants_deflate else 0,
                 max_msg_size=self.max_message_size,
+                decode_text=False,
                 ssl=self._client_ssl,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
             )
@@ -354,14 +359,18 @@ class ProxyServer:
                 None,
             )
 
-        charger = web.WebSocketResponse(
-            protocols=(upstream.protocol,) if upstream.protocol else (),
-            autoclose=False,
-            autoping=False,
-            heartbeat=None,
-            compress=bool(upstream.compress),
-            max_msg_size=self.max_message_size,
-            timeout=10.0,
+        charger = cast(
+            "web.WebSocketResponse[Literal[False]]",
+            web.WebSocketResponse(
+                protocols=(upstream.protocol,) if upstream.protocol else (),
+                autoclose=False,
+                autoping=False,
+                heartbeat=None,
+                compress=bool(upstream.compress),
+                max_msg_size=self.max_message_size,
+                decode_text=False,
+                timeout=10.0,
+            ),
         )
         try:
             await charger.prepare(request)
@@ -452,8 +461,8 @@ class ProxyServer:
     async def _pump(
         self,
         session: _Session,
-        src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-        dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+        src: _Ws,
+        dst: _Ws,
         direction: Direction,
     ) -> None:
         """Forward one direction verbatim until a close frame or a drop."""
@@ -471,11 +480,15 @@ class ProxyServer:
                 msg = await src.receive()
                 kind = msg.type
                 if kind is WSMsgType.TEXT:
+                    # Both ends run with decode_text=False: the text frame's bytes are forwarded
+                    # as they came, never decoded and re-encoded here (the writer decodes them).
                     t_wall, t_mono = wall(), mono()
-                    await dst.send_str(msg.data)
+                    await dst.send_frame(msg.data, WSMsgType.TEXT)
+                    text = True
                 elif kind is WSMsgType.BINARY:
                     t_wall, t_mono = wall(), mono()
                     await dst.send_bytes(msg.data)
+                    text = False
                 elif kind is WSMsgType.PING:
                     await dst.ping(msg.data)
                     continue
@@ -494,7 +507,7 @@ class ProxyServer:
                 session.seq += 1
                 stats.frames += 1
                 try:
-                    record(sid, session.seq, t_wall, t_mono - started, direction, msg.data)
+                    record(sid, session.seq, t_wall, t_mono - started, direction, msg.data, text)
                 except Exception:  # recording must never break the traffic it records
                     log.exception("recording failed for session %d", sid)
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
@@ -509,7 +522,7 @@ class ProxyServer:
         self,
         session: _Session,
         side: str,
-        dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+        dst: _Ws,
         code: int | None,
         reason: str,
     ) -> None:
@@ -532,8 +545,8 @@ class ProxyServer:
         self,
         session: _Session,
         side: str,
-        dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-        msg: aiohttp.WSMessage,
+        dst: _Ws,
+        msg: Any,  # aiohttp's CLOSED or ERROR message (WSMessage or its undecoded-text twin)
     ) -> None:
         """``side`` vanished without a close frame: end the other side too.
 
@@ -563,7 +576,7 @@ class ProxyServer:
         self,
         session: _Session,
         side: str,
-        dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+        dst: _Ws,
         error: aiohttp.WebSocketError,
     ) -> None:
         """``side`` sent what the proxy cannot forward; aiohttp closed it with ``error.code``."""

@@ -380,7 +380,9 @@ class Store:
 
 # ----------------------------------------------------------------------------- writing
 
-_OPEN, _FRAME, _CLOSE, _EVENT = 0, 1, 2, 3
+#: Queue item kinds. _TEXT is a text frame that arrived as its raw UTF-8 bytes (the proxy does
+#: not decode what it only forwards); the writer thread decodes it.
+_OPEN, _FRAME, _CLOSE, _EVENT, _TEXT = 0, 1, 2, 3, 4
 
 _INSERT_EVENT = "INSERT INTO capture_events (session_id, timestamp, kind, detail) VALUES (?,?,?,?)"
 _INSERT_FRAME = (
@@ -532,11 +534,14 @@ class CaptureWriter:
         elapsed: float,
         direction: Direction,
         data: str | bytes,
+        text: bool = False,
     ) -> None:
+        """Queue one frame. ``data`` is str for a text frame, bytes for a binary one, or the
+        undecoded bytes of a text frame with ``text=True``."""
         if len(self._queue) >= self.max_pending:
             self._note_lost(session_id, seq, seq, 1)
             return
-        self._queue.append((_FRAME, session_id, seq, wall, elapsed, direction, data))
+        self._queue.append((_TEXT if text else _FRAME, session_id, seq, wall, elapsed, direction, data))
 
     def close_session(self, session_id: int, ended_wall: float, **fields: Any) -> None:
         fields["ended_at"] = utc_iso(ended_wall)
@@ -624,6 +629,29 @@ class CaptureWriter:
                 sleep(0)
                 n = 0
             kind = item[0]
+            if kind == _TEXT:
+                try:
+                    item = (_FRAME, *item[1:6], item[6].decode("utf-8"))
+                except UnicodeDecodeError:
+                    # Forwarded as received; kept byte for byte, flagged.
+                    _, session_id, seq, wall, elapsed, direction, data = item
+                    append(
+                        (
+                            session_id,
+                            seq,
+                            utc_iso(wall),
+                            elapsed,
+                            direction,
+                            None,
+                            None,
+                            None,
+                            None,
+                            bytes(data),
+                            "text frame is not UTF-8",
+                        )
+                    )
+                    continue
+                kind = _FRAME
             if kind == _FRAME:
                 _, session_id, seq, wall, elapsed, direction, data = item
                 mtype, uid, action, error = peek(data)

@@ -446,3 +446,34 @@ async def test_a_newline_in_the_charge_point_id_is_proxied_and_recorded(tmp_path
     assert csms.handshakes[0].path == "/ocpp/ALF%0A0001"
     [session] = Store.open(tmp_path / "c.db").sessions()
     assert (session.charge_point_id, session.path, session.frames) == ("ALF\n0001", "/ocpp/ALF%0A0001", 2)
+
+
+async def test_text_frame_with_invalid_utf8_is_forwarded_as_is_and_kept_byte_for_byte(tmp_path: Path) -> None:
+    """The proxy does not decode text frames it only forwards: bytes that are not UTF-8 reach the
+    CSMS exactly as a direct connection would deliver them (here it closes with 1007), and the
+    capture keeps them byte for byte, flagged."""
+    closes: list[int | None] = []
+
+    async def strict(ws: ServerConnection) -> None:
+        try:
+            async for _ in ws:
+                pass
+        except websockets.ConnectionClosed as exc:
+            closes.append(exc.sent.code if exc.sent else None)
+
+    bad = b'[2,"1","DataTransfer",{"data":"\xff\xfe"}]'
+    async with run_csms(handler=strict) as csms:
+        async with connect(f"{csms.url}/DIRECT", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            await ws.send(bad, text=True)
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+        async with ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+            async with connect(f"{proxy.url}/VIA", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+                await ws.send(bad, text=True)
+                with pytest.raises(websockets.ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 5)
+            await settle(proxy)
+    assert closes == [1007, 1007]  # the CSMS refused the same invalid text both ways
+    [frame] = Store.open(tmp_path / "c.db").frames(1)
+    assert frame.raw is None and frame.raw_bytes == bad
+    assert frame.parse_error == "text frame is not UTF-8"
