@@ -629,66 +629,24 @@ class CaptureWriter:
                 sleep(0)
                 n = 0
             kind = item[0]
-            if kind == _TEXT:
-                try:
-                    item = (_FRAME, *item[1:6], item[6].decode("utf-8"))
-                except UnicodeDecodeError:
-                    # Forwarded as received; kept byte for byte, flagged.
-                    _, session_id, seq, wall, elapsed, direction, data = item
-                    append(
-                        (
-                            session_id,
-                            seq,
-                            utc_iso(wall),
-                            elapsed,
-                            direction,
-                            None,
-                            None,
-                            None,
-                            None,
-                            bytes(data),
-                            "text frame is not UTF-8",
-                        )
-                    )
-                    continue
-                kind = _FRAME
-            if kind == _FRAME:
+            if kind in (_FRAME, _TEXT):
                 _, session_id, seq, wall, elapsed, direction, data = item
-                mtype, uid, action, error = peek(data)
-                if mtype is not None:
-                    action = see(session_id, direction, mtype, uid, action)
-                if type(data) is str:
-                    append(
-                        (
-                            session_id,
-                            seq,
-                            utc_iso(wall),
-                            elapsed,
-                            direction,
-                            mtype,
-                            uid,
-                            action,
-                            data,
-                            None,
-                            error,
-                        )
-                    )
+                if kind == _TEXT:  # the undecoded bytes of a text frame; if not UTF-8, they are
+                    with contextlib.suppress(UnicodeDecodeError):  # kept byte for byte, flagged
+                        data = data.decode("utf-8")
+                mtype: int | None
+                uid: str | None
+                action: str | None
+                error: str | None
+                if kind == _TEXT and type(data) is not str:
+                    mtype, uid, action, error = None, None, None, "text frame is not UTF-8"
                 else:
-                    append(
-                        (
-                            session_id,
-                            seq,
-                            utc_iso(wall),
-                            elapsed,
-                            direction,
-                            mtype,
-                            uid,
-                            action,
-                            None,
-                            bytes(data),
-                            error,
-                        )
-                    )
+                    mtype, uid, action, error = peek(data)
+                    if mtype is not None:
+                        action = see(session_id, direction, mtype, uid, action)
+                text, blob = (data, None) if type(data) is str else (None, bytes(data))
+                append((session_id, seq, utc_iso(wall), elapsed, direction, mtype, uid, action,
+                        text, blob, error))  # fmt: skip
                 continue
             if rows:
                 ops.append((_INSERT_FRAME, rows))
