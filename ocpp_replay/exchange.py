@@ -46,7 +46,7 @@ from ocpp_replay import __version__
 from ocpp_replay.errors import CaptureError, ConfigError, UnknownSession
 from ocpp_replay.frames import Direction, peek
 from ocpp_replay.pairing import Pairer
-from ocpp_replay.store import Store, WriterLock, migrations, open_database, utc_iso
+from ocpp_replay.store import Store, WriterLock, migrations, open_database, session_filter, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,8 @@ def select_sessions(
     store: Store, ids: Sequence[int] = (), charge_points: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
     """Rows of the sessions table (every column), in start order, filtered by id and charge point."""
-    where: list[str] = []
-    params: list[Any] = []
-    if ids:
-        where.append(f"id IN ({','.join('?' * len(ids))})")
-        params.extend(ids)
-    if charge_points:
-        where.append(f"charge_point_id IN ({','.join('?' * len(charge_points))})")
-        params.extend(charge_points)
-    sql = "SELECT * FROM sessions" + (" WHERE " + " AND ".join(where) if where else "")
-    sql += " ORDER BY started_at, id"
+    where, params = session_filter(ids, charge_points)
+    sql = f"SELECT * FROM sessions{where} ORDER BY started_at, id"
     try:
         cursor = store.db.execute(sql, params)
         names = [d[0] for d in cursor.description]

@@ -282,6 +282,33 @@ _SESSION_COLUMNS = (
 )
 
 
+def session_filter(
+    ids: Sequence[int] = (),
+    charge_points: Sequence[str] = (),
+    since: str | None = None,
+    until: str | None = None,
+) -> tuple[str, list[Any]]:
+    """A WHERE clause (with a leading space, or "") over the sessions table, and its parameters.
+
+    Unqualified column names, so it serves ``FROM sessions`` and ``FROM sessions s`` alike.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    if ids:
+        where.append(f"id IN ({','.join('?' * len(ids))})")
+        params.extend(ids)
+    if charge_points:
+        where.append(f"charge_point_id IN ({','.join('?' * len(charge_points))})")
+        params.extend(charge_points)
+    if since:
+        where.append("started_at >= ?")
+        params.append(since)
+    if until:
+        where.append("started_at <= ?")
+        params.append(until)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
 class Store:
     """Read access to a capture (and the database handle for later writers such as runs)."""
 
@@ -311,28 +338,12 @@ class Store:
         until: str | None = None,
     ) -> list[SessionInfo]:
         """Sessions in start order, filtered by id, charge point and start time (ISO strings)."""
-        where: list[str] = []
-        params: list[Any] = []
-        if ids:
-            where.append(f"s.id IN ({','.join('?' * len(ids))})")
-            params.extend(ids)
-        if charge_points:
-            where.append(f"s.charge_point_id IN ({','.join('?' * len(charge_points))})")
-            params.extend(charge_points)
-        if since:
-            where.append("s.started_at >= ?")
-            params.append(since)
-        if until:
-            where.append("s.started_at <= ?")
-            params.append(until)
+        where, params = session_filter(ids, charge_points, since, until)
         sql = (
             f"SELECT {', '.join('s.' + c.strip() for c in _SESSION_COLUMNS.split(','))}, "
             "(SELECT count(*) FROM frames f WHERE f.session_id = s.id) AS n, "
-            "coalesce(s.frames_lost, 0) FROM sessions s"
+            f"coalesce(s.frames_lost, 0) FROM sessions s{where} ORDER BY s.started_at, s.id"
         )
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY s.started_at, s.id"
         try:
             rows = self.db.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as exc:
@@ -345,7 +356,7 @@ class Store:
             raise UnknownSession(f"no session {session_id} in {self.path}")
         return found[0]
 
-    def frames(self, session_id: int, *, after_rowid: int = 0) -> Iterator[FrameRecord]:
+    def frames(self, session_id: int) -> Iterator[FrameRecord]:
         """The frames of one session in wire order."""
         sql = (
             "SELECT session_id, seq, timestamp, elapsed, direction, message_type, unique_id, "
