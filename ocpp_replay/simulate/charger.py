@@ -815,14 +815,21 @@ def _h_reset(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]
     return {"status": "Accepted"}, Reaction(reboot=kind)
 
 
-def _h_remote_start_16(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]:
-    connector_id = int(p.get("connectorId", 1))
+def _can_remote_start(ch: Charger, connector_id: int, profile: object) -> bool:
+    """Whether a remote start on CONNECTOR_ID is accepted; if so, apply the start's charging profile."""
     c = ch.connectors.get(connector_id)
     if c is None or c.tx is not None or not c.operative or c.status == "Faulted":
-        return {"status": "Rejected"}, Reaction()
-    limit = _profile_limit(p.get("chargingProfile"))
+        return False
+    limit = _profile_limit(profile)
     if limit is not None:
         ch._limit(connector_id, limit)
+    return True
+
+
+def _h_remote_start_16(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]:
+    connector_id = int(p.get("connectorId", 1))
+    if not _can_remote_start(ch, connector_id, p.get("chargingProfile")):
+        return {"status": "Rejected"}, Reaction()
     return {"status": "Accepted"}, Reaction(ch.start(connector_id, str(p["idTag"]), now))
 
 
@@ -833,12 +840,18 @@ def _h_remote_stop_16(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, 
     return {"status": "Accepted"}, Reaction(ch.stop(tx.connector, "Remote", now))
 
 
-def _h_change_availability_16(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]:
-    connector_id = int(p["connectorId"])
+def _change_availability(
+    ch: Charger, connector_id: int, p: Payload, key: str, now: datetime
+) -> tuple[Payload, Reaction]:
+    """ChangeAvailability of either version; P[KEY] is read only for a known connector (0: all)."""
     if connector_id != 0 and connector_id not in ch.connectors:
         return {"status": "Rejected"}, Reaction()
-    status, outs = ch._availability(connector_id, p["type"] == "Operative", now)
+    status, outs = ch._availability(connector_id, p[key] == "Operative", now)
     return {"status": status}, Reaction(outs)
+
+
+def _h_change_availability_16(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]:
+    return _change_availability(ch, int(p["connectorId"]), p, "type", now)
 
 
 def _h_unlock_16(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]:
@@ -908,14 +921,21 @@ def _profile_limit(profile: object) -> float | None:
     return limit / (230.0 * 3) if schedule.get("chargingRateUnit") == "W" else limit
 
 
-def _h_set_profile_16(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]:
-    connector_id = int(p["connectorId"])
+def _set_profile(
+    ch: Charger, connector_id: int, p: Payload, profile_key: str, id_key: str
+) -> tuple[Payload, Reaction]:
+    """SetChargingProfile of either version; the profile P[PROFILE_KEY] is read only for a known connector."""
     if connector_id != 0 and connector_id not in ch.connectors:
         return {"status": "Rejected"}, Reaction()
-    profile = p["csChargingProfiles"]
-    ch.profiles[int(profile["chargingProfileId"])] = _profile_limit(profile) or 32.0
-    ch._limit(connector_id, _profile_limit(profile))
+    profile = p[profile_key]
+    limit = _profile_limit(profile)
+    ch.profiles[int(profile[id_key])] = limit or 32.0
+    ch._limit(connector_id, limit)
     return {"status": "Accepted"}, Reaction()
+
+
+def _h_set_profile_16(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]:
+    return _set_profile(ch, int(p["connectorId"]), p, "csChargingProfiles", "chargingProfileId")
 
 
 def _h_clear_profile(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]:
@@ -980,12 +1000,9 @@ _HANDLERS_16: Final[dict[str, Handler]] = {
 
 def _h_request_start(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]:
     connector_id = int(p.get("evseId", 1))
-    c = ch.connectors.get(connector_id)
-    if c is None or c.tx is not None or not c.operative or c.status == "Faulted":
+    if not _can_remote_start(ch, connector_id, p.get("chargingProfile")):
         return {"status": "Rejected"}, Reaction()
-    limit = _profile_limit(p.get("chargingProfile"))
-    if limit is not None:
-        ch._limit(connector_id, limit)
+    c = ch.connectors[connector_id]
     outs = ch.start(connector_id, str(p["idToken"]["idToken"]), now, remote_start_id=int(p["remoteStartId"]))
     answer: Payload = {"status": "Accepted"}
     if c.tx is not None:
@@ -1003,10 +1020,7 @@ def _h_request_stop(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Re
 def _h_change_availability_201(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]:
     evse = p.get("evse")
     connector_id = int(evse["id"]) if isinstance(evse, dict) else 0
-    if connector_id != 0 and connector_id not in ch.connectors:
-        return {"status": "Rejected"}, Reaction()
-    status, outs = ch._availability(connector_id, p["operationalStatus"] == "Operative", now)
-    return {"status": status}, Reaction(outs)
+    return _change_availability(ch, connector_id, p, "operationalStatus", now)
 
 
 def _h_unlock_201(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]:
@@ -1092,13 +1106,7 @@ def _h_trigger_201(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Rea
 
 
 def _h_set_profile_201(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]:
-    connector_id = int(p["evseId"])
-    if connector_id != 0 and connector_id not in ch.connectors:
-        return {"status": "Rejected"}, Reaction()
-    profile = p["chargingProfile"]
-    ch.profiles[int(profile["id"])] = _profile_limit(profile) or 32.0
-    ch._limit(connector_id, _profile_limit(profile))
-    return {"status": "Accepted"}, Reaction()
+    return _set_profile(ch, int(p["evseId"]), p, "chargingProfile", "id")
 
 
 _HANDLERS_201: Final[dict[str, Handler]] = {
