@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from typing import Any
 import aiohttp
 import psutil
 from aiohttp import web
+from loopback import free_port, wait_port  # benchmarks/loopback.py, beside this script
 
 METER_VALUES = (
     '[2,"{uid}","MeterValues",{{"connectorId":1,"transactionId":9223372036854775807,'
@@ -111,6 +111,19 @@ class Result:
         return data[min(len(data) - 1, int(p / 100 * len(data)))]
 
 
+async def round_trip(ws: aiohttp.ClientWebSocketResponse, n: int, result: Result) -> bool:
+    """Send MeterValues number N and wait for the answer; record its latency. False on a close."""
+    t0 = time.perf_counter()
+    await ws.send_str(METER_VALUES.format(uid=n))
+    msg = await ws.receive()
+    if msg.type is not aiohttp.WSMsgType.TEXT:
+        result.errors += 1
+        return False
+    result.latencies_ms.append((time.perf_counter() - t0) * 1000)
+    result.calls += 1
+    return True
+
+
 async def steady(url: str, chargers: int, seconds: float) -> Result:
     """Connect every charger first, then each sends one CALL a second on a fixed schedule."""
     result = Result()
@@ -127,14 +140,8 @@ async def steady(url: str, chargers: int, seconds: float) -> Result:
             n = 0
             while at < end:
                 await asyncio.sleep(max(0.0, at - time.monotonic()))
-                t0 = time.perf_counter()
-                await ws.send_str(METER_VALUES.format(uid=n))
-                msg = await ws.receive()
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    result.errors += 1
+                if not await round_trip(ws, n, result):
                     return
-                result.latencies_ms.append((time.perf_counter() - t0) * 1000)
-                result.calls += 1
                 n += 1
                 at += 1.0
 
@@ -153,14 +160,8 @@ async def flood(url: str, clients: int, seconds: float) -> Result:
             async with http.ws_connect(f"{url}/FLOOD-{i:04d}", protocols=("ocpp1.6",)) as ws:
                 n = 0
                 while time.monotonic() < end:
-                    t0 = time.perf_counter()
-                    await ws.send_str(METER_VALUES.format(uid=n))
-                    msg = await ws.receive()
-                    if msg.type is not aiohttp.WSMsgType.TEXT:
-                        result.errors += 1
+                    if not await round_trip(ws, n, result):
                         return
-                    result.latencies_ms.append((time.perf_counter() - t0) * 1000)
-                    result.calls += 1
                     n += 1
 
         start = time.monotonic()
@@ -172,22 +173,6 @@ async def flood(url: str, clients: int, seconds: float) -> Result:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port} after {timeout}s")
 
 
 def rss_mib(proc: psutil.Process) -> float:
