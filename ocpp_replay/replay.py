@@ -50,7 +50,7 @@ from ocpp_replay.errors import (
     ReplayError,
     UpstreamError,
 )
-from ocpp_replay.frames import Call, CallError, CallResult, Direction, parse, peek
+from ocpp_replay.frames import Call, CallError, CallResult, Direction, dump, parse, peek
 from ocpp_replay.results import LiveFrame, NoiseField, RunResult, SessionResult
 from ocpp_replay.rules import RuleSet
 from ocpp_replay.schedule import BackendCall, SessionPlan, Step, plan_sessions
@@ -244,9 +244,12 @@ class _SessionRun:
         recorded_seq: int | None,
         action: str | None,
         lateness: float | None = None,
+        head: tuple[int | None, str | None] | None = None,
     ) -> None:
+        """Keep a live frame; ``head`` is its (message type, unique id) when the caller knows it
+        already, so that a frame parsed once is not parsed again."""
         now = self.loop.time()
-        mtype, uid, _, _ = peek(raw)
+        mtype, uid = head if head is not None else peek(raw)[:2]
         self.live_seq += 1
         text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
         self.frames.append(
@@ -423,9 +426,7 @@ class _SessionRun:
             payload = shift_timestamps(payload, self.wall_anchor - self.plan.recorded_start)
         if payload is call.payload:
             return step.raw  # unchanged: the exact recorded text
-        return json.dumps(
-            [2, call.unique_id, call.action, payload], separators=(",", ":"), ensure_ascii=False
-        )
+        return dump(Call(call.unique_id, call.action, payload))
 
     async def _play(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         plan = self.plan
@@ -460,7 +461,8 @@ class _SessionRun:
             self.lateness.append(lateness)
             if held:
                 self.held += 1
-            self._record(Direction.TO_CSMS, text, step.seq, step.action, lateness)
+            head = (int(step.call.message_type), step.call.unique_id) if step.call is not None else None
+            self._record(Direction.TO_CSMS, text, step.seq, step.action, lateness, head)
             counters.frames_sent += 1
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("session %d sent seq %d late %.2f ms", plan.session_id, step.seq, lateness * 1e3)
@@ -575,33 +577,37 @@ class _SessionRun:
         try:
             frame = parse(data)
         except InvalidFrame:
-            _, uid, _, _ = peek(data)
+            mtype, uid, _, _ = peek(data)
             pending = self.pending.pop(uid, None) if uid is not None else None
             if pending is not None:
                 if pending.timer is not None:
                     pending.timer.cancel()
-                self._record(Direction.TO_CP, data, pending.step.answer_seq, pending.step.action)
+                self._record(
+                    Direction.TO_CP, data, pending.step.answer_seq, pending.step.action, head=(mtype, uid)
+                )
                 self._resolve(
                     pending.step, data if isinstance(data, str) else data.decode("utf-8", "replace")
                 )
             else:
-                self._record(Direction.TO_CP, data, None, None)
+                self._record(Direction.TO_CP, data, None, None, head=(mtype, uid))
             return
+        head = (int(frame.message_type), frame.unique_id)
         if isinstance(frame, Call):
             await self._backend_call(ws, data, frame)
             return
         pending = self.pending.pop(frame.unique_id, None)
         if pending is None:
-            self._record(Direction.TO_CP, data, None, None)
+            self._record(Direction.TO_CP, data, None, None, head=head)
             log.debug("session %d: answer to no pending call ignored", self.plan.session_id)
             return
         if pending.timer is not None:
             pending.timer.cancel()
-        self._record(Direction.TO_CP, data, pending.step.answer_seq, pending.step.action)
+        self._record(Direction.TO_CP, data, pending.step.answer_seq, pending.step.action, head=head)
         self._resolve(pending.step, frame)
 
     async def _backend_call(self, ws: aiohttp.ClientWebSocketResponse, data: str | bytes, call: Call) -> None:
         action = call.action
+        head = (int(call.message_type), call.unique_id)
         queue = self.unconsumed.get(action)
         self.compared[action] += 1
         schema = (
@@ -610,24 +616,17 @@ class _SessionRun:
             else []
         )
         if not queue:
-            self._record(Direction.TO_CP, data, None, action)
+            self._record(Direction.TO_CP, data, None, action, head=head)
             self._diff(Change(DiffKind.UNEXPECTED_CALL, "", None, call.payload), None, action)
             for change in schema:
                 self._diff(change, None, action)
-            error = json.dumps(
-                [
-                    4,
-                    call.unique_id,
-                    "GenericError",
-                    "ocpp-replay: the recording has no such call to answer",
-                    {},
-                ],
-                separators=(",", ":"),
+            error = CallError(
+                call.unique_id, "GenericError", "ocpp-replay: the recording has no such call to answer", {}
             )
             await self._send_reply(ws, error, None, action)
             return
         bc = queue.popleft()
-        self._record(Direction.TO_CP, data, bc.seq, action)
+        self._record(Direction.TO_CP, data, bc.seq, action, head=head)
         self.correlator.learn(action, Message.REQUEST, bc.call.payload, call.payload)
         expected = self.correlator.apply(action, Message.REQUEST, bc.call.payload)
         rules = self.ctx.rules.for_message(self.plan.version, action, Message.REQUEST, self.correlator)
@@ -635,18 +634,16 @@ class _SessionRun:
             self._diff(change, bc.seq, action)
         for change in schema:
             self._diff(change, bc.seq, action)
-        reply: str | None = None
+        reply: CallResult | CallError | str | None = None
         answer = bc.answer
         if isinstance(answer, CallResult):
             payload = self.correlator.apply(action, Message.RESPONSE, answer.payload)
             if not self.ctx.keep_timestamps:
                 payload = shift_timestamps(payload, self.wall_anchor - self.plan.recorded_start)
-            reply = json.dumps([3, call.unique_id, payload], separators=(",", ":"), ensure_ascii=False)
+            reply = CallResult(call.unique_id, payload)
         elif isinstance(answer, CallError):
-            reply = json.dumps(
-                [4, call.unique_id, answer.error_code, answer.error_description, answer.error_details],
-                separators=(",", ":"),
-                ensure_ascii=False,
+            reply = CallError(
+                call.unique_id, answer.error_code, answer.error_description, answer.error_details
             )
         elif isinstance(answer, str):
             reply = answer  # the charger's answer was not OCPP-J: send it as recorded
@@ -658,13 +655,22 @@ class _SessionRun:
             self.backend_done.set()
 
     async def _send_reply(
-        self, ws: aiohttp.ClientWebSocketResponse, reply: str, recorded_seq: int | None, action: str | None
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        reply: CallResult | CallError | str,
+        recorded_seq: int | None,
+        action: str | None,
     ) -> None:
+        """Send the answer to a backend call: a frame we built, or recorded text as it was."""
+        if isinstance(reply, str):
+            text, head = reply, None
+        else:
+            text, head = dump(reply), (int(reply.message_type), reply.unique_id)
         try:
-            await ws.send_str(reply)
+            await ws.send_str(text)
         except (ConnectionError, aiohttp.ClientError, RuntimeError):
             return
-        self._record(Direction.TO_CSMS, reply, recorded_seq, action)
+        self._record(Direction.TO_CSMS, text, recorded_seq, action, head=head)
         self.ctx.counters.frames_sent += 1
 
 
