@@ -18,13 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -32,6 +30,7 @@ from aiohttp import WSMsgType, web
 from ocpp_replay.errors import ConfigError, UpstreamError
 from ocpp_replay.frames import Direction
 from ocpp_replay.handshake import basic_auth_user, charge_point_id_of, escape_controls, offered_protocols
+from ocpp_replay.reach import probe, ws_address
 from ocpp_replay.store import CaptureWriter
 
 log = logging.getLogger(__name__)
@@ -141,9 +140,7 @@ class ProxyServer:
         flush_interval: float = 0.05,
         check_upstream: bool = False,
     ) -> None:
-        parts = urlsplit(upstream)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ConfigError(f"upstream must be a ws:// or wss:// URL, not {upstream!r}")
+        ws_address(upstream, "upstream")  # a ConfigError for anything but a ws:// or wss:// URL
         if not 0 <= port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, not {port}")
         if max_message_size < 0:
@@ -184,8 +181,8 @@ class ProxyServer:
         server_ssl = self.tls.server_context()
         if self.upstream.startswith("wss:"):
             self._client_ssl = self.tls.client_context()
-        if self.check_upstream:
-            await self._probe_upstream()
+        if self.check_upstream:  # fail fast at start-up when the CSMS is not there
+            await probe(self.upstream, self.connect_timeout, "upstream")
         # The capture is opened in a thread: SQLite never runs on the event loop.
         self.writer = await asyncio.to_thread(CaptureWriter, self.db_path, flush_interval=self.flush_interval)
         self.writer.start()
@@ -223,23 +220,6 @@ class ProxyServer:
         log.info("proxy listening on %s, upstream %s, capture %s", self.url, self.upstream, self.db_path)
         return self.url
 
-    async def _probe_upstream(self) -> None:
-        """Fail fast at start-up when the upstream host does not accept TCP connections."""
-        parts = urlsplit(self.upstream)
-        port = parts.port or (443 if parts.scheme == "wss" else 80)
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, writer = await asyncio.open_connection(parts.hostname, port)
-        except (OSError, TimeoutError) as exc:
-            if isinstance(exc, TimeoutError):
-                reason = f"no answer within {self.connect_timeout:g}s"
-            else:
-                reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise UpstreamError(f"upstream {parts.hostname}:{port} unreachable: {reason}") from exc
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
     async def stop(self) -> None:
         """Stop accepting, close both sides of every connection, flush the capture."""
         if self._stopping:
@@ -249,8 +229,13 @@ class ProxyServer:
             await self._site.stop()
         sessions = list(self._sessions.values())
         if sessions:
-            async with asyncio.timeout(15):
-                await asyncio.gather(*(self._shutdown_session(s) for s in sessions), return_exceptions=True)
+            # Bounded, and never skipping the flush below: a peer that does not answer its
+            # close frame must not cost the capture its last frames.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(15):
+                    await asyncio.gather(
+                        *(self._shutdown_session(s) for s in sessions), return_exceptions=True
+                    )
         await self._close_resources()
         log.info(
             "proxy stopped: %d connections, %d frames, %d frames not recorded",
