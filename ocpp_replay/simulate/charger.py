@@ -250,7 +250,8 @@ class Charger:
         return outs
 
     def rebooted(self) -> None:
-        """After a reboot: nothing was reported yet, connectors keep their cable state."""
+        """After a reboot: not booted, nothing reported yet; connectors keep their cable state."""
+        self.booted = False
         self.boot_reason = "RemoteReset"
         self.reported_0 = None
         for connector in self.connectors.values():

@@ -451,7 +451,6 @@ class _Runner:
     async def reboot(self, kind: str) -> None:
         await self.send_all(self.machine.power_cycle(self.now, kind))
         await self.disconnect()
-        self.machine.booted = False
         self.machine.rebooted()
         await self.sleep_virtual(_REBOOT_SECONDS)
         if not self.forced_offline:
