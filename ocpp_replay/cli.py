@@ -272,21 +272,12 @@ def validate(
     json_: JsonFlag = False,
 ) -> None:
     """Check every captured frame against the official OCPP JSON schemas (exit 1 on violations)."""
-    from ocpp_replay.validate import check_frames, summarize, version_of
+    from ocpp_replay.validate import check_sessions, summarize
 
     store = _open(db)
-    findings = []
-    skipped: list[str] = []
     try:
-        for info in store.sessions(ids=session or (), charge_points=charge_point or ()):
-            if info.error:
-                continue  # never connected: no frames
-            try:
-                ver = version_of(info.subprotocol, version)
-            except OcppReplayError as exc:
-                skipped.append(f"session {info.id}: {exc}")
-                continue
-            findings.extend(check_frames(info.id, info.charge_point_id, ver, store.frames(info.id)))
+        selected = store.sessions(ids=session or (), charge_points=charge_point or ())
+        findings, skipped = check_sessions(((s, store.frames(s.id)) for s in selected), version)
     except OcppReplayError as exc:
         fail(exc)
     if json_:

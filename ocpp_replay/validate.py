@@ -105,6 +105,39 @@ def check_frames(
     return found
 
 
+class _SessionLike(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def charge_point_id(self) -> str: ...
+    @property
+    def subprotocol(self) -> str | None: ...
+    @property
+    def error(self) -> str | None: ...
+
+
+def check_sessions(
+    sessions: Iterable[tuple[_SessionLike, Iterable[_FrameLike]]], default_version: str | None = None
+) -> tuple[list[Finding], list[str]]:
+    """Findings over whole sessions, and the sessions skipped because their version is unknown.
+
+    A session's version comes from its subprotocol, else ``default_version``. Sessions that
+    never opened (the upstream refused them) have no frames and are passed over.
+    """
+    findings: list[Finding] = []
+    skipped: list[str] = []
+    for info, frames in sessions:
+        if info.error:
+            continue
+        try:
+            version = version_of(info.subprotocol, default_version)
+        except ConfigError as exc:
+            skipped.append(f"session {info.id}: {exc}")
+            continue
+        findings.extend(check_frames(info.id, info.charge_point_id, version, frames))
+    return findings, skipped
+
+
 def summarize(findings: Iterable[Finding]) -> list[tuple[str, str, str, str, int]]:
     """(side, action, message kind, path, count) rows, most frequent first."""
     counts = Counter((f.side, f.action, f.message_kind, f.path) for f in findings)
