@@ -291,7 +291,8 @@ class OcppCapture:
                 message.timestamp,
                 time.monotonic() - live.started_mono,
                 direction,
-                _message_data(message),
+                bytes(message.content),
+                text=message.is_text,  # decoded in the writer's thread, not on mitmproxy's loop
             )
         except Exception:
             log.exception("ocpp-replay: recording failed for session %d", live.session_id)
