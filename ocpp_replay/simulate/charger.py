@@ -3,7 +3,8 @@
 The I/O loop (runner.py) calls an event method (``plug``, ``start``, ``fire_due``...) with the
 virtual time and gets back the :class:`Out` messages to send, in order. It reports each answer
 with :meth:`Charger.on_answer`, which may yield follow-up messages, and hands backend CALLs to
-:meth:`Charger.handle_call`, which returns the answer and a :class:`Reaction`.
+:meth:`Charger.answer_call`, which checks them against the schema and returns the answer and a
+:class:`Reaction`.
 
 While offline, transaction messages (StartTransaction, MeterValues of a transaction,
 StopTransaction, TransactionEvent) are queued with their original timestamps and delivered by
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from ocpp_replay import schemas
 from ocpp_replay.simulate.alfen import Identity, Meter, config_16, variables_201
 
 __all__ = ["Charger", "Connector", "LocalTx", "Out", "Reaction", "status_of", "timestamp"]
@@ -721,6 +723,26 @@ class Charger:
 
     # -- backend CALLs ----------------------------------------------------------------------
 
+    @property
+    def _format_violation(self) -> str:
+        return "FormationViolation" if self.version == "1.6" else "FormatViolation"
+
+    def answer_call(
+        self, action: str, payload: Payload, now: datetime
+    ) -> tuple[Payload | tuple[str, str], Reaction, list[schemas.Violation]]:
+        """Check a backend CALL against its schema, then answer it as :meth:`handle_call` does.
+
+        Also returns the schema violations of the CALL (none for an unknown action, which is
+        answered NotImplemented). A CALL with violations is answered with a format CALLERROR.
+        """
+        violations = schemas.validate(self.version, action, payload, response=False)
+        if violations and violations[0].message == "unknown action":
+            return ("NotImplemented", f"unknown action {action}"), Reaction(), []
+        if violations:
+            return (self._format_violation, str(violations[0])[:255]), Reaction(), violations
+        reply, reaction = self.handle_call(action, payload, now)
+        return reply, reaction, []
+
     def handle_call(
         self, action: str, payload: Payload, now: datetime
     ) -> tuple[Payload | tuple[str, str], Reaction]:
@@ -733,8 +755,7 @@ class Charger:
         try:
             return handler(self, payload, now)
         except (KeyError, TypeError, ValueError, AttributeError):
-            code = "FormationViolation" if self.version == "1.6" else "FormatViolation"
-            return (code, f"cannot process {action}"), Reaction()
+            return (self._format_violation, f"cannot process {action}"), Reaction()
 
     def active_tx(self, *, backend_id: int | None = None, tx_id: str | None = None) -> LocalTx | None:
         for c in self.connectors.values():

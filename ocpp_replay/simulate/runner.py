@@ -300,22 +300,15 @@ class _Runner:
         self.result.received[frame.action] += 1
         self.calls_seen.append(frame.action)
         self.wakeup.set()
-        violations = schemas.validate(self.fleet.version, frame.action, frame.payload, response=False)
-        reaction = Reaction()
-        answer: CallResult | CallError
-        if violations and violations[0].message == "unknown action":
-            answer = CallError(frame.unique_id, "NotImplemented", f"unknown action {frame.action}", {})
-        elif violations:
+        reply, reaction, violations = self.machine.answer_call(frame.action, frame.payload, self.event_time())
+        if violations:
             self.problem("schema", frame.action, _describe(violations))
-            code = "FormationViolation" if self.fleet.version == "1.6" else "FormatViolation"
-            answer = CallError(frame.unique_id, code, str(violations[0])[:255], {})
+        answer: CallResult | CallError
+        if isinstance(reply, tuple):
+            answer = CallError(frame.unique_id, reply[0], reply[1], {})
         else:
-            reply, reaction = self.machine.handle_call(frame.action, frame.payload, self.event_time())
-            if isinstance(reply, tuple):
-                answer = CallError(frame.unique_id, reply[0], reply[1], {})
-            else:
-                answer = CallResult(frame.unique_id, reply)
-                self._check_sent(frame.action, reply, response=True)
+            answer = CallResult(frame.unique_id, reply)
+            self._check_sent(frame.action, reply, response=True)
         try:
             await ws.send_str(dump(answer))
         except ConnectionError:
