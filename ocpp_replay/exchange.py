@@ -44,6 +44,7 @@ import sqlite_utils
 
 from ocpp_replay import __version__
 from ocpp_replay.errors import CaptureError, ConfigError, UnknownSession
+from ocpp_replay.files import open_private_text
 from ocpp_replay.frames import Direction, peek
 from ocpp_replay.pairing import Pairer
 from ocpp_replay.store import Store, WriterLock, migrations, open_database, session_filter, utc_iso
@@ -339,11 +340,9 @@ def _private_text(path: Path, force: bool) -> IO[str]:
         raise ConfigError(f"{path} exists; choose another --out or pass --force")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        return open_private_text(path)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
-    os.fchmod(fd, 0o600)
-    return open(fd, "w", encoding="utf-8", newline="\n")
 
 
 def export_jsonl(

@@ -1,21 +1,27 @@
-"""Files ocpp-replay writes that may hold personal data (idTags in reports)."""
+"""Files ocpp-replay writes that may hold personal data (idTags in reports and exports)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import IO
+
+
+def open_private_text(path: str | os.PathLike[str]) -> IO[str]:
+    """Open PATH for writing text, truncated, readable and writable by its owner only (0600).
+
+    Raises OSError as ``open`` would.
+    """
+    fd = os.open(Path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: set it
+        return open(fd, "w", encoding="utf-8", newline="\n")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def write_private_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write TEXT to PATH, readable and writable by its owner only (mode 0600).
-
-    Raises OSError as ``Path.write_text`` would.
-    """
-    p = Path(path)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: set it
-        with open(fd, "w", encoding="utf-8", newline="", closefd=False) as f:
-            f.write(text)
-    finally:
-        os.close(fd)
+    """Write TEXT to PATH with :func:`open_private_text`."""
+    with open_private_text(path) as f:
+        f.write(text)
