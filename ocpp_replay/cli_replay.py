@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -45,7 +46,7 @@ from ocpp_replay.replay import (
 from ocpp_replay.report import report_dict, write_html, write_json, write_junit
 from ocpp_replay.report.terminal import differences_table, noise_table, summary_line, summary_table
 from ocpp_replay.results import RunResult
-from ocpp_replay.rules import load_rules
+from ocpp_replay.rules import RuleSet, load_rules
 from ocpp_replay.store import Store
 
 __all__ = ["register"]
@@ -258,7 +259,9 @@ GraceOption = Annotated[
 ]
 
 
-def _check_options(speed: float, max_gap: float | None, timeout: float, grace: float) -> None:
+def _check_options(
+    speed: float, max_gap: float | None, timeout: float, grace: float, noise_runs: int | None = None
+) -> None:
     if not speed > 0:
         raise ConfigError(f"--speed must be positive, not {speed}")
     # "not x >= 0" rather than "x < 0": NaN compares false either way and must be refused too
@@ -268,6 +271,40 @@ def _check_options(speed: float, max_gap: float | None, timeout: float, grace: f
         raise ConfigError(f"--timeout must be positive, not {timeout}")
     if not grace >= 0:
         raise ConfigError(f"--grace must not be negative, not {grace}")
+    if noise_runs is not None and noise_runs < 0:
+        raise ConfigError(f"--noise-runs must not be negative, not {noise_runs}")
+
+
+def _run_and_store(
+    db: Path,
+    prepare: Callable[
+        [], tuple[AbstractContextManager[Any], Callable[[Store], Coroutine[Any, Any, RunResult]]]
+    ],
+) -> RunResult:
+    """Check the options, run the replay (or compare) on the capture and store the run.
+
+    ``prepare`` checks and loads the options before the capture is opened and returns the
+    progress display and the run to start on the store. An error is one line and exit 2.
+    """
+    store: Store | None = None
+    try:
+        display, run = prepare()
+        store = Store.open(db)
+        with display:
+            result = asyncio.run(run(store))
+        return store_run(store, result)
+    except OcppReplayError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        fail("interrupted; the run was not stored")
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _load_inputs(rules: Path | None, auth_file: Path | None) -> tuple[RuleSet, dict[str, str]]:
+    """The rules file and the auth file, each read before any replay starts."""
+    return load_rules(rules), load_auth_file(auth_file) if auth_file is not None else {}
 
 
 def _selection(
@@ -290,17 +327,13 @@ def replay(
     charge_point: Annotated[
         list[str] | None, typer.Option("--charge-point", help="Replay sessions of this charger (repeatable).")
     ] = None,
-    since: Annotated[str | None, typer.Option(help="Sessions started at or after this ISO time.")] = None,
-    until: Annotated[str | None, typer.Option(help="Sessions started at or before this ISO time.")] = None,
-    speed: Annotated[float, typer.Option(help="Play faster (2 = twice as fast) or slower.")] = 1.0,
-    max_gap: Annotated[
-        float | None, typer.Option("--max-gap", help="Cap idle gaps at this many seconds.")
-    ] = None,
-    rules: Annotated[
-        Path | None, typer.Option("--rules", help="TOML rules file (see docs/replay.md).")
-    ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    speed: SpeedOption = 1.0,
+    max_gap: MaxGapOption = None,
+    rules: RulesOption = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
-    junit: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    junit: JunitOption = None,
     html: HtmlOption = None,
     auth_file: AuthOption = None,
     keep_timestamps: KeepOption = False,
@@ -311,39 +344,28 @@ def replay(
 
     Exit status: 0 no differences, 1 differences found, 2 error.
     """
-    store: Store | None = None
-    try:
+
+    def prepare() -> tuple[_Display, Callable[[Store], Coroutine[Any, Any, RunResult]]]:
         _check_options(speed, max_gap, timeout, grace)
-        rule_set = load_rules(rules)
-        auth = load_auth_file(auth_file) if auth_file is not None else {}
+        rule_set, auth = _load_inputs(rules, auth_file)
         selection = _selection(session, charge_point, since, until)
         _check_outputs(report=report, junit=junit, html=html)
-        store = Store.open(db)
-        with _Display(console.is_terminal) as display:
-            result = asyncio.run(
-                run_replay(
-                    store,
-                    target,
-                    selection=selection,
-                    speed=speed,
-                    max_gap=max_gap,
-                    rules=rule_set,
-                    keep_timestamps=keep_timestamps,
-                    auth=auth,
-                    progress=display,
-                    answer_timeout=timeout,
-                    grace=grace,
-                )
-            )
-        result = store_run(store, result)
-    except OcppReplayError as exc:
-        fail(exc)
-    except KeyboardInterrupt:
-        fail("interrupted; the run was not stored")
-    finally:
-        if store is not None:
-            store.close()
-    _finish(result, report, junit, html)
+        display = _Display(console.is_terminal)
+        return display, lambda store: run_replay(
+            store,
+            target,
+            selection=selection,
+            speed=speed,
+            max_gap=max_gap,
+            rules=rule_set,
+            keep_timestamps=keep_timestamps,
+            auth=auth,
+            progress=display,
+            answer_timeout=timeout,
+            grace=grace,
+        )
+
+    _finish(_run_and_store(db, prepare), report, junit, html)
 
 
 def compare(
@@ -381,43 +403,30 @@ def compare(
     """
     from ocpp_replay.compare import noise_rules_toml
 
-    store: Store | None = None
-    try:
-        _check_options(speed, max_gap, timeout, grace)
-        if noise_runs < 0:
-            raise ConfigError(f"--noise-runs must not be negative, not {noise_runs}")
-        rule_set = load_rules(rules)
-        auth = load_auth_file(auth_file) if auth_file is not None else {}
+    def prepare() -> tuple[_CompareDisplay, Callable[[Store], Coroutine[Any, Any, RunResult]]]:
+        _check_options(speed, max_gap, timeout, grace, noise_runs)
+        rule_set, auth = _load_inputs(rules, auth_file)
         selection = _selection(session, charge_point, since, until)
         _check_outputs(report=report, junit=junit, html=html, save_rules=save_rules)
-        store = Store.open(db)
-        with _CompareDisplay(console.is_terminal) as display:
-            result = asyncio.run(
-                run_compare(
-                    store,
-                    baseline,
-                    candidate,
-                    selection=selection,
-                    noise_runs=noise_runs,
-                    rules=rule_set,
-                    sequential=True if sequential else None,
-                    progress=display,
-                    speed=speed,
-                    max_gap=max_gap,
-                    keep_timestamps=keep_timestamps,
-                    auth=auth,
-                    answer_timeout=timeout,
-                    grace=grace,
-                )
-            )
-        result = store_run(store, result)
-    except OcppReplayError as exc:
-        fail(exc)
-    except KeyboardInterrupt:
-        fail("interrupted; the run was not stored")
-    finally:
-        if store is not None:
-            store.close()
+        display = _CompareDisplay(console.is_terminal)
+        return display, lambda store: run_compare(
+            store,
+            baseline,
+            candidate,
+            selection=selection,
+            noise_runs=noise_runs,
+            rules=rule_set,
+            sequential=True if sequential else None,
+            progress=display,
+            speed=speed,
+            max_gap=max_gap,
+            keep_timestamps=keep_timestamps,
+            auth=auth,
+            answer_timeout=timeout,
+            grace=grace,
+        )
+
+    result = _run_and_store(db, prepare)
 
     def write_rules() -> None:
         if save_rules is None:
