@@ -414,8 +414,6 @@ class Charger:
                 out = self._status_out(c.id, now)
                 if out:
                     outs.append(out)
-        for out in outs:
-            out.primary = False
         return outs
 
     # -- the driver's events ----------------------------------------------------------------
