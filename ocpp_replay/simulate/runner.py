@@ -9,10 +9,8 @@ clock: ``time_scale`` real seconds pass per virtual second, so a one-hour sessio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-import os
 import random
 import time
 from collections import Counter, deque
@@ -20,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 
@@ -28,6 +26,7 @@ from ocpp_replay import schemas
 from ocpp_replay.csms.config import DEFAULT_ID_TAGS
 from ocpp_replay.errors import ConfigError, InvalidFrame, UpstreamError
 from ocpp_replay.frames import Call, CallError, CallResult, dump, parse
+from ocpp_replay.reach import probe, ws_address
 from ocpp_replay.simulate import scenario as scenarios
 from ocpp_replay.simulate.alfen import Identity, identity
 from ocpp_replay.simulate.charger import Charger, Out, Reaction, status_of
@@ -592,34 +591,6 @@ class _Runner:
             self.problem("expectation", out.action, f"{step.where}: {'; '.join(fail)}")
 
 
-async def _probe(target: str, connect_timeout: float) -> None:
-    """Fail fast when nothing accepts TCP connections at the target.
-
-    Without this, chargers retry as real ones do (10, 20, ... virtual seconds): minutes of
-    silence in real time before the error. Only a TCP connection: no websocket, so the CSMS
-    (or a capturing proxy) sees no charger.
-    """
-    try:
-        parts = urlsplit(target)
-        port = parts.port or (443 if parts.scheme == "wss" else 80)
-    except ValueError as exc:
-        raise ConfigError(f"bad target URL {target!r}: {exc}") from exc
-    if not parts.hostname:
-        raise ConfigError(f"target URL {target!r} has no host")
-    try:
-        async with asyncio.timeout(connect_timeout):
-            _, writer = await asyncio.open_connection(parts.hostname, port)
-    except (OSError, TimeoutError) as exc:
-        if isinstance(exc, TimeoutError):
-            reason = f"no answer within {connect_timeout:g}s"
-        else:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise UpstreamError(f"target {parts.hostname}:{port} unreachable: {reason}") from exc
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-
-
 async def run_fleet(
     target: str,
     *,
@@ -651,10 +622,12 @@ async def run_fleet(
         raise ConfigError("cycles must not be negative")
     if time_scale < 0:
         raise ConfigError("time_scale must not be negative")
-    if not target.startswith(("ws://", "wss://")):
-        raise ConfigError(f"target must be a ws:// or wss:// URL, not {target!r}")
+    ws_address(target)  # a ConfigError for anything but a ws:// or wss:// URL
     custom = scenarios.resolve(scenario)
-    await _probe(target, connect_timeout)
+    # One TCP connection first: without it, chargers retry as real ones do (10, 20, ... virtual
+    # seconds), minutes of silence in real time before the error. No websocket, so the CSMS
+    # (or a capturing proxy) sees no charger.
+    await probe(target, connect_timeout)
     origin = (start_time or datetime.now(UTC)).astimezone(UTC)
     spread = ramp_up if ramp_up is not None else min(0.25 * chargers, 120.0)
     width = max(4, len(str(chargers)))
