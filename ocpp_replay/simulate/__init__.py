@@ -32,7 +32,9 @@ def _safe(text: str) -> str:
     """Text from the backend, safe for a terminal: control characters escaped, markup off."""
     from rich.markup import escape
 
-    return escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:300]))
+    from ocpp_replay.handshake import escape_controls
+
+    return escape(escape_controls(text[:300]))
 
 
 def print_summary(result: FleetResult, console: Console, *, max_problems: int = 20) -> None:
