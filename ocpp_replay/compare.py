@@ -288,15 +288,6 @@ def learn_noise(baseline: RunResult, again: Sequence[RunResult], rules: RuleSet)
     )
 
 
-def _order(d: Difference) -> tuple[int, int, str, str]:
-    return (
-        0 if d.path.startswith("handshake.") else 1,
-        d.seq if d.seq is not None else 1 << 62,
-        str(d.kind),
-        d.path,
-    )
-
-
 def _relabel(s: SessionResult, side: str) -> SessionResult:
     return replace(
         s,
@@ -354,7 +345,7 @@ def compare_result(
                 subprotocol=c.subprotocol,
                 started_at=c.started_at,
                 ended_at=c.ended_at,
-                differences=(*sorted(diffs, key=_order), *bl.differences, *cl.differences),
+                differences=(*sorted(diffs, key=Difference.sort_key), *bl.differences, *cl.differences),
                 compared=pairing.compared_actions(),
                 frames=(*bl.frames, *cl.frames),
                 lateness=(*b.lateness, *c.lateness),

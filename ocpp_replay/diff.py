@@ -106,6 +106,16 @@ class Difference:
             side,
         )
 
+    def sort_key(self) -> tuple[int, int, str, str]:
+        """Report order: handshake first, then in recorded order; differences without a
+        recorded frame last."""
+        return (
+            0 if self.path.startswith("handshake.") else 1,
+            self.seq if self.seq is not None else 1 << 62,
+            str(self.kind),
+            self.path,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         """The report's form: seq, action, kind, path, expected, actual."""
         return {

@@ -374,7 +374,7 @@ class _SessionRun:
             subprotocol=plan.subprotocol,
             started_at=self.started_at,
             ended_at=utc_iso(time.time()),
-            differences=tuple(sorted(self.diffs, key=_diff_order)),
+            differences=tuple(sorted(self.diffs, key=Difference.sort_key)),
             compared=dict(self.compared),
             frames=tuple(self.frames),
             lateness=tuple(self.lateness),
@@ -672,16 +672,6 @@ class _SessionRun:
             return
         self._record(Direction.TO_CSMS, text, recorded_seq, action, head=head)
         self.ctx.counters.frames_sent += 1
-
-
-def _diff_order(d: Difference) -> tuple[int, int, str, str]:
-    """Handshake first, then in recorded order; differences without a recorded frame last."""
-    return (
-        0 if d.path.startswith("handshake.") else 1,
-        d.seq if d.seq is not None else 1 << 62,
-        str(d.kind),
-        d.path,
-    )
 
 
 # ----------------------------------------------------------------------------- the run
