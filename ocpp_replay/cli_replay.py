@@ -70,6 +70,33 @@ def _iso_option(value: str | None, name: str) -> str | None:
     return dt.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+def _progress_bar(label: str) -> Progress:
+    """The live bar of a replay on stderr; ``label`` is its first column."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("sessions · {task.fields[frames]} frames sent · {task.fields[diffs]} differences"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+def _session_line(prefix: str, p: ReplayProgress, suffix: str = "") -> None:
+    """One quiet line on stderr for a finished session (when stderr is not a terminal)."""
+    s = p.finished
+    assert s is not None
+    n = len(s.differences)
+    err_console.print(
+        f"{prefix}[{p.sessions_done}/{p.sessions_total}] session {s.session_id} "
+        f"({printable(s.charge_point_id)}): {s.messages} messages, "
+        f"{n} difference{'s' if n != 1 else ''}{suffix}",
+        markup=False,
+        highlight=False,
+    )
+
+
 class _Display:
     """A rich progress bar on a terminal; one quiet line per finished session otherwise."""
 
@@ -80,15 +107,7 @@ class _Display:
 
     def __enter__(self) -> _Display:
         if self.live:
-            self.bar = Progress(
-                TextColumn("replay"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("sessions · {task.fields[frames]} frames sent · {task.fields[diffs]} differences"),
-                TimeElapsedColumn(),
-                console=err_console,
-                transient=True,
-            )
+            self.bar = _progress_bar("replay")
             self.bar.__enter__()
             self.task = self.bar.add_task("replay", total=None, frames=0, diffs=0)
         return self
@@ -107,15 +126,7 @@ class _Display:
                 diffs=p.diffs,
             )
         elif p.finished is not None:
-            s = p.finished
-            n = len(s.differences)
-            err_console.print(
-                f"[{p.sessions_done}/{p.sessions_total}] session {s.session_id} "
-                f"({printable(s.charge_point_id)}): {s.messages} messages, "
-                f"{n} difference{'s' if n != 1 else ''}",
-                markup=False,
-                highlight=False,
-            )
+            _session_line("", p)
 
 
 class _CompareDisplay:
@@ -128,15 +139,7 @@ class _CompareDisplay:
 
     def __enter__(self) -> _CompareDisplay:
         if self.live:
-            self.bar = Progress(
-                TextColumn("{task.description:>10}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("sessions · {task.fields[frames]} frames sent · {task.fields[diffs]} differences"),
-                TimeElapsedColumn(),
-                console=err_console,
-                transient=True,
-            )
+            self.bar = _progress_bar("{task.description:>10}")
             self.bar.__enter__()
         return self
 
@@ -153,16 +156,7 @@ class _CompareDisplay:
                 task, total=p.sessions_total, completed=p.sessions_done, frames=p.frames_sent, diffs=p.diffs
             )
         elif p.finished is not None:
-            s = p.finished
-            n = len(s.differences)
-            err_console.print(
-                f"{side} [{p.sessions_done}/{p.sessions_total}] session {s.session_id} "
-                f"({printable(s.charge_point_id)}): {s.messages} messages, "
-                f"{n} difference{'s' if n != 1 else ''} "
-                "from the recording",
-                markup=False,
-                highlight=False,
-            )
+            _session_line(f"{side} ", p, " from the recording")
 
 
 def _print_result(result: RunResult) -> None:
