@@ -51,6 +51,7 @@ from ocpp_replay.errors import (
     UpstreamError,
 )
 from ocpp_replay.frames import Call, CallError, CallResult, Direction, dump, parse, peek
+from ocpp_replay.reach import probe
 from ocpp_replay.results import LiveFrame, NoiseField, RunResult, SessionResult
 from ocpp_replay.rules import RuleSet
 from ocpp_replay.schedule import BackendCall, SessionPlan, Step, plan_sessions
@@ -689,36 +690,6 @@ def session_url(target: str, charge_point_id: str, query: str | None = None) -> 
     return urlunsplit((parts.scheme, parts.netloc, path, queries, ""))
 
 
-def _target_address(target: str) -> tuple[str, int]:
-    """Host and port of a ws:// or wss:// target; ConfigError when it is not one."""
-    try:
-        parts = urlsplit(target)
-        port = parts.port
-    except ValueError as exc:  # a port out of range, a broken IPv6 literal
-        raise ConfigError(f"target {target!r} is not a valid URL: {exc}") from exc
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ConfigError(f"target must be a ws:// or wss:// URL, not {target!r}")
-    return parts.hostname, port or (443 if parts.scheme == "wss" else 80)
-
-
-async def _probe(target: str, connect_timeout: float) -> None:
-    host, port = _target_address(target)
-    try:
-        async with asyncio.timeout(connect_timeout):
-            _, writer = await asyncio.open_connection(host, port)
-    except (OSError, TimeoutError) as exc:
-        if isinstance(exc, ConnectionRefusedError):
-            reason = "connection refused"
-        elif isinstance(exc, TimeoutError):
-            reason = "timed out"
-        else:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise UpstreamError(f"target {host}:{port} unreachable: {reason}") from exc
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-
-
 _gc_users = 0
 _gc_saved: tuple[int, int, int] | None = None
 
@@ -794,7 +765,7 @@ async def run_replay(
     if sessions is None:
         sessions = await asyncio.to_thread(load_sessions, store, selection)
     plans = plan_sessions(sessions, speed=speed, max_gap=max_gap, rules=rules)
-    await _probe(target, connect_timeout)
+    await probe(target, connect_timeout)
     by_cp: dict[str, list[SessionPlan]] = {}
     for plan in plans:
         by_cp.setdefault(plan.charge_point_id, []).append(plan)
