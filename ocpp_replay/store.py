@@ -642,14 +642,17 @@ class CaptureWriter:
             kind = item[0]
             if kind in (_FRAME, _TEXT):
                 _, session_id, seq, wall, elapsed, direction, data = item
-                if kind == _TEXT:  # the undecoded bytes of a text frame; if not UTF-8, they are
-                    with contextlib.suppress(UnicodeDecodeError):  # kept byte for byte, flagged
-                        data = data.decode("utf-8")
                 mtype: int | None
                 uid: str | None
                 action: str | None
                 error: str | None
-                if kind == _TEXT and type(data) is not str:
+                not_utf8 = False
+                if kind == _TEXT:  # the undecoded bytes of a text frame
+                    try:  # (try, not contextlib.suppress: no object per frame on this path)
+                        data = data.decode("utf-8")
+                    except UnicodeDecodeError:
+                        not_utf8 = True  # forwarded as received: kept byte for byte, flagged
+                if not_utf8:
                     mtype, uid, action, error = None, None, None, "text frame is not UTF-8"
                 else:
                     mtype, uid, action, error = peek(data)
