@@ -6,32 +6,50 @@ subprotocols and Authorization header, and only when the CSMS has accepted does 
 the charger, with exactly the subprotocol the CSMS chose. A refusal (401, 404, ...) reaches
 the charger as the same HTTP status.
 
-Both websockets run with ``autoping=False, autoclose=False``: pings, pongs and close frames
-pass through instead of being answered here. Frames are forwarded as the exact text or bytes
-received, then handed to the :class:`~ocpp_replay.store.CaptureWriter` (a deque append; the
-parsing and SQLite work happen in the writer's thread). A fault in recording is logged and
-counted, never raised into the traffic.
+aiohttp serves the listener (HTTP, TLS, ``/healthz``) and answers the charger's handshake;
+the CSMS's handshake is spoken here (:mod:`ocpp_replay.handshake`). Once both are done, each
+socket is relayed below any websocket library: the bytes that arrive are written to the other
+socket at once, exactly as they came (masks, fragmentation, pings, pongs, close frames and
+permessage-deflate, whose parameters the two ends negotiated with each other), and a
+:class:`~ocpp_replay.wsframes.Scanner` finds the messages in the same bytes. Each message is
+handed to the :class:`~ocpp_replay.store.CaptureWriter` as it was on the wire (a deque append;
+unmasking, parsing and SQLite work happen in the writer's thread). A fault in recording is
+logged and counted, never raised into the traffic. The proxy speaks for itself only to close:
+when a side vanishes, when a message is over the size limit, and when it shuts down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
+from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from ocpp_replay.errors import ConfigError, UpstreamError
 from ocpp_replay.frames import Direction
-from ocpp_replay.handshake import basic_auth_user, charge_point_id_of, escape_controls, offered_protocols
+from ocpp_replay.handshake import (
+    HandshakeError,
+    UpgradeResponse,
+    accept_key,
+    basic_auth_user,
+    charge_point_id_of,
+    check_client_handshake,
+    deflate_offers,
+    escape_controls,
+    new_key,
+    offered_protocols,
+    parse_response_head,
+    upgrade_request,
+)
 from ocpp_replay.reach import probe, ws_address
 from ocpp_replay.store import CaptureWriter
+from ocpp_replay.wsframes import CLOSE, TEXT, Inflater, Message, Scanner, close_frame, close_payload, unmask
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +85,7 @@ class TlsOptions:
             raise ConfigError(f"cannot load TLS certificate {self.cert}: {exc}") from exc
         return ctx
 
-    def client_context(self) -> ssl.SSLContext | bool:
+    def client_context(self) -> ssl.SSLContext:
         if self.insecure_upstream:
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
@@ -97,31 +115,248 @@ class ProxyStats:
     frames: int = 0
 
 
-#: Both ends of a connection deliver text frames undecoded (decode_text=False).
-_Ws = web.WebSocketResponse[Literal[False]] | aiohttp.ClientWebSocketResponse[Literal[False]]
+_SIDES = {"cp": "charge point", "csms": "CSMS"}
 
 
-@dataclass(slots=True)
-class _Session:
-    """One charger connection as the proxy sees it. Holds no frames."""
+class _Leg(asyncio.Protocol):
+    """One side of a relayed connection: the charger's socket or the CSMS's.
 
-    id: int
-    charge_point_id: str
-    started_mono: float
-    charger: web.WebSocketResponse[Literal[False]]
-    upstream: aiohttp.ClientWebSocketResponse[Literal[False]]
-    request: web.Request
-    seq: int = 0
-    closed_by: str | None = None
-    close_code: int | None = None
-    close_reason: str | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    What arrives is written to the other leg's socket at once, as it came; the leg's
+    :class:`~ocpp_replay.wsframes.Scanner` finds the messages in the same bytes, and they are
+    handed to the capture writer as the bytes they were (still masked: the writer unmasks).
+    """
+
+    def __init__(self, relay: _Relay, side: str) -> None:
+        self.relay = relay
+        self.side = side  # "cp" or "csms": who sends what this leg receives
+        self.direction = Direction.TO_CSMS if side == "cp" else Direction.TO_CP
+        self.scanner = Scanner(relay.max_message_size)
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Leg | None = None
+        self.forwarding = False  # False until both handshakes are done, and once closing
+        self.sent_close = False  # this side sent a close frame
+        self.lost = False
+        self.original: asyncio.BaseProtocol | None = None  # aiohttp's, told when the socket ends
+        # The CSMS leg, until its handshake answer has been read:
+        self.head: asyncio.Future[tuple[bytes, bytes]] | None = None
+        self._head_buf = bytearray()
+
+    # -- asyncio callbacks ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.head is not None:
+            self._handshake_data(data)
+            return
+        t_wall = time.time()
+        t_mono = time.monotonic()
+        scanner = self.scanner
+        n = scanner.feed(data)
+        if self.forwarding:
+            peer = self.peer
+            assert peer is not None and peer.transport is not None
+            peer.transport.write(data if n == len(data) else data[:n])
+        if scanner.messages:
+            try:
+                self.relay.messages(self, scanner.messages, t_wall, t_mono)
+            except Exception:  # recording must never break the traffic it records
+                log.exception("recording failed for session %d", self.relay.id)
+            scanner.messages.clear()
+        if scanner.error is not None and self.forwarding:
+            self.relay.refuse(self, scanner.error)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our end too: a half-closed websocket is a closed one
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(ConnectionError(f"connection closed during the handshake: {exc}"))
+        self.relay.leg_lost(self, exc)
+        if self.original is not None:  # aiohttp's request handler cleans up its connection
+            self.original.connection_lost(exc)
+            self.original = None
+
+    def pause_writing(self) -> None:  # the socket this leg writes to is full: stop reading
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    # -- the CSMS's handshake answer ----------------------------------------------------
+
+    def _handshake_data(self, data: bytes) -> None:
+        assert self.head is not None and self.transport is not None
+        self._head_buf += data
+        end = self._head_buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head_buf) > _MAX_HEAD:
+                self.head.set_exception(HandshakeError("upstream's handshake answer is too long"))
+                self.transport.abort()
+            return
+        # Hold what follows the answer (frames the CSMS sent at once) until the charger's
+        # side is ready: relaying starts with Relay.start.
+        self.transport.pause_reading()
+        head, rest = bytes(self._head_buf[:end]), bytes(self._head_buf[end + 4 :])
+        self._head_buf = bytearray()
+        future, self.head = self.head, None
+        if not future.done():
+            future.set_result((head, rest))
+
+    # -- sending frames of the proxy's own --------------------------------------------
+
+    def send_close(self, code: int, reason: str) -> None:
+        """Close this side with a close frame, or drop it if its stream is mid-frame."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        peer = self.peer
+        if peer is not None and not peer.scanner.at_boundary:
+            transport.abort()  # a frame of the other side is half sent: nothing can follow it
+            return
+        transport.write(close_frame(code, reason, masked=self.side == "csms"))
 
 
-def _close_reason(extra: Any) -> str:
-    if isinstance(extra, bytes):
-        return extra.decode("utf-8", "replace")
-    return extra or ""
+#: An upstream's handshake answer larger than this is refused (aiohttp's limit is 8 KiB per line).
+_MAX_HEAD = 64 * 1024
+#: How long the proxy waits for a close handshake it started before it drops the connection.
+_CLOSE_TIMEOUT = 10.0
+
+
+class _Relay:
+    """One charger connection: two legs, the session's record, its ending."""
+
+    def __init__(self, proxy: ProxyServer, cp_id: str, max_message_size: int) -> None:
+        self.proxy = proxy
+        self.writer = proxy.writer
+        self.cp_id = cp_id
+        self.max_message_size = max_message_size
+        self.id = 0
+        self.started_mono = 0.0
+        self.seq = 0
+        self.closed_by: str | None = None
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.cp = _Leg(self, "cp")
+        self.csms = _Leg(self, "csms")
+        self.cp.peer, self.csms.peer = self.csms, self.cp
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, session_id: int, started_mono: float, csms_rest: bytes, cp_rest: bytes) -> None:
+        """Both handshakes are done: relay from now on, beginning with what each side sent early."""
+        self.id = session_id
+        self.started_mono = started_mono
+        self.cp.forwarding = self.csms.forwarding = True
+        for leg, rest in ((self.csms, csms_rest), (self.cp, cp_rest)):
+            if rest:
+                leg.data_received(rest)
+        if self.csms.transport is not None:
+            self.csms.transport.resume_reading()
+
+    # -- messages ---------------------------------------------------------------------
+
+    def messages(self, leg: _Leg, messages: list[Message], t_wall: float, t_mono: float) -> None:
+        record = self.writer.frame if self.writer is not None else None
+        stats = self.proxy.stats
+        elapsed = t_mono - self.started_mono
+        for opcode, payload, mask in messages:
+            if opcode == CLOSE:
+                self._close_frame(leg, unmask(payload, mask))
+                continue
+            if not leg.forwarding:
+                continue  # not forwarded (the proxy is closing this connection): not recorded
+            self.seq += 1
+            stats.frames += 1
+            if record is not None:
+                record(self.id, self.seq, t_wall, elapsed, leg.direction, payload, opcode == TEXT, mask)
+
+    def _close_frame(self, leg: _Leg, payload: bytes) -> None:
+        leg.sent_close = True
+        if self.closed_by is None:
+            self.closed_by = leg.side
+            self.close_code, reason = close_payload(payload)
+            self.close_reason = reason or None
+        if not leg.forwarding and leg.transport is not None:
+            # The answer to a close frame of the proxy's own: this side is done.
+            leg.transport.close()
+
+    # -- endings ----------------------------------------------------------------------
+
+    def leg_lost(self, leg: _Leg, exc: Exception | None) -> None:
+        peer = leg.peer
+        assert peer is not None
+        if self.closed_by is None:  # no close frame came first: this side vanished
+            self.closed_by = leg.side
+            self.close_code = 1006
+            self.close_reason = "connection lost" + (f": {exc}" if exc else "")
+            if leg.side == "csms":
+                # What the charger would see without the proxy: its connection drops.
+                if peer.transport is not None:
+                    peer.transport.abort()
+            else:
+                # The CSMS learns that the charger is gone, as from a websocket client.
+                peer.forwarding = leg.forwarding = False
+                peer.send_close(CLOSE_GOING_AWAY, "charge point connection lost")
+                self._close_later()
+        elif peer.transport is not None and not peer.transport.is_closing():
+            peer.transport.close()  # a closing handshake ended: end the other socket as well
+        if (leg.lost and peer.lost) or peer.transport is None:
+            if self._timer is not None:
+                self._timer.cancel()
+            if not self.done.done():
+                self.done.set_result(None)
+
+    def end(self, codes: dict[str, tuple[int, str]]) -> None:
+        """The proxy closes both sides itself, each with its (code, reason)."""
+        self.cp.forwarding = self.csms.forwarding = False
+        for leg in (self.cp, self.csms):
+            code, reason = codes[leg.side]
+            if not leg.sent_close:
+                leg.send_close(code, reason)
+            elif leg.transport is not None:
+                leg.transport.close()
+        self._close_later()
+
+    def refuse(self, leg: _Leg, error: str) -> None:
+        """``leg``'s side sent a message over the size limit: 1009 to it, 1001 to the other."""
+        who = _SIDES[leg.side]
+        self.closed_by = "proxy"
+        self.close_code = 1009
+        self.close_reason = f"{who} sent a message the proxy refused: {error}"
+        log.warning(
+            "session %d (%s): %s; closed with 1009", self.id, escape_controls(self.cp_id), self.close_reason
+        )
+        other = "csms" if leg.side == "cp" else "cp"
+        self.end(
+            {leg.side: (1009, error), other: (CLOSE_GOING_AWAY, f"{who} sent a message the proxy refused")}
+        )
+
+    def shutdown(self) -> None:
+        if self.closed_by is None:
+            self.closed_by = "proxy"
+            self.close_code = CLOSE_GOING_AWAY
+            self.close_reason = "proxy shutting down"
+        self.end(
+            {
+                "cp": (CLOSE_GOING_AWAY, "proxy shutting down"),
+                "csms": (CLOSE_GOING_AWAY, "proxy shutting down"),
+            }
+        )
+
+    def abort(self) -> None:
+        for leg in (self.cp, self.csms):
+            if leg.transport is not None and not leg.lost:
+                leg.transport.abort()
+
+    def _close_later(self) -> None:
+        """A close handshake the proxy started gets _CLOSE_TIMEOUT to finish; then a drop."""
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(_CLOSE_TIMEOUT, self.abort)
 
 
 class ProxyServer:
@@ -161,11 +396,22 @@ class ProxyServer:
         self.check_upstream = check_upstream
         self.stats = ProxyStats()
         self.writer: CaptureWriter | None = None
-        self._sessions: dict[int, _Session] = {}
-        self._client: aiohttp.ClientSession | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._idle = asyncio.Event()  # set while no connection is being relayed
+        self._idle.set()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._client_ssl: ssl.SSLContext | bool = True
+        self._client_ssl: ssl.SSLContext | None = None
+        parts = urlsplit(self.upstream)
+        secure = parts.scheme == "wss"
+        host = parts.hostname or ""
+        port = parts.port or (443 if secure else 80)
+        self._upstream_address = (host, port)
+        self._upstream_path = parts.path
+        shown_host = f"[{host}]" if ":" in host else host
+        self._upstream_host = (
+            shown_host if parts.port in (None, 443 if secure else 80) else f"{shown_host}:{port}"
+        )
         self._stopping = False
         self.url = ""
 
@@ -186,14 +432,6 @@ class ProxyServer:
         # The capture is opened in a thread: SQLite never runs on the event loop.
         self.writer = await asyncio.to_thread(CaptureWriter, self.db_path, flush_interval=self.flush_interval)
         self.writer.start()
-        self._client = aiohttp.ClientSession(
-            # No pool limit: each charger holds one upstream connection for as long as it
-            # stays connected (aiohttp's default of 100 would starve the 101st charger).
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=self._client_ssl),
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-        )
         app = web.Application(handler_args={"max_field_size": 65536})
         app.router.add_get("/healthz", self._healthz)
         # [\s\S], not ".": a percent-encoded newline in the id must not fall through to a 404.
@@ -227,15 +465,21 @@ class ProxyServer:
         self._stopping = True
         if self._site is not None:
             await self._site.stop()
-        sessions = list(self._sessions.values())
-        if sessions:
+        relays = list(self._relays.values())
+        if relays:
             # Bounded, and never skipping the flush below: a peer that does not answer its
             # close frame must not cost the capture its last frames.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(15):
-                    await asyncio.gather(
-                        *(self._shutdown_session(s) for s in sessions), return_exceptions=True
-                    )
+            for relay in relays:
+                relay.shutdown()
+            try:
+                async with asyncio.timeout(_CLOSE_TIMEOUT + 2):
+                    await asyncio.gather(*(asyncio.shield(r.done) for r in relays), return_exceptions=True)
+            except TimeoutError:
+                for relay in relays:
+                    relay.abort()
+            # Let each connection's handler record the end of its session.
+            async with asyncio.timeout(5):
+                await self._idle.wait()
         await self._close_resources()
         log.info(
             "proxy stopped: %d connections, %d frames, %d frames not recorded",
@@ -248,24 +492,8 @@ class ProxyServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
-
-    async def _shutdown_session(self, session: _Session) -> None:
-        session.closed_by = session.closed_by or "proxy"
-        session.close_code = session.close_code or CLOSE_GOING_AWAY
-        session.close_reason = session.close_reason or "proxy shutting down"
-        await asyncio.gather(
-            session.charger.close(code=CLOSE_GOING_AWAY, message=b"proxy shutting down"),
-            session.upstream.close(code=CLOSE_GOING_AWAY, message=b"proxy shutting down"),
-            return_exceptions=True,
-        )
-        for task in session.tasks:
-            task.cancel()
-        await asyncio.gather(*session.tasks, return_exceptions=True)
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
@@ -287,16 +515,16 @@ class ProxyServer:
             return web.Response(
                 status=426, text="OCPP-J needs a websocket upgrade\n", headers={"Upgrade": "websocket"}
             )
-        assert self._client is not None and self.writer is not None
+        assert self.writer is not None
         raw_path = request.rel_url.raw_path  # still percent-encoded, as the charger sent it
         cp_id, raw_segment = charge_point_id_of(raw_path)
         if not cp_id:
             return web.Response(status=404, text="no charge point id in the path\n")
         protocols = offered_protocols(request.headers.get("Sec-WebSocket-Protocol"))
         query = request.query_string
+        raw_query = request.rel_url.raw_query_string
+        target = f"{self._upstream_path}/{raw_segment}" + (f"?{raw_query}" if raw_query else "")
         url = f"{self.upstream}/{raw_segment}" + (f"?{query}" if query else "")
-        headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
-        wants_deflate = "permessage-deflate" in request.headers.get("Sec-WebSocket-Extensions", "")
         started_wall = time.time()
         started_mono = time.monotonic()
         peer = request.remote or ""
@@ -310,112 +538,143 @@ class ProxyServer:
             "upstream_url": url,
         }
         try:
-            upstream = await self._client.ws_connect(
-                url,
-                protocols=protocols,
-                headers=headers,
-                autoclose=False,
-                autoping=False,
-                heartbeat=None,
-                compress=15 if wants_deflate else 0,
-                max_msg_size=self.max_message_size,
-                decode_text=False,
-                ssl=self._client_ssl,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
-            )
-        except aiohttp.WSServerHandshakeError as exc:
+            charger_key = check_client_handshake(request.method, request.headers)
+        except HandshakeError as exc:
             return self._refuse(
-                request,
-                cp_id,
-                fields,
-                started_wall,
-                exc.status,
-                f"upstream refused the handshake: {exc.status} {exc.message}",
-                exc.headers,
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return self._refuse(
-                request,
-                cp_id,
-                fields,
-                started_wall,
-                502,
-                f"upstream unreachable: {exc or type(exc).__name__}",
-                None,
+                request, cp_id, fields, started_wall, None, f"charger handshake invalid: {exc}", None, 400
             )
 
-        charger = cast(
-            "web.WebSocketResponse[Literal[False]]",
-            web.WebSocketResponse(
-                protocols=(upstream.protocol,) if upstream.protocol else (),
-                autoclose=False,
-                autoping=False,
-                heartbeat=None,
-                compress=bool(upstream.compress),
-                max_msg_size=self.max_message_size,
-                decode_text=False,
-                timeout=10.0,
-            ),
-        )
+        relay = _Relay(self, cp_id, self.max_message_size)
+        extensions = deflate_offers(", ".join(request.headers.getall("Sec-WebSocket-Extensions", ())))
         try:
-            await charger.prepare(request)
-        except (aiohttp.ClientError, ConnectionError, web.HTTPException) as exc:
-            await upstream.close(code=CLOSE_GOING_AWAY, message=b"charger handshake failed")
+            response, csms_rest = await self._dial(relay, target, request, protocols, extensions)
+        except _Refused as refused:
+            return self._refuse(
+                request, cp_id, fields, started_wall, refused.status, refused.error, refused.headers
+            )
+
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            relay.abort()
+            return self._refuse(
+                request, cp_id, fields, started_wall, None, "charger left during the handshake", None
+            )
+        # From here on the charger's socket is the relay's, not aiohttp's: what the charger
+        # sends goes to the relay's leg; aiohttp only writes the 101 answer below.
+        leg = relay.cp
+        leg.original = transport.get_protocol()
+        cp_rest = bytes(getattr(leg.original, "_message_tail", b""))  # sent along with the upgrade
+        transport.set_protocol(leg)
+        leg.connection_made(transport)
+        answer = web.StreamResponse(status=101, reason="Switching Protocols")
+        answer.headers.update(
+            {"Upgrade": "websocket", "Connection": "upgrade", "Sec-WebSocket-Accept": accept_key(charger_key)}
+        )
+        if response.protocol:
+            answer.headers["Sec-WebSocket-Protocol"] = response.protocol
+        if response.extensions:  # permessage-deflate: the frames pass compressed, and are
+            answer.headers["Sec-WebSocket-Extensions"] = response.extensions  # inflated to record
+            for each in (relay.cp, relay.csms):
+                each.scanner.inflater = Inflater(self.max_message_size)
+        try:
+            await answer.prepare(request)
+        except (ConnectionError, RuntimeError) as exc:
+            relay.abort()
             return self._refuse(
                 request, cp_id, fields, started_wall, None, f"charger handshake failed: {exc}", None
             )
 
-        fields["subprotocol"] = upstream.protocol
+        fields["subprotocol"] = response.protocol
         session_id = self.writer.open_session(started_wall, **fields)
-        session = _Session(session_id, cp_id, started_mono, charger, upstream, request)
-        self._sessions[session_id] = session
+        self._relays[session_id] = relay
+        self._idle.clear()
         self.stats.connections += 1
         self.stats.active += 1
         log.info(
             "open   %s session=%d subprotocol=%s from %s",
             escape_controls(cp_id),
             session_id,
-            escape_controls(upstream.protocol or "-"),
+            escape_controls(response.protocol or "-"),
             peer,
         )
         try:
-            session.tasks = [
-                asyncio.create_task(self._pump(session, charger, upstream, Direction.TO_CSMS)),
-                asyncio.create_task(self._pump(session, upstream, charger, Direction.TO_CP)),
-            ]
-            # One side ending (close handshake or drop) ends the other as well.
-            _done, pending = await asyncio.wait(session.tasks, return_when=asyncio.FIRST_COMPLETED)
-            if pending:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(12):
-                        await asyncio.wait(pending)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*session.tasks, return_exceptions=True)
+            relay.start(session_id, started_mono, csms_rest, cp_rest)
+            await asyncio.shield(relay.done)
         finally:
-            for ws in (upstream, charger):
-                if not ws.closed:
-                    with contextlib.suppress(Exception):
-                        await ws.close(code=CLOSE_GOING_AWAY)
-            self._sessions.pop(session_id, None)
+            if not relay.done.done():  # the handler was cancelled: aiohttp is shutting down
+                relay.abort()
+            self._relays.pop(session_id, None)
+            if not self._relays:
+                self._idle.set()
             self.stats.active -= 1
             self.writer.close_session(
                 session_id,
                 time.time(),
-                close_code=session.close_code,
-                close_reason=session.close_reason,
-                closed_by=session.closed_by,
-                frames=session.seq,
+                close_code=relay.close_code,
+                close_reason=relay.close_reason,
+                closed_by=relay.closed_by,
+                frames=relay.seq,
             )
             log.info(
                 "close  %s session=%d code=%s by=%s frames=%d",
                 escape_controls(cp_id),
                 session_id,
-                session.close_code,
-                session.closed_by or "-",
-                session.seq,
+                relay.close_code,
+                relay.closed_by or "-",
+                relay.seq,
             )
-        return charger
+        return answer
+
+    async def _dial(
+        self,
+        relay: _Relay,
+        target: str,
+        request: web.Request,
+        protocols: tuple[str, ...],
+        extensions: str | None,
+    ) -> tuple[UpgradeResponse, bytes]:
+        """Open the CSMS side and complete its handshake; raises _Refused."""
+        leg = relay.csms
+        loop = asyncio.get_running_loop()
+        leg.head = loop.create_future()
+        key = new_key()
+        headers = [
+            ("Sec-WebSocket-Protocol", v) for v in request.headers.getall("Sec-WebSocket-Protocol", ())
+        ]
+        if extensions:
+            headers.append(("Sec-WebSocket-Extensions", extensions))
+        headers += [(h, request.headers[h]) for h in FORWARDED_HEADERS if h in request.headers]
+        host, port = self._upstream_address
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await loop.create_connection(
+                    lambda: leg,
+                    host,
+                    port,
+                    ssl=self._client_ssl or None,
+                    server_hostname=host if self._client_ssl else None,
+                )
+                assert leg.transport is not None
+                leg.transport.write(upgrade_request(target, self._upstream_host, key, headers))
+                head, rest = await leg.head
+            response = parse_response_head(head)
+            if response.status != 101:
+                raise _Refused(
+                    response.status,
+                    f"upstream refused the handshake: {response.status} {response.reason}",
+                    response.headers,
+                )
+            response.check(key, protocols, extensions)
+        except _Refused:
+            relay.abort()
+            raise
+        except HandshakeError as exc:
+            relay.abort()
+            raise _Refused(502, f"upstream answered with an invalid handshake: {exc}", None) from exc
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            relay.abort()
+            raise _Refused(502, f"upstream unreachable: {exc or type(exc).__name__}", None) from exc
+        return response, rest
 
     def _refuse(
         self,
@@ -426,155 +685,33 @@ class ProxyServer:
         status: int | None,
         error: str,
         upstream_headers: Any,
+        answer: int | None = None,
     ) -> web.StreamResponse:
-        """Answer the charger as the upstream answered (or 502), and record the attempt."""
+        """Answer the charger as the upstream answered (or ``answer``, or 502), and record the attempt."""
         assert self.writer is not None
         self.stats.refused += 1
         fields.update(upstream_status=status, error=error)
         session_id = self.writer.open_session(started_wall, **fields)
-        self.writer.close_session(session_id, time.time(), closed_by="upstream")
+        self.writer.close_session(
+            session_id, time.time(), closed_by="upstream" if answer is None else "proxy"
+        )
         log.info("refuse %s session=%d %s", escape_controls(cp_id), session_id, escape_controls(error))
         headers: dict[str, str] = {}
         if upstream_headers is not None:
             for name in ("WWW-Authenticate", "Retry-After"):
                 if name in upstream_headers:
                     headers[name] = upstream_headers[name]
+        status = answer or status
         if request.transport is None or status is None:
             return web.Response(status=502)
         return web.Response(status=status, headers=headers, text=error + "\n")
 
-    async def _pump(
-        self,
-        session: _Session,
-        src: _Ws,
-        dst: _Ws,
-        direction: Direction,
-    ) -> None:
-        """Forward one direction verbatim until a close frame or a drop."""
-        writer = self.writer
-        assert writer is not None
-        record = writer.frame
-        stats = self.stats
-        sid = session.id
-        started = session.started_mono
-        wall = time.time
-        mono = time.monotonic
-        side = "cp" if direction is Direction.TO_CSMS else "csms"
-        try:
-            while True:
-                msg = await src.receive()
-                kind = msg.type
-                if kind is WSMsgType.TEXT:
-                    # Both ends run with decode_text=False: the text frame's bytes are forwarded
-                    # as they came, never decoded and re-encoded here (the writer decodes them).
-                    t_wall, t_mono = wall(), mono()
-                    await dst.send_frame(msg.data, WSMsgType.TEXT)
-                    text = True
-                elif kind is WSMsgType.BINARY:
-                    t_wall, t_mono = wall(), mono()
-                    await dst.send_bytes(msg.data)
-                    text = False
-                elif kind is WSMsgType.PING:
-                    await dst.ping(msg.data)
-                    continue
-                elif kind is WSMsgType.PONG:
-                    await dst.pong(msg.data)
-                    continue
-                elif kind is WSMsgType.CLOSE:
-                    await self._pass_close(session, side, dst, msg.data, _close_reason(msg.extra))
-                    return
-                elif kind is WSMsgType.CLOSING:
-                    # The other pump is completing a close handshake on this socket.
-                    return
-                else:  # CLOSED or ERROR: this side dropped without a close handshake
-                    await self._mirror_drop(session, side, dst, msg)
-                    return
-                session.seq += 1
-                stats.frames += 1
-                try:
-                    record(sid, session.seq, t_wall, t_mono - started, direction, msg.data, text)
-                except Exception:  # recording must never break the traffic it records
-                    log.exception("recording failed for session %d", sid)
-        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
-            # The destination went away while sending: the other pump sees it as a drop.
-            if session.closed_by is None:
-                session.closed_by = "cp" if side == "csms" else "csms"
-                session.close_reason = f"connection lost: {exc or type(exc).__name__}"
-            with contextlib.suppress(Exception):
-                await src.close(code=CLOSE_GOING_AWAY)
 
-    async def _pass_close(
-        self,
-        session: _Session,
-        side: str,
-        dst: _Ws,
-        code: int | None,
-        reason: str,
-    ) -> None:
-        """A close frame came from ``side``: send the same code and reason to the other side.
+class _Refused(Exception):
+    """The CSMS side could not be opened: what the charger is answered."""
 
-        aiohttp's close() then waits for the other side's answering close frame and the
-        answering code is sent back by the pump of ``side`` (its socket is closing).
-        """
-        if session.closed_by is None:
-            session.closed_by = side
-            session.close_code = code
-            session.close_reason = reason or None
-        # A close frame without a status code has no code to forward; 1000 stands in for it.
-        await dst.close(code=code or 1000, message=reason.encode("utf-8"))
-        src = session.charger if side == "cp" else session.upstream
-        reply = dst.close_code or code or 1000
-        await src.close(code=reply)
-
-    async def _mirror_drop(
-        self,
-        session: _Session,
-        side: str,
-        dst: _Ws,
-        msg: Any,  # aiohttp's CLOSED or ERROR message (WSMessage or its undecoded-text twin)
-    ) -> None:
-        """``side`` vanished without a close frame: end the other side too.
-
-        A vanished CSMS is mirrored to the charger as a dropped TCP connection (what it would
-        see without the proxy); a vanished charger is reported to the CSMS as 1001 Going Away.
-        A side that broke the websocket protocol (a message over ``max_message_size``, a text
-        frame that is not UTF-8, ...) did not vanish: aiohttp has closed it with the matching
-        code (1009, 1007, ...), and the proxy ends the other side with 1001 and the reason.
-        """
-        if session.closed_by is not None:
-            return  # the other pump is already ending this session (close or shutdown)
-        if msg.type is WSMsgType.ERROR and isinstance(msg.data, aiohttp.WebSocketError):
-            await self._refuse_message(session, side, dst, msg.data)
-            return
-        session.closed_by = side
-        session.close_code = 1006
-        detail = msg.data if msg.type is WSMsgType.ERROR else None
-        session.close_reason = f"connection lost{': ' + str(detail) if detail else ''}"
-        if side == "csms":
-            transport = session.request.transport
-            if transport is not None:
-                transport.abort()
-            return
-        await dst.close(code=CLOSE_GOING_AWAY, message=b"charge point connection lost")
-
-    async def _refuse_message(
-        self,
-        session: _Session,
-        side: str,
-        dst: _Ws,
-        error: aiohttp.WebSocketError,
-    ) -> None:
-        """``side`` sent what the proxy cannot forward; aiohttp closed it with ``error.code``."""
-        who = "charge point" if side == "cp" else "CSMS"
-        session.closed_by = "proxy"
-        session.close_code = error.code
-        session.close_reason = f"{who} sent a message the proxy refused: {error}"
-        log.warning(
-            "session %d (%s): %s; closed with %d",
-            session.id,
-            escape_controls(session.charge_point_id),
-            session.close_reason,
-            error.code,
-        )
-        # The reason of a close frame has room for 123 bytes.
-        await dst.close(code=CLOSE_GOING_AWAY, message=f"{who} sent a message the proxy refused".encode())
+    def __init__(self, status: int, error: str, headers: Any) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.headers = headers

@@ -31,6 +31,7 @@ from sqlite_utils.migrations import Migrations
 from ocpp_replay.errors import CaptureError, CaptureNotFound, UnknownSession
 from ocpp_replay.frames import Direction, peek
 from ocpp_replay.pairing import Pairer
+from ocpp_replay.wsframes import unmask
 
 try:
     import fcntl
@@ -546,13 +547,15 @@ class CaptureWriter:
         direction: Direction,
         data: str | bytes,
         text: bool = False,
+        mask: bytes = b"",
     ) -> None:
         """Queue one frame. ``data`` is str for a text frame, bytes for a binary one, or the
-        undecoded bytes of a text frame with ``text=True``."""
+        undecoded bytes of a text frame with ``text=True``; bytes still masked as they were on
+        the wire come with their ``mask`` (the writer thread unmasks them)."""
         if len(self._queue) >= self.max_pending:
             self._note_lost(session_id, seq, seq, 1)
             return
-        self._queue.append((_TEXT if text else _FRAME, session_id, seq, wall, elapsed, direction, data))
+        self._queue.append((_TEXT if text else _FRAME, session_id, seq, wall, elapsed, direction, data, mask))
 
     def close_session(self, session_id: int, ended_wall: float, **fields: Any) -> None:
         fields["ended_at"] = utc_iso(ended_wall)
@@ -641,7 +644,9 @@ class CaptureWriter:
                 n = 0
             kind = item[0]
             if kind in (_FRAME, _TEXT):
-                _, session_id, seq, wall, elapsed, direction, data = item
+                _, session_id, seq, wall, elapsed, direction, data, mask = item
+                if mask:
+                    data = unmask(data, mask)
                 mtype: int | None
                 uid: str | None
                 action: str | None

@@ -1,0 +1,196 @@
+"""The proxy's sans-I/O websocket layer: frame scanning and the HTTP upgrade.
+
+Frames are built by an independent implementation (the ``websockets`` package's sans-I/O
+frames and its permessage-deflate extension), never by the code under test.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from multidict import CIMultiDict
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.frames import Close, Frame, Opcode
+
+from ocpp_replay.handshake import (
+    HandshakeError,
+    UpgradeResponse,
+    accept_key,
+    check_client_handshake,
+    deflate_offers,
+    parse_response_head,
+    upgrade_request,
+)
+from ocpp_replay.wsframes import BINARY, CLOSE, TEXT, Inflater, Scanner, close_frame, close_payload, unmask
+
+METER = b'[2,"1","MeterValues",{"connectorId":1,"transactionId":9223372036854775807}]'
+
+
+def wire(*frames: Frame, mask: bool = True, deflate: PerMessageDeflate | None = None) -> bytes:
+    return b"".join(f.serialize(mask=mask, extensions=[deflate] if deflate else None) for f in frames)
+
+
+def scan(
+    data: bytes, chunks: list[int] | None = None, max_size: int = 0
+) -> tuple[list[tuple[int, bytes]], int]:
+    """Feed ``data`` cut at ``chunks``; the messages (unmasked) and the bytes declared forwardable."""
+    scanner = Scanner(max_size)
+    cuts = [0, *sorted(c for c in (chunks or []) if 0 < c < len(data)), len(data)]
+    forwardable = 0
+    for a, b in itertools.pairwise(cuts):
+        forwardable += scanner.feed(data[a:b])
+    return [(op, unmask(payload, mask)) for op, payload, mask in scanner.messages], forwardable
+
+
+def test_masked_and_unmasked_frames_of_every_length_class() -> None:
+    for size in (0, 1, 125, 126, 65535, 65536, 70_000):
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        for mask in (True, False):
+            data = wire(Frame(Opcode.BINARY, payload), Frame(Opcode.TEXT, METER), mask=mask)
+            messages, forwardable = scan(data)
+            assert messages == [(BINARY, payload), (TEXT, METER)]
+            assert forwardable == len(data)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=400), max_size=12), st.booleans())
+def test_any_split_of_the_stream_gives_the_same_messages(cuts: list[int], mask: bool) -> None:
+    data = wire(
+        Frame(Opcode.TEXT, METER),
+        Frame(Opcode.PING, b"alfen"),
+        Frame(Opcode.TEXT, b"[2,", fin=False),
+        Frame(Opcode.PONG, b""),
+        Frame(Opcode.CONT, b'"7","Heartbeat",{}]'),
+        Frame(Opcode.BINARY, b"\x00\xff" * 100),
+        Frame(Opcode.CLOSE, Close(4000, "bye").serialize()),
+        mask=mask,
+    )
+    messages, forwardable = scan(data, cuts)
+    assert forwardable == len(data)
+    assert messages == [
+        (TEXT, METER),
+        (TEXT, b'[2,"7","Heartbeat",{}]'),
+        (BINARY, b"\x00\xff" * 100),
+        (CLOSE, Close(4000, "bye").serialize()),
+    ]
+    assert close_payload(messages[-1][1]) == (4000, "bye")
+
+
+def test_a_message_over_the_limit_is_refused_where_it_starts_and_a_later_close_is_seen() -> None:
+    small = wire(Frame(Opcode.TEXT, METER))
+    big = wire(Frame(Opcode.TEXT, b"A" * 5000))
+    close = wire(Frame(Opcode.CLOSE, Close(1009, "").serialize()))
+    scanner = Scanner(1000)
+    assert scanner.feed(small + big[:300]) == len(small)  # up to the refused message, not into it
+    assert scanner.error == "message of 5000 bytes exceeds limit 1000"
+    assert scanner.at_boundary  # nothing of the big frame was let through: a close may follow
+    scanner.feed(big[300:] + close)
+    assert [m[0] for m in scanner.messages] == [TEXT, CLOSE]
+
+
+def test_a_refused_message_whose_head_was_forwarded_earlier_leaves_the_stream_cut() -> None:
+    big = wire(Frame(Opcode.TEXT, b"A" * 5000), mask=False)
+    scanner = Scanner(1000)
+    assert scanner.feed(big[:1]) == 1  # one byte of the head: nothing to judge yet
+    assert scanner.feed(big[1:50]) == 0
+    assert scanner.error is not None and not scanner.at_boundary
+
+
+def test_fragments_count_towards_the_limit_together() -> None:
+    data = wire(Frame(Opcode.TEXT, b"A" * 600, fin=False), Frame(Opcode.CONT, b"A" * 600))
+    messages, _ = scan(data, max_size=1000)
+    assert messages == []
+    messages, _ = scan(data, max_size=1200)
+    assert messages == [(TEXT, b"A" * 1200)]
+
+
+def test_compressed_messages_are_inflated_across_messages_and_bounded() -> None:
+    # Context takeover on: the second message refers to the first one's window.
+    sender = PerMessageDeflate(False, False, 15, 15)
+    data = wire(Frame(Opcode.TEXT, METER), Frame(Opcode.TEXT, METER), deflate=sender)
+    assert len(data) < 2 * len(METER)
+    scanner = Scanner(1000)
+    scanner.inflater = Inflater(1000)
+    assert scanner.feed(data) == len(data)
+    assert [(op, payload) for op, payload, _ in scanner.messages] == [(TEXT, METER), (TEXT, METER)]
+
+    bomb = wire(Frame(Opcode.TEXT, b"A" * 100_000), deflate=PerMessageDeflate(False, False, 15, 15))
+    scanner = Scanner(1000)
+    scanner.inflater = Inflater(1000)
+    assert len(bomb) < 1000  # small on the wire, large inflated: refused all the same
+    assert scanner.feed(bomb) == 0
+    assert scanner.error is not None and "exceeds limit 1000" in scanner.error
+
+
+def test_close_frames_of_the_proxys_own_are_valid_frames() -> None:
+    for masked in (True, False):
+        messages, _ = scan(close_frame(1001, "proxy shutting down", masked=masked))
+        assert [(op, close_payload(p)) for op, p in messages] == [(CLOSE, (1001, "proxy shutting down"))]
+        frame = close_frame(1001, "x", masked=masked)
+        assert bool(frame[1] & 0x80) is masked
+    assert close_payload(b"") == (None, "")
+
+
+def test_unmask_is_its_own_inverse() -> None:
+    assert unmask(unmask(METER, b"\x01\x02\x03\x04"), b"\x01\x02\x03\x04") == METER
+    assert unmask(b"", b"abcd") == b"" and unmask(METER, b"") == METER
+
+
+# ----------------------------------------------------------------------------- the upgrade
+
+
+def test_accept_key_is_rfc_6455s_example() -> None:
+    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_a_charger_handshake_is_checked_before_the_csms_is_dialled() -> None:
+    good = {
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    assert check_client_handshake("GET", good) == "dGhlIHNhbXBsZSBub25jZQ=="
+    for method, headers, words in [
+        ("POST", good, "GET"),
+        ("GET", {**good, "Sec-WebSocket-Version": "8"}, "Version"),
+        ("GET", {**good, "Sec-WebSocket-Key": "short"}, "Key"),
+        ("GET", {**good, "Connection": "keep-alive"}, "Connection"),
+    ]:
+        with pytest.raises(HandshakeError, match=words):
+            check_client_handshake(method, headers)
+
+
+def test_only_permessage_deflate_offers_go_upstream() -> None:
+    assert deflate_offers("x-webkit-deflate-frame, permessage-deflate; client_max_window_bits") == (
+        "permessage-deflate; client_max_window_bits"
+    )
+    assert deflate_offers("x-foo") is None and deflate_offers(None) is None
+
+
+def test_upgrade_request_and_response_round_trip() -> None:
+    request = upgrade_request("/ocpp/ALF%0A1?x=1", "csms:8180", "k", [("Authorization", "Basic QQ==")])
+    assert request.startswith(b"GET /ocpp/ALF%0A1?x=1 HTTP/1.1\r\nHost: csms:8180\r\n")
+    assert request.endswith(b"Authorization: Basic QQ==\r\n\r\n")
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    head = (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(key)}\r\nSec-WebSocket-Protocol: ocpp2.0.1"
+    ).encode()
+    response = parse_response_head(head)
+    assert (response.status, response.protocol) == (101, "ocpp2.0.1")
+    response.check(key, ("ocpp1.6", "ocpp2.0.1"), None)
+    with pytest.raises(HandshakeError, match="not offered"):
+        response.check(key, ("ocpp1.6",), None)
+    with pytest.raises(HandshakeError, match="Accept"):
+        response.check("b3RoZXIga2V5IGhlcmUhIQ==", ("ocpp2.0.1",), None)
+    deflated = UpgradeResponse(
+        101, "", CIMultiDict({**response.headers, "Sec-WebSocket-Extensions": "x-foo"})
+    )
+    with pytest.raises(HandshakeError, match="x-foo"):
+        deflated.check(key, ("ocpp2.0.1",), "permessage-deflate")
+    assert parse_response_head(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic").status == 401
+    for bad in (b"SSH-2.0-OpenSSH", b"HTTP/1.1 101 OK\r\nno colon here"):
+        with pytest.raises(HandshakeError):
+            parse_response_head(bad)
