@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +29,7 @@ from ocpp_replay.cli_common import (
     print_json,
     printable,
 )
-from ocpp_replay.errors import OcppReplayError
+from ocpp_replay.errors import ConfigError, OcppReplayError
 from ocpp_replay.frames import Direction
 from ocpp_replay.proxy import DEFAULT_MAX_MESSAGE_SIZE, ProxyServer, TlsOptions
 from ocpp_replay.store import FrameRecord, Store
@@ -83,6 +84,20 @@ async def _serve_proxy(proxy: ProxyServer) -> None:
             loop.remove_signal_handler(sig)
 
 
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The proxy's event loop. uvloop's early timers (up to 1.4 ms) do not matter to a relay,
+    which has none; the replay keeps asyncio's loop for its schedule."""
+    if name == "asyncio":
+        return None
+    if name != "uvloop":
+        raise ConfigError(f"--event-loop must be uvloop or asyncio, not {name!r}")
+    try:
+        import uvloop
+    except ImportError:
+        return None  # not installed here (Windows, PyPy): asyncio's loop does the same job
+    return uvloop.new_event_loop
+
+
 @app.command()
 def proxy(
     upstream: Annotated[
@@ -107,6 +122,13 @@ def proxy(
     flush_interval: Annotated[
         float, typer.Option(help="Seconds between capture writes (frames reach disk within this).")
     ] = 0.05,
+    event_loop: Annotated[
+        str,
+        typer.Option(
+            help="uvloop (the default where it is installed; less CPU per frame, see "
+            "docs/performance.md) or asyncio."
+        ),
+    ] = "uvloop",
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run the capture proxy between chargers and a CSMS, recording every frame."""
@@ -130,7 +152,8 @@ def proxy(
             flush_interval=flush_interval,
             check_upstream=True,
         )
-        asyncio.run(_serve_proxy(server))
+        with asyncio.Runner(loop_factory=_loop_factory(event_loop)) as runner:
+            runner.run(_serve_proxy(server))
     except OcppReplayError as exc:
         fail(exc)
     except KeyboardInterrupt:

@@ -45,7 +45,10 @@ class Direction(enum.StrEnum):
 
     @property
     def reverse(self) -> Direction:
-        return Direction.TO_CP if self is Direction.TO_CSMS else Direction.TO_CSMS
+        return _REVERSE[self]
+
+
+_REVERSE = {Direction.TO_CSMS: Direction.TO_CP, Direction.TO_CP: Direction.TO_CSMS}
 
 
 @dataclass(frozen=True, slots=True)

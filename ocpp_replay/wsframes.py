@@ -31,13 +31,27 @@ Message = tuple[int, bytes, bytes]
 _NO_MASK = b""
 
 
-def unmask(payload: bytes, mask: bytes) -> bytes:
-    """The payload XOR the 4-byte mask (the same operation masks and unmasks)."""
+def _unmask_python(payload: bytes, mask: bytes) -> bytes:
     n = len(payload)
-    if not mask or not n:
-        return payload
     key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
     return (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
+
+
+try:  # aiohttp's compiled masking loop: 0.2 us for a 450-byte MeterValues, the above 1.3 us
+    from aiohttp._websocket.mask import _websocket_mask_cython as _mask_in_place
+except ImportError:  # pragma: no cover - aiohttp built without its extensions
+    _mask_in_place = None
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """The payload XOR the 4-byte mask (the same operation masks and unmasks)."""
+    if not mask or not payload:
+        return payload
+    if _mask_in_place is None:
+        return _unmask_python(payload, mask)
+    out = bytearray(payload)
+    _mask_in_place(mask, out)
+    return bytes(out)
 
 
 def close_payload(payload: bytes) -> tuple[int | None, str]:

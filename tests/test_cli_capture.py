@@ -168,6 +168,15 @@ def test_healthz_answers_while_running(tmp_path: Path) -> None:
             "--db",
             "{tmp}/x.db",
         ],
+        [
+            "proxy",
+            "--upstream",
+            "ws://127.0.0.1:{listening}/ocpp",
+            "--event-loop",
+            "trio",
+            "--db",
+            "{tmp}/x.db",
+        ],
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> None:

@@ -24,7 +24,17 @@ from ocpp_replay.handshake import (
     parse_response_head,
     upgrade_request,
 )
-from ocpp_replay.wsframes import BINARY, CLOSE, TEXT, Inflater, Scanner, close_frame, close_payload, unmask
+from ocpp_replay.wsframes import (
+    BINARY,
+    CLOSE,
+    TEXT,
+    Inflater,
+    Scanner,
+    _unmask_python,
+    close_frame,
+    close_payload,
+    unmask,
+)
 
 METER = b'[2,"1","MeterValues",{"connectorId":1,"transactionId":9223372036854775807}]'
 
@@ -194,3 +204,9 @@ def test_upgrade_request_and_response_round_trip() -> None:
     for bad in (b"SSH-2.0-OpenSSH", b"HTTP/1.1 101 OK\r\nno colon here"):
         with pytest.raises(HandshakeError):
             parse_response_head(bad)
+
+
+@given(st.binary(max_size=600), st.binary(min_size=4, max_size=4))
+def test_the_compiled_and_the_python_unmasking_agree(payload: bytes, mask: bytes) -> None:
+    assert unmask(payload, mask) == _unmask_python(payload, mask)
+    assert _unmask_python(_unmask_python(payload, mask), mask) == payload
