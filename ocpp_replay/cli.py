@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -65,12 +66,27 @@ def setup_logging(level: str) -> None:
     )
 
 
+def _settle_gc() -> None:
+    """Keep garbage collection out of the relay's tail latency, for as long as the proxy runs.
+
+    Everything alive once the proxy listens (modules, the web app: most of the heap) is frozen,
+    never scanned again, and young collections run every 10,000 allocations instead of 700.
+    Full collections still happen, over what connections created since, so memory stays
+    bounded over weeks. Measured under flood (50 chargers, closed loop): the worst round trip
+    through the proxy 48-55 ms -> 12-18 ms, the same throughput (docs/performance.md).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 async def _serve_proxy(proxy: ProxyServer) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     url = await proxy.start()
+    _settle_gc()
     try:
         console.print(
             f"proxy: chargers connect to {url}/<chargePointId>, upstream {proxy.upstream}, "
