@@ -3,9 +3,11 @@
     python benchmarks/proxy_overhead.py [--chargers 1000] [--seconds 30] [--flood-clients 50]
                                         [--flood-seconds 15]
 
-Three processes on loopback: a fast CSMS (parses every CALL and answers at once, doing no
-other work, so it is faster than any real backend), the proxy (the real
-``ocpp-replay proxy`` command, recording into a temporary capture), and this load generator.
+Processes on loopback: a fast CSMS (parses every CALL and answers at once, doing no other work,
+so it is faster than any real backend), the proxy (the real ``ocpp-replay proxy`` command,
+recording into a temporary capture), two baselines that record nothing (a bare aiohttp
+websocket hop, and a TCP relay on uvloop that does not even parse frames: the ceiling for any
+proxy written in Python here), and this load generator.
 
 1. Steady load: N chargers, each sending one MeterValues CALL a second (start times spread over
    the first second), measuring the round trip of each CALL to its CALLRESULT. Run directly
@@ -26,6 +28,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +95,54 @@ async def serve_bare_hop(port: int, upstream: str) -> None:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
     await asyncio.Event().wait()
+
+
+def serve_tcp_relay(port: int, upstream_port: int) -> None:
+    """A TCP relay on uvloop that parses and records nothing: what forwarding alone costs here,
+    the ceiling for any websocket proxy written in Python on this machine."""
+    import uvloop
+
+    class Side(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.peer: Side | None = None
+            self.transport: asyncio.Transport | None = None
+            self.early = bytearray()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport  # type: ignore[assignment]
+
+        def data_received(self, data: bytes) -> None:
+            if self.peer is not None and self.peer.transport is not None:
+                self.peer.transport.write(data)
+            else:
+                self.early += data  # the handshake, before the upstream is connected
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.peer is not None and self.peer.transport is not None:
+                self.peer.transport.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def accept() -> Side:
+            charger = Side()
+
+            async def dial() -> None:
+                _, up = await loop.create_connection(Side, "127.0.0.1", upstream_port)
+                up.peer, charger.peer = charger, up
+                assert up.transport is not None
+                up.transport.write(bytes(charger.early))
+
+            task = loop.create_task(dial())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            return charger
+
+        tasks: set[asyncio.Task[None]] = set()
+        await loop.create_server(accept, "127.0.0.1", port, backlog=4096)
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
 
 
 # --------------------------------------------------------------------------- load
@@ -194,8 +245,16 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--flood-clients", type=int, default=50)
     ap.add_argument("--flood-seconds", type=float, default=15.0)
+    ap.add_argument(
+        "--long-flood",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="then flood through the proxy this long, sampling its RSS every 5 s (memory flat in frames?)",
+    )
     ap.add_argument("--serve-csms", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--serve-bare-hop", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-tcp-relay", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_csms:
         asyncio.run(serve_csms(args.serve_csms))
@@ -203,8 +262,11 @@ def main() -> int:
     if args.serve_bare_hop:
         asyncio.run(serve_bare_hop(int(args.serve_bare_hop[0]), args.serve_bare_hop[1]))
         return 0
+    if args.serve_tcp_relay:
+        serve_tcp_relay(*args.serve_tcp_relay)
+        return 0
 
-    csms_port, proxy_port, hop_port = free_port(), free_port(), free_port()
+    csms_port, proxy_port, hop_port, relay_port = free_port(), free_port(), free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="ocpp-bench-"))
     db = tmp / "bench.db"
     csms = subprocess.Popen([sys.executable, __file__, "--serve-csms", str(csms_port)])
@@ -230,11 +292,14 @@ def main() -> int:
     hop = subprocess.Popen(
         [sys.executable, __file__, "--serve-bare-hop", str(hop_port), f"ws://127.0.0.1:{csms_port}/ocpp"]
     )
+    relay = subprocess.Popen([sys.executable, __file__, "--serve-tcp-relay", str(relay_port), str(csms_port)])
     try:
         wait_port(csms_port)
         wait_port(proxy_port)
         wait_port(hop_port)
+        wait_port(relay_port)
         hop_url = f"ws://127.0.0.1:{hop_port}/ocpp"
+        relay_url = f"ws://127.0.0.1:{relay_port}/ocpp"
         pproc = psutil.Process(proxy.pid)
         direct_url = f"ws://127.0.0.1:{csms_port}/ocpp"
         proxy_url = f"ws://127.0.0.1:{proxy_port}/ocpp"
@@ -263,21 +328,45 @@ def main() -> int:
         print(line("direct", fd))
         fb = asyncio.run(flood(hop_url, args.flood_clients, args.flood_seconds))
         print(line("bare hop", fb))
+        fr = asyncio.run(flood(relay_url, args.flood_clients, args.flood_seconds))
+        print(line("tcp relay", fr))
         fp = asyncio.run(flood(proxy_url, args.flood_clients, args.flood_seconds))
         print(line("through proxy", fp))
         ratio = (fp.calls / fp.seconds) / (fd.calls / fd.seconds)
         bare_ratio = (fb.calls / fb.seconds) / (fd.calls / fd.seconds)
+        relay_ratio = (fr.calls / fr.seconds) / (fd.calls / fd.seconds)
         print(
             f"  throughput: proxy {ratio * 100:.0f} % of direct; a bare aiohttp hop that records "
-            f"nothing {bare_ratio * 100:.0f} %; proxy/bare hop {ratio / bare_ratio * 100:.0f} %"
+            f"nothing {bare_ratio * 100:.0f} %; a TCP relay that parses nothing {relay_ratio * 100:.0f} %; "
+            f"proxy/bare hop {ratio / bare_ratio * 100:.0f} %"
         )
+
+        long_calls = 0
+        if args.long_flood:
+            samples: list[str] = []
+            done = threading.Event()
+
+            def sample() -> None:
+                t0 = time.monotonic()
+                while not done.wait(5.0):
+                    samples.append(f"{time.monotonic() - t0:.0f}s {rss_mib(pproc):.1f}")
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            fl = asyncio.run(flood(proxy_url, args.flood_clients, args.long_flood))
+            done.set()
+            sampler.join()
+            print(f"\nlong flood through the proxy, {args.long_flood:.0f} s:")
+            print(line("through proxy", fl))
+            print(f"  proxy RSS (MiB) every 5 s: {', '.join(samples)}")
+            long_calls = fl.calls
 
         time.sleep(1.0)  # let the last batch reach the disk
         rss_end = rss_mib(pproc)
         cpu_end = pproc.cpu_times()
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(30)
-        expected = 2 * (p.calls + fp.calls)
+        expected = 2 * (p.calls + fp.calls + long_calls)
         with sqlite3.connect(db) as conn:
             recorded = conn.execute("SELECT count(*) FROM frames").fetchone()[0]
             lost = conn.execute("SELECT coalesce(sum(frames_lost), 0) FROM sessions").fetchone()[0]
@@ -301,6 +390,7 @@ def main() -> int:
             "steady_bare_p99_ms": b.pct(99),
             "flood_ratio": ratio,
             "flood_bare_ratio": bare_ratio,
+            "flood_tcp_relay_ratio": relay_ratio,
             "recorded": recorded,
             "expected": expected,
             "rss_start_mib": rss_start,
@@ -310,7 +400,7 @@ def main() -> int:
         ok = recorded == expected and lost == 0 and not d.errors and not p.errors
         return 0 if ok else 1
     finally:
-        for proc in (proxy, hop, csms):
+        for proc in (proxy, hop, relay, csms):
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(10)

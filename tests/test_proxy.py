@@ -477,3 +477,51 @@ async def test_text_frame_with_invalid_utf8_is_forwarded_as_is_and_kept_byte_for
     [frame] = Store.open(tmp_path / "c.db").frames(1)
     assert frame.raw is None and frame.raw_bytes == bad
     assert frame.parse_error == "text frame is not UTF-8"
+
+
+async def test_compression_is_negotiated_end_to_end_and_recorded_inflated(tmp_path: Path) -> None:
+    """The charger's permessage-deflate offer reaches the CSMS; compressed frames pass as they
+    are, fragmented or not, and the capture holds the text."""
+    echoed: list[str | bytes] = []
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            echoed.append(message)
+            await ws.send(message)
+
+    big = '[2,"9","DataTransfer",{"vendorId":"Alfen","data":"' + "0123456789" * 3000 + '"}]'
+    parts = [big[:10_000], big[10_000:20_000], big[20_000:]]
+    async with run_csms(handler=echo) as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        async with connect(f"{proxy.url}/ZIP", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            assert [e.name for e in ws.protocol.extensions] == ["permessage-deflate"]
+            await ws.send('[2,"1","Heartbeat",{}]')
+            assert await asyncio.wait_for(ws.recv(), 5) == '[2,"1","Heartbeat",{}]'
+            await ws.send(parts)  # one message in three fragments, each compressed
+            assert await asyncio.wait_for(ws.recv(), 5) == big
+        await settle(proxy)
+    assert "permessage-deflate" in csms.handshakes[0].headers["Sec-WebSocket-Extensions"]
+    assert echoed == ['[2,"1","Heartbeat",{}]', big]
+    [session] = Store.open(tmp_path / "c.db").sessions()
+    assert texts(list(Store.open(tmp_path / "c.db").frames(session.id))) == [
+        '[2,"1","Heartbeat",{}]',
+        '[2,"1","Heartbeat",{}]',
+        big,
+        big,
+    ]
+
+
+async def test_an_invalid_charger_handshake_gets_400_and_the_csms_is_never_dialled(tmp_path: Path) -> None:
+    async with run_csms() as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        host, port = proxy.url.split("//")[1].split("/")[0].split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"GET /ocpp/BAD HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: not-base64!\r\n\r\n"
+        )
+        status = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+        await settle(proxy)
+    assert status.split()[1] == b"400"
+    assert csms.handshakes == []
+    [session] = Store.open(tmp_path / "c.db").sessions()
+    assert session.closed_by == "proxy" and "Sec-WebSocket-Key" in (session.error or "")
