@@ -153,7 +153,10 @@ class _Leg(asyncio.Protocol):
         t_wall = time.time()
         t_mono = time.monotonic()
         scanner = self.scanner
-        n = scanner.feed(data)
+        try:
+            n = scanner.feed(data)
+        except Exception:  # a fault in recording must never break the traffic it records
+            n = self._blind(data)
         if self.forwarding:
             peer = self.peer
             assert peer is not None and peer.transport is not None
@@ -166,6 +169,18 @@ class _Leg(asyncio.Protocol):
             scanner.messages.clear()
         if scanner.error is not None and self.forwarding:
             self.relay.refuse(self, scanner.error)
+
+    def _blind(self, data: bytes) -> int:
+        """The scanner failed (a bug): forward the rest of this side's traffic unrecorded."""
+        log.exception(
+            "session %d: cannot follow the %s's frames; no longer recorded", self.relay.id, self.side
+        )
+        if self.relay.writer is not None:
+            self.relay.writer.event(
+                self.relay.id, "recording_stopped", f"frames from {self.side} no longer followed"
+            )
+        self.scanner = _BlindScanner()
+        return len(data)
 
     def eof_received(self) -> bool | None:
         return None  # close our end too: a half-closed websocket is a closed one
@@ -219,6 +234,17 @@ class _Leg(asyncio.Protocol):
             transport.abort()  # a frame of the other side is half sent: nothing can follow it
             return
         transport.write(close_frame(code, reason, masked=self.side == "csms"))
+
+
+class _BlindScanner(Scanner):
+    """Follows nothing: every byte is forwarded, no message reported, never at a boundary."""
+
+    def feed(self, data: bytes) -> int:
+        return len(data)
+
+    @property
+    def at_boundary(self) -> bool:
+        return False
 
 
 #: An upstream's handshake answer larger than this is refused (aiohttp's limit is 8 KiB per line).

@@ -22,6 +22,7 @@ from ocpp_replay.frames import Direction
 from ocpp_replay.handshake import basic_auth_user, charge_point_id_of
 from ocpp_replay.proxy import ProxyServer, TlsOptions
 from ocpp_replay.store import Store
+from ocpp_replay.wsframes import Scanner
 from tests.peers import CsmsBehaviour, Recording, charger, run_csms, session16, session201
 
 ALFEN = (
@@ -360,6 +361,37 @@ async def test_recording_failure_never_breaks_traffic(tmp_path: Path) -> None:
     assert session.frames_lost == proxy.writer.stats.frames_lost
     events = store.events(session.id)
     assert events and all(e["kind"] == "frames_lost" for e in events)
+
+
+async def test_a_fault_in_following_frames_never_breaks_traffic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the frame scanner ever fail on what a peer sends, the bytes still pass; the
+    session says from when it stopped recording."""
+    calls = 0
+    feed = Scanner.feed
+
+    def failing_feed(self: Scanner, data: bytes) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("a bug in the scanner")
+        return feed(self, data)
+
+    monkeypatch.setattr(Scanner, "feed", failing_feed)
+    db = tmp_path / "c.db"
+    async with run_csms() as csms, ProxyServer(csms.url, db) as proxy:
+        async with charger(proxy.url, "BLIND", version="1.6") as cp:
+            await session16(cp, meter_values=3)  # type: ignore[arg-type]
+            sent = cp.recording.sent  # type: ignore[union-attr]
+            received = cp.recording.received  # type: ignore[union-attr]
+        await settle(proxy)
+    assert csms.connections[0].received == sent  # every frame delivered both ways
+    assert csms.connections[0].sent == received
+    store = Store.open(db)
+    [session] = store.sessions()
+    assert [e["kind"] for e in store.events(session.id)] == ["recording_stopped"]
+    assert 0 < session.frames < 2 * len(sent)
 
 
 def test_charge_point_id_and_auth_helpers() -> None:

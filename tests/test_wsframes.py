@@ -210,3 +210,24 @@ def test_upgrade_request_and_response_round_trip() -> None:
 def test_the_compiled_and_the_python_unmasking_agree(payload: bytes, mask: bytes) -> None:
     assert unmask(payload, mask) == _unmask_python(payload, mask)
     assert _unmask_python(_unmask_python(payload, mask), mask) == payload
+
+
+@given(
+    st.binary(max_size=3000),
+    st.lists(st.integers(min_value=1, max_value=3000), max_size=8),
+    st.sampled_from([0, 1, 125, 1000]),
+    st.booleans(),
+)
+def test_the_scanner_takes_any_bytes_without_raising(
+    data: bytes, cuts: list[int], limit: int, deflate: bool
+) -> None:
+    """Whatever a peer sends, the scanner forwards at most what it was given and never raises."""
+    scanner = Scanner(limit)
+    if deflate:
+        scanner.inflater = Inflater(limit)
+    cuts = [0, *sorted(c for c in cuts if c < len(data)), len(data)]
+    for a, b in itertools.pairwise(cuts):
+        assert 0 <= scanner.feed(data[a:b]) <= b - a
+    for opcode, payload, mask in scanner.messages:
+        assert opcode in (TEXT, BINARY, CLOSE) and len(mask) in (0, 4)
+        assert not limit or len(payload) <= limit or opcode == CLOSE
