@@ -173,9 +173,13 @@ def redact(
     charge_point_ids: Annotated[
         bool, typer.Option("--charge-point-ids", help="Also replace charge point ids (and the auth user).")
     ] = False,
+    keep_addresses: Annotated[
+        bool, typer.Option("--keep-addresses", help="Keep the chargers' IP addresses (replaced by default).")
+    ] = False,
     force: ForceFlag = False,
 ) -> None:
-    """Write a copy of --db with id tags, serial numbers, ICCID/IMSI (and charge point ids) pseudonymised."""
+    """Write a copy of --db with id tags, serial numbers, ICCID/IMSI, IP addresses (and charge point
+    ids) pseudonymised."""
     from ocpp_replay.redact import DEFAULT_FIELDS, parse_fields, redact_capture
 
     try:
@@ -186,6 +190,7 @@ def redact(
             key=key.encode("utf-8") if key is not None else None,
             fields=chosen,
             charge_point_ids=charge_point_ids,
+            keep_addresses=keep_addresses,
             force=force,
         )
     except OcppReplayError as exc:

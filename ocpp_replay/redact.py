@@ -11,6 +11,8 @@ What is replaced (the default fields; ``--fields`` changes them):
 * serial numbers: ``chargePointSerialNumber``, ``chargeBoxSerialNumber``,
   ``meterSerialNumber``, ``serialNumber`` → ``sn-<hex>``
 * SIM identities: ``iccid`` → ``iccid-<hex>``, ``imsi`` → ``imsi-<hex>``
+* the charger's IP address (``sessions.remote_addr``) → ``ip-<hex>``, unless kept
+  (``keep_addresses``): a home charger's address is its owner's
 * optionally charge point ids → ``cp-<hex>``: in ``sessions.charge_point_id``, in the path
   and upstream URL segments, as the Basic auth user, and wherever a payload string equals one.
 
@@ -75,6 +77,7 @@ DEFAULT_FIELDS: Mapping[str, str] = {
 }
 CHARGE_POINT_PREFIX = "cp"
 USER_PREFIX = "user"
+ADDRESS_PREFIX = "ip"
 #: Found values shorter than this are replaced only where a whole string equals them.
 MIN_SWEEP = 6
 HEX_DIGITS = 12
@@ -247,10 +250,12 @@ class Redactor:
         fields: Mapping[str, str] = DEFAULT_FIELDS,
         *,
         charge_point_ids: bool = False,
+        keep_addresses: bool = False,
     ) -> None:
         self.pseudonym = Pseudonyms(key)
         self.fields = dict(fields)
         self.charge_point_ids = charge_point_ids
+        self.keep_addresses = keep_addresses
         self.known: dict[str, str] = {}  # value → pseudonym, everything the rules found
         self._sweep: re.Pattern[str] | None = None
 
@@ -355,10 +360,16 @@ class Redactor:
         return "/".join(self._segment(s) for s in path.split("/"))
 
     def session(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A sessions row with charge point ids (and what holds them) replaced, if asked for."""
-        if not self.charge_point_ids:
+        """A sessions row with the charger's address and, if asked for, charge point ids (and
+        what holds them) replaced; the very same row when there is nothing to replace."""
+        address = row.get("remote_addr") if not self.keep_addresses else None
+        if not self.charge_point_ids and not address:
             return row
         row = dict(row)
+        if address:
+            row["remote_addr"] = self.pseudonym(ADDRESS_PREFIX, address)
+        if not self.charge_point_ids:
+            return row
         cp = row.get("charge_point_id")
         if cp:
             row["charge_point_id"] = self.pseudonym(CHARGE_POINT_PREFIX, cp)
@@ -425,6 +436,7 @@ def redact_capture(
     key: bytes | None = None,
     fields: Mapping[str, str] = DEFAULT_FIELDS,
     charge_point_ids: bool = False,
+    keep_addresses: bool = False,
     force: bool = False,
 ) -> RedactResult:
     """Write a redacted copy of the capture ``src`` to the new file ``out`` (mode 0600).
@@ -435,7 +447,9 @@ def redact_capture(
     """
     if Path(out).resolve() == Path(src).resolve():
         raise ConfigError("--out must be a new file, not the capture itself")
-    redactor = Redactor(key or random_key(), fields, charge_point_ids=charge_point_ids)
+    redactor = Redactor(
+        key or random_key(), fields, charge_point_ids=charge_point_ids, keep_addresses=keep_addresses
+    )
     with Store.open(src) as store:
         try:
             for (cp,) in store.db.execute("SELECT DISTINCT charge_point_id FROM sessions"):

@@ -198,10 +198,14 @@ def test_charge_point_ids_in_sessions() -> None:
         "path": f"/ocpp/{cp}",
         "upstream_url": f"ws://csms:8180/ocpp/{cp}?a=1",
         "auth_user": cp,
-        "remote_addr": "10.0.0.7",
+        "remote_addr": r.pseudonym("ip", "10.0.0.7"),
     }
+    assert row["remote_addr"].startswith("ip-")
     assert r.session({"charge_point_id": "X", "auth_user": "installer"})["auth_user"].startswith("user-")
-    assert Redactor(KEY).session(row) is row  # without --charge-point-ids: untouched
+    # without --charge-point-ids only the address is replaced; with --keep-addresses, nothing
+    plain = {"charge_point_id": "ALF/0001", "remote_addr": "10.0.0.7"}
+    assert Redactor(KEY).session(plain) == {"charge_point_id": "ALF/0001", "remote_addr": row["remote_addr"]}
+    assert Redactor(KEY, keep_addresses=True).session(plain) is plain
 
 
 # ----------------------------------------------------------------------------- the command
@@ -227,9 +231,10 @@ def test_redact_command(tmp_path: Path) -> None:
         (s1,) = store.sessions(ids=[1])
         assert s1.charge_point_id.startswith("cp-") and s1.auth_user == s1.charge_point_id
         assert s1.path == f"/ocpp/{s1.charge_point_id}"
+        assert s1.remote_addr is not None and s1.remote_addr.startswith("ip-")
         assert store.db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
     raw = out.read_bytes()
-    for secret in (b"ALF/0001", b"ALF%2F0001", b"ace0100201", b"CKcharger"):
+    for secret in (b"ALF/0001", b"ALF%2F0001", b"ace0100201", b"CKcharger", b"10.0.0.7"):
         assert secret not in raw
     # same key, same output; another key, other pseudonyms; no key, a note
     again = tmp_path / "again.db"
