@@ -364,7 +364,7 @@ def simulate(
         str | None, typer.Option(help="Basic auth password (the user is the charge point id).")
     ] = None,
 ) -> None:
-    """Run virtual Alfen chargers against a CSMS (exit 1 if a scenario expectation failed)."""
+    """Run virtual Alfen chargers against a CSMS (exit 1 if a charger could not play its scenario)."""
     from ocpp_replay.simulate import run_simulate
 
     try:

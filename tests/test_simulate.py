@@ -4,7 +4,9 @@ the reference CSMS and against an independent CSMS built on the mobilityhouse ``
 from __future__ import annotations
 
 import asyncio
+import http
 import io
+import json
 import random
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -727,3 +729,50 @@ async def test_against_an_ocpp_package_csms(version: str, scenario: str) -> None
     no_problems(result)
     assert result.received["RemoteStopTransaction" if version == "1.6" else "RequestStopTransaction"] >= 3
     assert sum(c.transactions for c in result.chargers) >= 3
+
+
+def test_a_backend_that_goes_away_for_good_fails_the_run() -> None:
+    """The charger connects, then the backend drops it and refuses it from then on: exit 1."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    state: dict[str, Any] = {"connections": 0}
+
+    def refuse_after_first(conn: ServerConnection, request: Any) -> Any:
+        state["connections"] += 1
+        if state["connections"] > 1:
+            return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "gone\n")
+        return None
+
+    async def vanishing(ws: ServerConnection) -> None:
+        message = json.loads(await ws.recv())
+        await ws.send(
+            json.dumps([3, message[1], {"currentTime": _now(), "interval": 60, "status": "Accepted"}])
+        )
+        ws.transport.abort()
+
+    async def start() -> str:
+        state["server"] = await serve(
+            vanishing,
+            "127.0.0.1",
+            0,
+            subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+            process_request=refuse_after_first,
+        )
+        return f"ws://127.0.0.1:{state['server'].sockets[0].getsockname()[1]}/ocpp"
+
+    async def stop() -> None:
+        state["server"].close()
+        await state["server"].wait_closed()
+
+    try:
+        url = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+        out = io.StringIO()
+        code = run_simulate(url, scenario="session", time_scale=FAST, console=Console(file=out, width=200))
+        assert code == 1, out.getvalue()
+        assert "1 problem: connection 1" in out.getvalue()
+    finally:
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -61,7 +61,7 @@ def print_summary(result: FleetResult, console: Console, *, max_problems: int = 
         console.print("  [green]no problems[/]")
         return
     counts = ", ".join(f"{kind} {n}" for kind, n in sorted(result.problem_counts().items()))
-    style = "red" if result.failed_expectations else "yellow"
+    style = "red" if result.broken else "yellow"
     console.print(f"  [{style}]{len(problems)} problem{'s' if len(problems) != 1 else ''}[/]: {counts}")
     for problem in problems[:max_problems]:
         console.print(f"    {_safe(str(problem))}")
@@ -84,7 +84,8 @@ def run_simulate(
 ) -> int:
     """The ``ocpp-replay simulate`` command: run the fleet, print a summary, return the exit code.
 
-    0, or 1 if a scenario expectation failed. Raises ConfigError / UpstreamError (exit 2).
+    0, or 1 if a charger could not play its scenario (an expectation failed, its connection was
+    lost for good, an answer never came, it crashed). Raises ConfigError / UpstreamError (exit 2).
     """
     from rich.console import Console
 
@@ -102,4 +103,4 @@ def run_simulate(
         )
     )
     print_summary(result, console or Console(highlight=False))
-    return 1 if result.failed_expectations else 0
+    return 1 if result.broken else 0

@@ -76,6 +76,10 @@ class ChargerResult:
     undelivered: int = 0
 
 
+#: Problem kinds that fail a run (``simulate`` exits 1); the others are the backend's answers.
+_RUN_FAILURES = frozenset({"expectation", "connection", "timeout", "crash", "sent-schema"})
+
+
 @dataclass(slots=True)
 class FleetResult:
     target: str
@@ -92,6 +96,12 @@ class FleetResult:
     @property
     def failed_expectations(self) -> list[Problem]:
         return [p for p in self.problems if p.kind == "expectation"]
+
+    @property
+    def broken(self) -> list[Problem]:
+        """Problems that kept chargers from playing their scenario: an expectation that failed,
+        a connection lost for good, an answer that never came, a crash."""
+        return [p for p in self.problems if p.kind in _RUN_FAILURES]
 
     @property
     def ok(self) -> bool:
