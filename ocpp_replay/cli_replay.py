@@ -8,8 +8,10 @@ map errors to one line and exit 2. Exit 0 when nothing differs, 1 when something
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Callable, Coroutine
+import signal
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -269,6 +271,32 @@ def _check_options(
         raise ConfigError(f"--noise-runs must not be negative, not {noise_runs}")
 
 
+@contextlib.asynccontextmanager
+async def _stop_on_ctrl_c() -> AsyncIterator[asyncio.Event]:
+    """An event the first Ctrl-C sets (the replay then ends and its result is stored); a
+    second Ctrl-C interrupts at once, storing nothing."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def first() -> None:
+        err_console.print(
+            "interrupted: closing the sessions in progress and storing the finished ones "
+            "(Ctrl-C again to quit without storing)"
+        )
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)  # the next Ctrl-C: KeyboardInterrupt
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, first)
+    except (NotImplementedError, RuntimeError):  # no signal handlers here (Windows, a thread)
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
 def _run_and_store(
     db: Path,
     prepare: Callable[
@@ -345,19 +373,25 @@ def replay(
         selection = _selection(session, charge_point, since, until)
         _check_outputs(report=report, junit=junit, html=html)
         display = _Display(console.is_terminal)
-        return display, lambda store: run_replay(
-            store,
-            target,
-            selection=selection,
-            speed=speed,
-            max_gap=max_gap,
-            rules=rule_set,
-            keep_timestamps=keep_timestamps,
-            auth=auth,
-            progress=display,
-            answer_timeout=timeout,
-            grace=grace,
-        )
+
+        async def run(store: Store) -> RunResult:
+            async with _stop_on_ctrl_c() as stop:
+                return await run_replay(
+                    store,
+                    target,
+                    selection=selection,
+                    speed=speed,
+                    max_gap=max_gap,
+                    rules=rule_set,
+                    keep_timestamps=keep_timestamps,
+                    auth=auth,
+                    progress=display,
+                    answer_timeout=timeout,
+                    grace=grace,
+                    stop=stop,
+                )
+
+        return display, run
 
     _finish(_run_and_store(db, prepare), report, junit, html)
 

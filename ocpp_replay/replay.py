@@ -30,7 +30,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -720,6 +720,29 @@ def _no_full_gc() -> Any:
             gc.unfreeze()
 
 
+async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event | None) -> bool:
+    """Run ``work`` to its end (True), or cancel it once ``stop`` is set (False)."""
+    task = asyncio.create_task(work)
+    if stop is None:
+        await task
+        return True
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        stopped.cancel()
+    if task.done():
+        task.result()  # its errors, if any
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
@@ -747,8 +770,12 @@ async def run_replay(
     quiet_gc: bool = True,
     sessions: Sequence[tuple[SessionInfo, Sequence[FrameRecord]]] | None = None,
     check_schema: bool = True,
+    stop: asyncio.Event | None = None,
 ) -> RunResult:
     """Replay the selected sessions of ``store`` against ``target`` and compare the answers.
+
+    When ``stop`` is set (the CLI sets it on Ctrl-C), the sessions in progress are closed and
+    the run ends with the sessions finished so far, marked ``interrupted``.
 
     ``sessions`` may be given pre-loaded (then ``store`` and ``selection`` are not read).
     ``check_schema`` validates every answer and CALL of the backend against the official OCPP
@@ -769,7 +796,7 @@ async def run_replay(
     by_cp: dict[str, list[SessionPlan]] = {}
     for plan in plans:
         by_cp.setdefault(plan.charge_point_id, []).append(plan)
-    options = {
+    options: dict[str, Any] = {
         "speed": speed,
         "max_gap": max_gap,
         "keep_timestamps": keep_timestamps,
@@ -819,15 +846,20 @@ async def run_replay(
                     await asyncio.sleep(delay)
                 results[plan.session_id] = await _SessionRun(plan, ctx, anchor).run()
 
-        try:
+        async def every_charger() -> None:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(charger(p), name=f"replay-{cp}") for cp, p in by_cp.items()]
+                for cp, cp_plans in by_cp.items():
+                    tg.create_task(charger(cp_plans), name=f"replay-{cp}")
+
+        try:
+            if not await _until_stopped(every_charger(), stop):
+                options["interrupted"] = {"finished": len(results), "planned": len(plans)}
+                log.info("replay interrupted: %d of %d sessions finished", len(results), len(plans))
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
         finally:
             gc_guard.__exit__(None, None, None)
-        del tasks
-    ordered = tuple(results[p.session_id] for p in plans)
+    ordered = tuple(results[p.session_id] for p in plans if p.session_id in results)
     return RunResult(
         target=target,
         started_at=started_at,

@@ -232,7 +232,16 @@ class RunResult:
         )
 
     @property
+    def interrupted(self) -> Mapping[str, int] | None:
+        """``{"finished": k, "planned": m}`` for a run stopped by the user (Ctrl-C), else None."""
+        value = self.options.get("interrupted")
+        return value if isinstance(value, Mapping) else None
+
+    @property
     def exit_code(self) -> int:
+        """0 no (deciding) difference, 1 differences, 130 stopped by the user (as after SIGINT)."""
+        if self.interrupted:
+            return 130
         return 1 if self.gating else 0
 
     def by_action(self) -> dict[str, ActionStats]:
@@ -251,6 +260,8 @@ class RunResult:
             "diffs": len(self.gating),
             "timing": self.timing.as_dict(),
         }
+        if self.interrupted:
+            out["interrupted"] = dict(self.interrupted)
         if self.kind == "compare":
             out["kind"] = "compare"
             out["baseline"] = self.baseline

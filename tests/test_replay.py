@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sys
 import time
 import xml.etree.ElementTree as ET
 from datetime import datetime
@@ -14,9 +16,11 @@ from typing import Any
 import pytest
 import typer
 from typer.testing import CliRunner
+from websockets.asyncio.server import ServerConnection, serve
 
 from ocpp_replay.cli_replay import register
 from ocpp_replay.diff import DiffKind
+from ocpp_replay.frames import Direction
 from ocpp_replay.proxy import ProxyServer
 from ocpp_replay.replay import Selection, load_sessions, run_replay, store_run
 from ocpp_replay.results import RunResult
@@ -589,3 +593,57 @@ async def test_a_charger_the_target_fails_mid_run_is_a_difference_not_the_end(tm
     [diff] = by_cp["HANG"].differences
     assert diff.path == "handshake.status" and "no websocket handshake within 0.5 s" in str(diff.actual)
     assert result.exit_code == 1
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+def _fast_and_slow_capture(db: Path) -> None:
+    """Two chargers: FAST is done in 0.2 s, SLOW has a minute of silence before its last CALL."""
+    w = CaptureWriter(db)
+    t0 = time.time() - 3600
+    for cp, last in (("FAST", 0.2), ("SLOW", 60.0)):
+        sid = w.open_session(t0, charge_point_id=cp, subprotocol="ocpp1.6", path=f"/ocpp/{cp}")
+        frames = [
+            (0.1, Direction.TO_CSMS, '[2,"1","Heartbeat",{}]'),
+            (0.15, Direction.TO_CP, '[3,"1",{}]'),
+            (last, Direction.TO_CSMS, '[2,"2","Heartbeat",{}]'),
+            (last + 0.05, Direction.TO_CP, '[3,"2",{}]'),
+        ]
+        for seq, (at, direction, raw) in enumerate(frames, 1):
+            w.frame(sid, seq, t0 + at, at, direction, raw)
+        w.close_session(sid, t0 + last + 0.1, closed_by="cp", close_code=1000)
+    w.close()
+
+
+async def test_ctrl_c_stores_the_sessions_finished_so_far(tmp_path: Path) -> None:
+    """The first Ctrl-C ends the replay: finished sessions are stored and reported, exit 130."""
+
+    async def answer(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(json.dumps([3, json.loads(message)[1], {}]))
+
+    db = tmp_path / "c.db"
+    _fast_and_slow_capture(db)
+    async with serve(answer, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as server:  # type: ignore[list-item]
+        port = server.sockets[0].getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ocpp_replay.cli", "replay", "--target", f"ws://127.0.0.1:{port}/ocpp",
+            "--db", str(db), "--report", str(tmp_path / "r.json"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        async with asyncio.timeout(20):
+            line = await proc.stderr.readline()  # FAST has finished
+            assert b"session 1 (FAST)" in line, line
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = await proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert b"interrupted: closing the sessions in progress" in stderr
+    assert b"interrupted after 1 of 2 sessions" in stdout
+    with Store.open(db) as store:
+        [run] = store.db.execute("SELECT id, sessions, exit_code FROM runs").fetchall()
+    assert run[1:] == (1, 130)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"]["interrupted"] == {"finished": 1, "planned": 2}
+    assert [s["charge_point_id"] for s in report["sessions"]] == ["FAST"]

@@ -88,6 +88,9 @@ def summary_line(result: RunResult) -> str:
     t = result.timing
     diffs = len(result.gating)
     run = f"run {result.run_id}: " if result.run_id is not None else ""
+    if result.interrupted:
+        stopped = result.interrupted
+        run += f"interrupted after {stopped['finished']} of {_plural(stopped['planned'], 'session')}: "
     timing = (
         f"lateness p50 {t.p50 * 1000:.2f} ms, p99 {t.p99 * 1000:.2f} ms, "
         f"max {t.max * 1000:.2f} ms over {t.frames} frames"
