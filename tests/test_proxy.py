@@ -557,3 +557,61 @@ async def test_an_invalid_charger_handshake_gets_400_and_the_csms_is_never_diall
     assert csms.handshakes == []
     [session] = Store.open(tmp_path / "c.db").sessions()
     assert session.closed_by == "proxy" and "Sec-WebSocket-Key" in (session.error or "")
+
+
+async def test_a_csms_that_speaks_first_is_heard(tmp_path: Path) -> None:
+    """Frames the CSMS sends the moment it accepts (often in the same packet as its 101)
+    reach the charger, in order, and are recorded."""
+    first = [f'[2,"{n}","TriggerMessage",{{"requestedMessage":"BootNotification"}}]' for n in range(3)]
+
+    async def eager(ws: ServerConnection) -> None:
+        for frame in first:
+            await ws.send(frame)
+        async for _ in ws:
+            pass
+
+    async with run_csms(handler=eager) as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        async with connect(f"{proxy.url}/EAGER", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            got = [await asyncio.wait_for(ws.recv(), 5) for _ in first]
+        await settle(proxy)
+    assert got == first
+    [session] = Store.open(tmp_path / "c.db").sessions()
+    assert texts(list(Store.open(tmp_path / "c.db").frames(session.id))) == first
+
+
+async def test_frames_in_the_same_packet_as_the_csmss_101_are_relayed(tmp_path: Path) -> None:
+    """A hand-written CSMS writes its 101 and two frames with one write: nothing is lost."""
+    import base64 as b64
+    import hashlib
+
+    from websockets.frames import Frame, Opcode
+
+    frames = ['[2,"1","GetConfiguration",{}]', '[2,"2","TriggerMessage",{"requestedMessage":"Heartbeat"}]']
+
+    async def csms(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        key = next(
+            h.split(":", 1)[1].strip()
+            for h in head.split("\r\n")
+            if h.lower().startswith("sec-websocket-key:")
+        )
+        accept = b64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: ocpp1.6\r\n\r\n"
+            + b"".join(Frame(Opcode.TEXT, f.encode()).serialize(mask=False) for f in frames)
+        )  # fmt: skip
+        await writer.drain()
+        await reader.read()  # until the proxy closes
+        writer.close()
+
+    server = await asyncio.start_server(csms, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, ProxyServer(f"ws://127.0.0.1:{port}/ocpp", tmp_path / "c.db") as proxy:
+        # This CSMS never answers a close frame: the charger gives up waiting after 0.5 s.
+        async with connect(f"{proxy.url}/ONEWRITE", subprotocols=["ocpp1.6"], close_timeout=0.5) as ws:  # type: ignore[list-item]
+            got = [await asyncio.wait_for(ws.recv(), 5) for _ in frames]
+        await settle(proxy)
+    assert got == frames
+    [session] = Store.open(tmp_path / "c.db").sessions()
+    assert texts(list(Store.open(tmp_path / "c.db").frames(session.id))) == frames
