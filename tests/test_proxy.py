@@ -615,3 +615,47 @@ async def test_frames_in_the_same_packet_as_the_csmss_101_are_relayed(tmp_path: 
     assert got == frames
     [session] = Store.open(tmp_path / "c.db").sessions()
     assert texts(list(Store.open(tmp_path / "c.db").frames(session.id))) == frames
+
+
+async def test_a_slow_csms_slows_the_charger_instead_of_filling_the_proxys_memory(tmp_path: Path) -> None:
+    """Backpressure: while the CSMS does not read, the proxy stops reading the charger; what
+    it holds for the CSMS stays small however much the charger sends."""
+    big = '[2,"{n}","DataTransfer",{{"vendorId":"Alfen","data":"' + "x" * 100_000 + '"}}]'
+    received: list[str | bytes] = []
+
+    async def sleepy(ws: ServerConnection) -> None:
+        await asyncio.sleep(1.5)  # not reading: its socket buffers fill up
+        async for message in ws:
+            received.append(message)
+
+    held: list[int] = []
+    async with (
+        run_csms(handler=sleepy) as csms,
+        ProxyServer(csms.url, tmp_path / "c.db") as proxy,
+    ):
+        async with connect(
+            f"{proxy.url}/PUSHY",
+            subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+            compression=None,
+            max_size=None,
+        ) as ws:
+
+            async def watch() -> None:
+                while True:
+                    for relay in list(proxy._relays.values()):
+                        if relay.csms.transport is not None:
+                            held.append(relay.csms.transport.get_write_buffer_size())
+                    await asyncio.sleep(0.01)
+
+            watcher = asyncio.create_task(watch())
+            for n in range(200):  # 20 MB
+                await ws.send(big.format(n=n))
+            async with asyncio.timeout(15):
+                while len(received) < 200:
+                    await asyncio.sleep(0.05)
+            watcher.cancel()
+        await settle(proxy)
+    assert received == [big.format(n=n) for n in range(200)]
+    assert held and max(held) < 2 * 2**20, max(held)
+    [session] = Store.open(tmp_path / "c.db").sessions()
+    assert session.frames == 200
