@@ -239,6 +239,58 @@ def line(name: str, r: Result) -> str:
     )
 
 
+def measure_mitm(
+    args: argparse.Namespace, csms_port: int, tmp: Path, d: Result, fd: Result
+) -> dict[str, Any]:
+    """The same loads through ``ocpp-replay mitm`` (mitmdump in reverse mode with the addon),
+    after the proxy has stopped; compared with this run's direct figures."""
+    port = free_port()
+    db = tmp / "mitm.db"
+    mitm = subprocess.Popen(
+        [sys.executable, "-m", "ocpp_replay.cli", "mitm", "--db", str(db), "--",
+         "--mode", f"reverse:http://127.0.0.1:{csms_port}", "--listen-host", "127.0.0.1",
+         "--listen-port", str(port), "--set", f"confdir={tmp / 'mitmconf'}",
+         "--set", "termlog_verbosity=error"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_port(port, timeout=30)
+        proc = psutil.Process(mitm.pid)
+        rss_start = rss_mib(proc)
+        url = f"ws://127.0.0.1:{port}/ocpp"
+        print(f"\nmitmproxy mode (ocpp-replay mitm, reverse), RSS at start {rss_start:.1f} MiB")
+        m = asyncio.run(steady(url, args.chargers, args.seconds))
+        print(line("through mitm", m))
+        print(
+            f"  mitm adds      p50=+{m.pct(50) - d.pct(50):.3f} ms  p99=+{m.pct(99) - d.pct(99):.3f} ms"
+            f"  (direct figures from the steady run above)"
+        )
+        fm = asyncio.run(flood(url, args.flood_clients, args.flood_seconds))
+        print(line("through mitm", fm))
+        mitm_ratio = (fm.calls / fm.seconds) / (fd.calls / fd.seconds)
+        print(f"  throughput: mitm {mitm_ratio * 100:.0f} % of the direct flood above")
+        rss_end = rss_mib(proc)
+        mitm.send_signal(signal.SIGINT)
+        mitm.wait(60)
+        with sqlite3.connect(db) as conn:
+            recorded = conn.execute("SELECT count(*) FROM frames").fetchone()[0]
+        print(
+            f"  capture: {recorded} frames recorded, {2 * (m.calls + fm.calls)} expected; "
+            f"mitmdump RSS start {rss_start:.1f} MiB, end {rss_end:.1f} MiB"
+        )
+        return {
+            "steady_mitm_p50_ms": m.pct(50),
+            "steady_mitm_p99_ms": m.pct(99),
+            "flood_mitm_ratio": mitm_ratio,
+            "mitm_recorded": recorded,
+            "mitm_expected": 2 * (m.calls + fm.calls),
+        }
+    finally:
+        if mitm.poll() is None:
+            mitm.kill()
+            mitm.wait(10)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chargers", type=int, default=1000)
@@ -251,6 +303,9 @@ def main() -> int:
         default=0.0,
         metavar="SECONDS",
         help="then flood through the proxy this long, sampling its RSS every 5 s (memory flat in frames?)",
+    )
+    ap.add_argument(
+        "--mitm", action="store_true", help="also measure `ocpp-replay mitm` (needs the mitm extra)"
     )
     ap.add_argument("--serve-csms", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--serve-bare-hop", nargs=2, help=argparse.SUPPRESS)
@@ -396,6 +451,8 @@ def main() -> int:
             "rss_start_mib": rss_start,
             "rss_end_mib": rss_end,
         }
+        if args.mitm:
+            summary.update(measure_mitm(args, csms_port, tmp, d, fd))
         print("\n" + json.dumps(summary))
         ok = recorded == expected and lost == 0 and not d.errors and not p.errors
         return 0 if ok else 1
