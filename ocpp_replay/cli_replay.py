@@ -437,22 +437,28 @@ def compare(
         selection = _selection(session, charge_point, since, until)
         _check_outputs(report=report, junit=junit, html=html, save_rules=save_rules)
         display = _CompareDisplay(console.is_terminal)
-        return display, lambda store: run_compare(
-            store,
-            baseline,
-            candidate,
-            selection=selection,
-            noise_runs=noise_runs,
-            rules=rule_set,
-            sequential=True if sequential else None,
-            progress=display,
-            speed=speed,
-            max_gap=max_gap,
-            keep_timestamps=keep_timestamps,
-            auth=auth,
-            answer_timeout=timeout,
-            grace=grace,
-        )
+
+        async def run(store: Store) -> RunResult:
+            async with _stop_on_ctrl_c() as stop:
+                return await run_compare(
+                    store,
+                    baseline,
+                    candidate,
+                    selection=selection,
+                    noise_runs=noise_runs,
+                    rules=rule_set,
+                    sequential=True if sequential else None,
+                    progress=display,
+                    speed=speed,
+                    max_gap=max_gap,
+                    keep_timestamps=keep_timestamps,
+                    auth=auth,
+                    answer_timeout=timeout,
+                    grace=grace,
+                    stop=stop,
+                )
+
+        return display, run
 
     result = _run_and_store(db, prepare)
 

@@ -31,7 +31,7 @@ import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -894,6 +894,8 @@ async def run_compare(
     more replays against the baseline, one after the other, to learn noise. ``options`` are
     passed to :func:`run_replay` (speed, max_gap, keep_timestamps, auth, answer_timeout, ...);
     ``progress`` gets ``(side, Progress)``, side being baseline, candidate or noise N.
+    A ``stop`` event in ``options`` ends both replays (see :func:`run_replay`); the run then
+    compares the sessions both sides finished, learns no noise and is marked ``interrupted``.
     The result (:func:`ocpp_replay.compare.compare_result`) is not stored: see :func:`store_run`.
     """
     rules = rules or RuleSet.default()
@@ -928,9 +930,19 @@ async def run_compare(
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
         base, cand = base_task.result(), cand_task.result()
-    again = [await replay_on(baseline, f"noise {i + 1}") for i in range(noise_runs)]
+    stop: asyncio.Event | None = options.get("stop")
+    again = []
+    for i in range(noise_runs):
+        if stop is not None and stop.is_set():
+            break
+        again.append(await replay_on(baseline, f"noise {i + 1}"))
     opts = {**base.options, "baseline": baseline, "candidate": candidate, "noise_runs": noise_runs}
-    return compare_result(base, cand, rules, again=again, options=opts)
+    opts.pop("interrupted", None)
+    result = compare_result(base, cand, rules, again=again, options=opts)
+    if stop is not None and stop.is_set():
+        stopped = {"finished": len(result.sessions), "planned": len(sessions)}
+        result = replace(result, options={**result.options, "interrupted": stopped})
+    return result
 
 
 # ----------------------------------------------------------------------------- storing

@@ -647,3 +647,36 @@ async def test_ctrl_c_stores_the_sessions_finished_so_far(tmp_path: Path) -> Non
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["summary"]["interrupted"] == {"finished": 1, "planned": 2}
     assert [s["charge_point_id"] for s in report["sessions"]] == ["FAST"]
+
+
+async def test_ctrl_c_stops_a_compare_and_stores_the_sessions_both_sides_finished(tmp_path: Path) -> None:
+    async def answer(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(json.dumps([3, json.loads(message)[1], {}]))
+
+    db = tmp_path / "c.db"
+    _fast_and_slow_capture(db)
+    async with (
+        serve(answer, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as a,  # type: ignore[list-item]
+        serve(answer, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as b,  # type: ignore[list-item]
+    ):
+        urls = [f"ws://127.0.0.1:{s.sockets[0].getsockname()[1]}/ocpp" for s in (a, b)]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ocpp_replay.cli", "compare", "--baseline", urls[0], "--candidate", urls[1],
+            "--db", str(db), "--noise-runs", "2",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        async with asyncio.timeout(20):
+            seen = 0
+            while seen < 2:  # FAST has finished against both backends
+                line = await proc.stderr.readline()
+                assert line, "compare ended early"
+                seen += b"(FAST)" in line
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = await proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert b"interrupted after 1 of 2 sessions" in stdout
+    with Store.open(db) as store:
+        [run] = store.db.execute("SELECT kind, sessions, exit_code FROM runs").fetchall()
+    assert run == ("compare", 1, 130)
