@@ -428,6 +428,11 @@ async def test_builtin_scenarios_against_reference_csms(version: str, scenario: 
     assert result.chargers[3].boots == 2
     if scenario in ("reconnect", "fleet-day"):
         assert sum(c.delivered_offline for c in result.chargers) > 0
+    if scenario == "faulty":  # 1.6 says it in StatusNotification, 2.0.1 in NotifyEvent
+        if version == "2.0.1":  # each fault and its clearing, schema-checked like every frame
+            assert result.sent["NotifyEvent"] == 2 * 5
+        else:
+            assert result.sent["NotifyEvent"] == 0
     backend = csms.backend
     assert sum(len(r.meter_values) for r in backend.chargers.values()) > 0
     assert {

@@ -171,6 +171,7 @@ class Charger:
         }
         self.status_0 = "Available"
         self.reported_0: str | None = None
+        self.event_id = 0  # 2.0.1 NotifyEvent ids
         self.now = start
 
     # -- configuration ----------------------------------------------------------------------
@@ -582,7 +583,30 @@ class Charger:
         outs = self.stop(connector_id, "Other", now) if c.tx is not None else []
         c.error_code, c.vendor_error_code, c.info = "OtherError", vendor_error_code, info
         outs.extend(self._emit(self._set_status(c, "Faulted", now)))
+        outs.extend(self._emit(self._fault_event(c, now, cleared=False)))
         return outs
+
+    def _fault_event(self, c: Connector, now: datetime, *, cleared: bool) -> list[Out]:
+        """2.0.1 has no error codes in StatusNotification: the fault and its vendor code are a
+        NotifyEvent on the connector's AvailabilityState (and another when it clears)."""
+        if self.version == "1.6":
+            return []
+        self.event_id += 1
+        event: Payload = {
+            "eventId": self.event_id,
+            "timestamp": timestamp(now),
+            "trigger": "Delta",
+            "actualValue": "Faulted" if not cleared else _CONNECTOR_STATUS[c.status],
+            "cleared": cleared,
+            "eventNotificationType": "HardWiredNotification",
+            "component": {"name": "Connector", "evse": {"id": c.id, "connectorId": 1}},
+            "variable": {"name": "AvailabilityState"},
+        }
+        if c.vendor_error_code is not None:
+            event["techCode"] = c.vendor_error_code
+            event["techInfo"] = (c.info or "Error")[:500]
+        payload: Payload = {"generatedAt": timestamp(now), "seqNo": 0, "tbc": False, "eventData": [event]}
+        return [Out("NotifyEvent", payload, primary=False)]
 
     def recover(self, connector_id: int, now: datetime) -> list[Out]:
         self.now = now
@@ -591,7 +615,9 @@ class Charger:
             return []
         c.error_code, c.vendor_error_code, c.info = "NoError", None, None
         status = ("Preparing" if c.plugged else "Available") if c.operative else "Unavailable"
-        return self._emit(self._set_status(c, status, now))
+        outs = self._emit(self._set_status(c, status, now))
+        outs.extend(self._emit(self._fault_event(c, now, cleared=True)))
+        return outs
 
     def data_transfer(self, vendor_id: str, message_id: str | None, data: str | None) -> list[Out]:
         payload: Payload = {"vendorId": vendor_id}
