@@ -97,6 +97,8 @@ class Inflater:
             raise ValueError(f"compressed message does not inflate: {exc}") from exc
         if self._d.unconsumed_tail or (self.limit and len(out) > self.limit):
             raise TooLarge(f"message inflates past {self.limit} bytes: exceeds limit {self.limit}")
+        if self._d.eof:  # the sender ended the stream (BFINAL, RFC 7692 7.2.3.3): a new one follows
+            self._d = zlib.decompressobj(-zlib.MAX_WBITS)
         return out
 
 
@@ -203,6 +205,9 @@ class Scanner:
             if end > n:
                 self._hold(data, pos, head + length)
                 break
+            if self.error is not None and opcode != CLOSE:
+                pos = end  # after a refused message nothing is forwarded: only a close matters
+                continue
             mask = data[pos + head - 4 : pos + head] if b1 & 0x80 else _NO_MASK
             payload = data[pos + head : end]
             start, pos = pos, end
@@ -215,10 +220,10 @@ class Scanner:
                 else:
                     self._op, self._rsv1, self._size = opcode, bool(b0 & 0x40), length
                     self._parts = [unmask(payload, mask)]
-            elif opcode == CONTINUATION:
+            elif opcode == CONTINUATION and self._op:  # (one without a first frame: ignored)
                 self._parts.append(unmask(payload, mask))
                 self._size += length
-                if b0 & 0x80 and self._op:
+                if b0 & 0x80:
                     whole, op = b"".join(self._parts), self._op
                     self._parts, self._op, self._size = [], 0, 0
                     if not self._rsv1:

@@ -231,3 +231,40 @@ def test_the_scanner_takes_any_bytes_without_raising(
     for opcode, payload, mask in scanner.messages:
         assert opcode in (TEXT, BINARY, CLOSE) and len(mask) in (0, 4)
         assert not limit or len(payload) <= limit or opcode == CLOSE
+
+
+def test_after_a_refused_message_only_a_close_is_reported() -> None:
+    """Nothing after the refused message is forwarded, so nothing after it may be recorded."""
+    data = wire(
+        Frame(Opcode.TEXT, METER),
+        Frame(Opcode.TEXT, b"x" * 2000),
+        Frame(Opcode.TEXT, b'[2,"2","NEVER_FORWARDED",{}]'),
+        Frame(Opcode.CLOSE, Close(1000, "").serialize()),
+    )
+    messages, _ = scan(data, max_size=1000)
+    assert [op for op, _ in messages] == [TEXT, CLOSE]
+    assert messages[0][1] == METER
+
+
+def test_a_sender_that_ends_each_deflate_stream_is_inflated_every_time() -> None:
+    """RFC 7692 7.2.3.3: a message may end with a final block; the next starts a new stream."""
+    import zlib
+
+    def deflate_final(text: bytes) -> bytes:
+        c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return c.compress(text) + c.flush(zlib.Z_FINISH)
+
+    def compressed_frame(payload: bytes) -> bytes:  # FIN + RSV1 + text, unmasked, by hand
+        assert len(payload) < 126
+        return bytes((0xC1, len(payload))) + payload
+
+    data = b"".join(compressed_frame(deflate_final(m)) for m in (METER, b'[3,"1",{}]', METER))
+    scanner = Scanner(1000)
+    scanner.inflater = Inflater(1000)
+    scanner.feed(data)
+    assert [payload for _, payload, _ in scanner.messages] == [METER, b'[3,"1",{}]', METER]
+
+
+def test_continuation_frames_without_a_first_frame_are_ignored() -> None:
+    data = wire(Frame(Opcode.CONT, b"orphan"), Frame(Opcode.CONT, b"orphan"), Frame(Opcode.TEXT, METER))
+    assert scan(data, max_size=1000)[0] == [(TEXT, METER)]
