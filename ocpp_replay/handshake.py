@@ -79,11 +79,24 @@ def new_key() -> str:
     return base64.b64encode(os.urandom(16)).decode("ascii")
 
 
+def header(headers: Mapping[str, str], name: str) -> str:
+    """Every value of a header, joined with commas as HTTP allows (a multidict may hold the
+    header on several lines)."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return ", ".join(getall(name, ()))
+    return headers.get(name, "")
+
+
+def _tokens(headers: Mapping[str, str], name: str) -> set[str]:
+    return {t.strip().lower() for t in header(headers, name).split(",")}
+
+
 def check_client_handshake(method: str, headers: Mapping[str, str]) -> str:
     """The Sec-WebSocket-Key of a client's upgrade request. Raises HandshakeError."""
     if method != "GET":
         raise HandshakeError(f"a websocket handshake is a GET, not {method}")
-    if "upgrade" not in headers.get("Connection", "").lower():
+    if "upgrade" not in _tokens(headers, "Connection"):
         raise HandshakeError("no 'Connection: upgrade' header")
     version = headers.get("Sec-WebSocket-Version", "")
     if version.strip() != "13":
@@ -120,7 +133,8 @@ def upgrade_request(target: str, host: str, key: str, headers: list[tuple[str, s
         "Sec-WebSocket-Version: 13",
         *(f"{name}: {value}" for name, value in headers),
     ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    # Header values go upstream as the bytes the charger sent (aiohttp decoded them as UTF-8).
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,18 +151,17 @@ class UpgradeResponse:
 
     @property
     def extensions(self) -> str | None:
-        return self.headers.get("Sec-WebSocket-Extensions") or None
+        return header(self.headers, "Sec-WebSocket-Extensions") or None
 
     def check(self, key: str, offered: tuple[str, ...], offered_extensions: str | None) -> None:
         """Raises HandshakeError unless this is a valid 101 answer to what was sent."""
         h = self.headers
-        if (
-            "websocket" not in h.get("Upgrade", "").lower()
-            or "upgrade" not in h.get("Connection", "").lower()
-        ):
+        if "websocket" not in _tokens(h, "Upgrade") or "upgrade" not in _tokens(h, "Connection"):
             raise HandshakeError("101 without 'Upgrade: websocket' and 'Connection: upgrade'")
         if h.get("Sec-WebSocket-Accept", "").strip() != accept_key(key):
             raise HandshakeError("wrong Sec-WebSocket-Accept")
+        if len(h.getall("Sec-WebSocket-Protocol", ())) > 1:
+            raise HandshakeError("more than one Sec-WebSocket-Protocol")
         if self.protocol is not None and self.protocol not in offered:
             raise HandshakeError(f"subprotocol {self.protocol!r} was not offered")
         for ext in (self.extensions or "").split(","):
@@ -161,12 +174,16 @@ def parse_response_head(head: bytes) -> UpgradeResponse:
     """Status line and headers of an HTTP response (``head`` ends before the blank line)."""
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    code = parts[1] if len(parts) > 1 else ""
+    if not parts[0].startswith("HTTP/1.") or len(code) != 3 or not (code.isascii() and code.isdigit()):
         raise HandshakeError(f"not an HTTP response: {lines[0][:80]!r}")
+    status = int(code)
+    if status != 101 and not 200 <= status <= 599:  # 1xx other than 101 answer nothing here
+        raise HandshakeError(f"unexpected status {status} in answer to the upgrade")
     headers: CIMultiDict[str] = CIMultiDict()
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if not sep or not name.strip():
             raise HandshakeError(f"malformed header line {line[:80]!r}")
         headers.add(name.strip(), value.strip())
-    return UpgradeResponse(int(parts[1]), parts[2] if len(parts) > 2 else "", headers)
+    return UpgradeResponse(status, parts[2] if len(parts) > 2 else "", headers)

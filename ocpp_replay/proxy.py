@@ -21,6 +21,7 @@ when a side vanishes, when a message is over the size limit, and when it shuts d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -42,6 +43,7 @@ from ocpp_replay.handshake import (
     check_client_handshake,
     deflate_offers,
     escape_controls,
+    header,
     new_key,
     offered_protocols,
     parse_response_head,
@@ -253,6 +255,11 @@ _MAX_HEAD = 64 * 1024
 _CLOSE_TIMEOUT = 10.0
 
 
+def _resume(transport: asyncio.Transport) -> None:
+    with contextlib.suppress(Exception):  # closing already: nothing to resume
+        transport.resume_reading()
+
+
 class _Relay:
     """One charger connection: two legs, the session's record, its ending."""
 
@@ -272,6 +279,7 @@ class _Relay:
         self.cp.peer, self.csms.peer = self.csms, self.cp
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._timer: asyncio.TimerHandle | None = None
+        self._ending = False
 
     def start(self, session_id: int, started_mono: float, csms_rest: bytes, cp_rest: bytes) -> None:
         """Both handshakes are done: relay from now on, beginning with what each side sent early."""
@@ -316,6 +324,8 @@ class _Relay:
     def leg_lost(self, leg: _Leg, exc: Exception | None) -> None:
         peer = leg.peer
         assert peer is not None
+        if peer.transport is not None and not peer.lost:
+            _resume(peer.transport)  # paused for this side's sake, it must read its close now
         if self.closed_by is None:  # no close frame came first: this side vanished
             self.closed_by = leg.side
             self.close_code = 1006
@@ -339,13 +349,20 @@ class _Relay:
 
     def end(self, codes: dict[str, tuple[int, str]]) -> None:
         """The proxy closes both sides itself, each with its (code, reason)."""
+        if self._ending:
+            return
+        self._ending = True
         self.cp.forwarding = self.csms.forwarding = False
         for leg in (self.cp, self.csms):
-            code, reason = codes[leg.side]
-            if not leg.sent_close:
-                leg.send_close(code, reason)
-            elif leg.transport is not None:
-                leg.transport.close()
+            transport = leg.transport
+            if transport is None or leg.lost:
+                continue
+            _resume(transport)  # its close frame must be read, even from a paused socket
+            assert leg.peer is not None
+            if not leg.peer.sent_close:  # no close frame has reached this side yet
+                leg.send_close(*codes[leg.side])
+            if leg.sent_close:  # it had sent one: the close it just got answers it
+                transport.close()
         self._close_later()
 
     def refuse(self, leg: _Leg, error: str) -> None:
@@ -491,22 +508,28 @@ class ProxyServer:
         self._stopping = True
         if self._site is not None:
             await self._site.stop()
-        relays = list(self._relays.values())
-        if relays:
-            # Bounded, and never skipping the flush below: a peer that does not answer its
-            # close frame must not cost the capture its last frames.
-            for relay in relays:
-                relay.shutdown()
-            try:
-                async with asyncio.timeout(_CLOSE_TIMEOUT + 2):
-                    await asyncio.gather(*(asyncio.shield(r.done) for r in relays), return_exceptions=True)
-            except TimeoutError:
+        try:
+            relays = list(self._relays.values())
+            if relays:
+                # Bounded, and never skipping the flush below: a peer that does not answer its
+                # close frame must not cost the capture its last frames.
                 for relay in relays:
-                    relay.abort()
-            # Let each connection's handler record the end of its session.
-            async with asyncio.timeout(5):
-                await self._idle.wait()
-        await self._close_resources()
+                    relay.shutdown()
+                try:
+                    async with asyncio.timeout(_CLOSE_TIMEOUT + 2):
+                        await asyncio.gather(
+                            *(asyncio.shield(r.done) for r in relays), return_exceptions=True
+                        )
+                except TimeoutError:
+                    for relay in relays:
+                        relay.abort()
+            # Let each connection's handler record the end of its session (one that got through
+            # its handshakes meanwhile is shut down as it starts).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CLOSE_TIMEOUT + 2):
+                    await self._idle.wait()
+        finally:
+            await self._close_resources()
         log.info(
             "proxy stopped: %d connections, %d frames, %d frames not recorded",
             self.stats.connections,
@@ -546,7 +569,7 @@ class ProxyServer:
         cp_id, raw_segment = charge_point_id_of(raw_path)
         if not cp_id:
             return web.Response(status=404, text="no charge point id in the path\n")
-        protocols = offered_protocols(request.headers.get("Sec-WebSocket-Protocol"))
+        protocols = offered_protocols(header(request.headers, "Sec-WebSocket-Protocol"))
         query = request.query_string
         raw_query = request.rel_url.raw_query_string
         target = f"{self._upstream_path}/{raw_segment}" + (f"?{raw_query}" if raw_query else "")
@@ -571,7 +594,7 @@ class ProxyServer:
             )
 
         relay = _Relay(self, cp_id, self.max_message_size)
-        extensions = deflate_offers(", ".join(request.headers.getall("Sec-WebSocket-Extensions", ())))
+        extensions = deflate_offers(header(request.headers, "Sec-WebSocket-Extensions"))
         try:
             response, csms_rest = await self._dial(relay, target, request, protocols, extensions)
         except _Refused as refused:
@@ -579,6 +602,9 @@ class ProxyServer:
                 request, cp_id, fields, started_wall, refused.status, refused.error, refused.headers
             )
 
+        if self._stopping:
+            relay.abort()
+            return self._refuse(request, cp_id, fields, started_wall, None, "proxy shutting down", None, 503)
         transport = request.transport
         if transport is None or transport.is_closing():
             relay.abort()
@@ -592,6 +618,7 @@ class ProxyServer:
         cp_rest = bytes(getattr(leg.original, "_message_tail", b""))  # sent along with the upgrade
         transport.set_protocol(leg)
         leg.connection_made(transport)
+        transport.resume_reading()  # aiohttp pauses a socket that sent much before its answer
         answer = web.StreamResponse(status=101, reason="Switching Protocols")
         answer.headers.update(
             {"Upgrade": "websocket", "Connection": "upgrade", "Sec-WebSocket-Accept": accept_key(charger_key)}
@@ -625,6 +652,8 @@ class ProxyServer:
         )
         try:
             relay.start(session_id, started_mono, csms_rest, cp_rest)
+            if self._stopping:  # stop() began while this connection was being set up
+                relay.shutdown()
             await asyncio.shield(relay.done)
         finally:
             if not relay.done.done():  # the handler was cancelled: aiohttp is shutting down
@@ -700,6 +729,13 @@ class ProxyServer:
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             relay.abort()
             raise _Refused(502, f"upstream unreachable: {exc or type(exc).__name__}", None) from exc
+        except Exception as exc:  # a bug here must cost one charger a 502, not a socket
+            relay.abort()
+            log.exception("dialling %s for %s failed", self.upstream, escape_controls(relay.cp_id))
+            raise _Refused(502, f"upstream handshake failed: {type(exc).__name__}: {exc}", None) from exc
+        except BaseException:  # cancelled (the proxy is stopping): leave no socket behind
+            relay.abort()
+            raise
         return response, rest
 
     def _refuse(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -659,3 +660,159 @@ async def test_a_slow_csms_slows_the_charger_instead_of_filling_the_proxys_memor
     assert held and max(held) < 2 * 2**20, max(held)
     [session] = Store.open(tmp_path / "c.db").sessions()
     assert session.frames == 200
+
+
+# ----------------------------------------------------------------------------- found in review
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+async def raw_charger(port: int, path: str = "/ocpp/CP1", extra: bytes = b"") -> tuple[Any, Any, bytes]:
+    """A hand-written charger handshake: (reader, writer, the proxy's answer head)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n".encode()
+        + extra
+        + b"\r\n"
+    )
+    return reader, writer, await reader.readuntil(b"\r\n\r\n")
+
+
+async def test_a_charger_whose_csms_answers_during_shutdown_gets_503_and_stop_finishes(
+    tmp_path: Path,
+) -> None:
+    import hashlib
+
+    async def slow_csms(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        key = next(
+            h.split(":", 1)[1].strip()
+            for h in head.split("\r\n")
+            if h.lower().startswith("sec-websocket-key:")
+        )
+        await asyncio.sleep(0.5)  # still answering when the proxy is told to stop
+        accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(slow_csms, "127.0.0.1", 0)
+    async with server:
+        proxy = ProxyServer(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ocpp", tmp_path / "c.db")
+        await proxy.start()
+        pending = asyncio.create_task(raw_charger(proxy.port, "/ocpp/LATE"))
+        await asyncio.sleep(0.1)
+        async with asyncio.timeout(10):
+            await proxy.stop()
+            _, writer, head = await pending
+            writer.close()
+    assert head.startswith(b"HTTP/1.1 503")
+    assert proxy.writer is not None and not proxy.writer._thread.is_alive()  # flushed and closed
+    [session] = Store.open(tmp_path / "c.db").sessions()
+    assert session.error == "proxy shutting down"
+
+
+async def test_headers_on_several_lines_and_non_ascii_bytes_pass_as_sent(tmp_path: Path) -> None:
+    """HTTP allows a header on several lines; header bytes that are not ASCII go upstream as is."""
+    async with (
+        run_csms(subprotocols=("ocpp2.0.1",)) as csms,
+        ProxyServer(csms.url, tmp_path / "c.db") as proxy,
+    ):
+        _, writer, head = await raw_charger(
+            proxy.port,
+            "/ocpp/LINES",
+            b"Connection: keep-alive\r\nSec-WebSocket-Protocol: ocpp1.6\r\n"
+            b"Sec-WebSocket-Protocol: ocpp2.0.1\r\nUser-Agent: Wallbox \xe2\x82\xac\r\n",
+        )
+        writer.close()
+        await settle(proxy)
+    assert head.startswith(b"HTTP/1.1 101") and b"Sec-WebSocket-Protocol: ocpp2.0.1" in head
+    # the bytes the charger sent (websockets reads header bytes as ISO-8859-1, as HTTP says)
+    assert csms.handshakes[0].headers["User-Agent"].encode("latin-1") == "Wallbox €".encode()
+    with Store.open(tmp_path / "c.db") as store:
+        offered = store.db.execute("SELECT offered_subprotocols FROM sessions").fetchall()
+    assert offered == [("ocpp1.6,ocpp2.0.1",)]
+
+
+async def test_a_paused_csms_socket_still_reads_its_close_when_the_charger_vanishes(tmp_path: Path) -> None:
+    """The charger stops reading, so the proxy stops reading the flooding CSMS; when the charger
+    then vanishes, the CSMS's close handshake completes at once, not after the 10 s timeout."""
+    closed: list[float] = []
+
+    async def flood(ws: ServerConnection) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                await ws.send("x" * 100_000)
+        closed.append(asyncio.get_running_loop().time())
+
+    async with run_csms(handler=flood) as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        _, writer, _ = await raw_charger(proxy.port, "/ocpp/STALL", b"Sec-WebSocket-Protocol: ocpp1.6\r\n")
+        writer.transport.pause_reading()  # the charger stops reading
+        await asyncio.sleep(0.5)
+        relay = next(iter(proxy._relays.values()))
+        assert not relay.csms.transport.is_reading()  # backpressure reached the CSMS side
+        gone = asyncio.get_running_loop().time()
+        writer.transport.abort()  # and vanishes
+        async with asyncio.timeout(5):
+            while not closed:
+                await asyncio.sleep(0.02)
+        await settle(proxy)
+    assert closed[0] - gone < 2
+
+
+async def test_shutdown_after_the_charger_sent_its_close_does_not_send_the_csms_a_second_one(
+    tmp_path: Path,
+) -> None:
+    """The charger's close has been forwarded and the CSMS has not answered when the proxy
+    stops: the CSMS gets no second close, and the charger gets its answer."""
+    import hashlib
+
+    from websockets.frames import Close, Frame, Opcode
+
+    received = bytearray()
+
+    async def mute_csms(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        key = next(
+            h.split(":", 1)[1].strip()
+            for h in head.split("\r\n")
+            if h.lower().startswith("sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        while data := await reader.read(65536):  # never answers a close
+            received.extend(data)
+        writer.close()
+
+    def close_frames(data: bytes) -> list[int]:
+        """Opcodes of the small masked frames in ``data``, parsed by hand."""
+        opcodes, pos = [], 0
+        while pos + 6 <= len(data):
+            opcodes.append(data[pos] & 0x0F)
+            pos += 6 + (data[pos + 1] & 0x7F)
+        return opcodes
+
+    server = await asyncio.start_server(mute_csms, "127.0.0.1", 0)
+    async with server:
+        proxy = ProxyServer(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ocpp", tmp_path / "c.db")
+        await proxy.start()
+        reader, writer, head = await raw_charger(proxy.port, "/ocpp/BYE")
+        assert head.startswith(b"HTTP/1.1 101")
+        writer.write(Frame(Opcode.CLOSE, Close(1000, "bye").serialize()).serialize(mask=True))
+        await asyncio.sleep(0.3)
+        async with asyncio.timeout(15):
+            await proxy.stop()
+            answer = await reader.read()
+        writer.close()
+    assert answer[:1] == b"\x88"  # a close frame answers the charger's
+    assert close_frames(bytes(received)) == [8]  # the charger's close, and no second one
+    [session] = Store.open(tmp_path / "c.db").sessions()
+    assert (session.closed_by, session.close_code) == ("cp", 1000)

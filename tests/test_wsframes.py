@@ -268,3 +268,12 @@ def test_a_sender_that_ends_each_deflate_stream_is_inflated_every_time() -> None
 def test_continuation_frames_without_a_first_frame_are_ignored() -> None:
     data = wire(Frame(Opcode.CONT, b"orphan"), Frame(Opcode.CONT, b"orphan"), Frame(Opcode.TEXT, METER))
     assert scan(data, max_size=1000)[0] == [(TEXT, METER)]
+
+
+def test_answers_that_are_not_a_final_status_are_refused() -> None:
+    for line in ("HTTP/1.1 100 Continue", "HTTP/1.1 000 Nothing", "HTTP/1.1 ²¹¹ Odd", "HTTP/1.1 4040 Long"):
+        with pytest.raises(HandshakeError):
+            parse_response_head(line.encode())
+    assert parse_response_head(b"HTTP/1.0 101 Switching Protocols").status == 101
+    two_lines = parse_response_head(b"HTTP/1.1 101 OK\r\nConnection: keep-alive\r\nConnection: Upgrade")
+    assert "Upgrade" in two_lines.headers.getall("Connection")
