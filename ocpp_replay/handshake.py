@@ -70,6 +70,10 @@ class HandshakeError(ValueError):
     """An HTTP upgrade that is not a valid websocket handshake."""
 
 
+class UnsupportedVersion(HandshakeError):
+    """A websocket version other than 13: answered 426 with the version spoken (RFC 6455 4.4)."""
+
+
 def accept_key(key: str) -> str:
     """The Sec-WebSocket-Accept value that answers a Sec-WebSocket-Key."""
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _WS_GUID).digest()).decode("ascii")
@@ -100,7 +104,9 @@ def check_client_handshake(method: str, headers: Mapping[str, str]) -> str:
         raise HandshakeError("no 'Connection: upgrade' header")
     version = headers.get("Sec-WebSocket-Version", "")
     if version.strip() != "13":
-        raise HandshakeError(f"unsupported Sec-WebSocket-Version {version!r} (13 is the websocket version)")
+        raise UnsupportedVersion(
+            f"unsupported Sec-WebSocket-Version {version!r} (13 is the websocket version)"
+        )
     key = headers.get("Sec-WebSocket-Key", "").strip()
     try:
         if len(base64.b64decode(key, validate=True)) != 16:

@@ -36,6 +36,7 @@ from ocpp_replay.errors import ConfigError, UpstreamError
 from ocpp_replay.frames import Direction
 from ocpp_replay.handshake import (
     HandshakeError,
+    UnsupportedVersion,
     UpgradeResponse,
     accept_key,
     basic_auth_user,
@@ -589,9 +590,13 @@ class ProxyServer:
         try:
             charger_key = check_client_handshake(request.method, request.headers)
         except HandshakeError as exc:
-            return self._refuse(
+            refusal = self._refuse(
                 request, cp_id, fields, started_wall, None, f"charger handshake invalid: {exc}", None, 400
             )
+            if isinstance(exc, UnsupportedVersion):
+                refusal.set_status(426)
+                refusal.headers["Sec-WebSocket-Version"] = "13"
+            return refusal
 
         relay = _Relay(self, cp_id, self.max_message_size)
         extensions = deflate_offers(header(request.headers, "Sec-WebSocket-Extensions"))

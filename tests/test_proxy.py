@@ -816,3 +816,17 @@ async def test_shutdown_after_the_charger_sent_its_close_does_not_send_the_csms_
     assert close_frames(bytes(received)) == [8]  # the charger's close, and no second one
     [session] = Store.open(tmp_path / "c.db").sessions()
     assert (session.closed_by, session.close_code) == ("cp", 1000)
+
+
+async def test_an_unsupported_websocket_version_gets_426_with_the_version_spoken(tmp_path: Path) -> None:
+    async with run_csms() as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(
+            b"GET /ocpp/OLD HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+        await settle(proxy)
+    assert head.startswith(b"HTTP/1.1 426") and b"Sec-WebSocket-Version: 13" in head
+    assert csms.handshakes == []
