@@ -30,7 +30,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_proxy(upstream: str, db: Path, port: int) -> subprocess.Popen[str]:
+def start_proxy(upstream: str, db: Path, port: int, *options: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -45,6 +45,7 @@ def start_proxy(upstream: str, db: Path, port: int) -> subprocess.Popen[str]:
             str(port),
             "--db",
             str(db),
+            *options,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -62,11 +63,12 @@ def start_proxy(upstream: str, db: Path, port: int) -> subprocess.Popen[str]:
     raise AssertionError("proxy did not listen")
 
 
-async def test_proxy_command_records_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+async def test_proxy_command_records_and_stops_cleanly_on_sigterm(tmp_path: Path, event_loop: str) -> None:
     db = tmp_path / "site.db"
     port = free_port()
     async with run_csms() as csms:
-        proc = await asyncio.to_thread(start_proxy, csms.url, db, port)
+        proc = await asyncio.to_thread(start_proxy, csms.url, db, port, "--event-loop", event_loop)
         try:
             url = f"ws://127.0.0.1:{port}/ocpp"
             async with charger(url, "ALF-CLI") as cp:
