@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -45,6 +46,20 @@ async def settle(proxy: ProxyServer) -> None:
 
 def texts(frames: list[Any]) -> list[str]:
     return [f.raw if f.raw is not None else f.raw_bytes for f in frames]
+
+
+async def read_upgrade(reader: asyncio.StreamReader) -> bytes:
+    """For a hand-written CSMS: read a client's upgrade request, return the 101 that accepts it
+    (computed here as RFC 6455 says, not with the proxy's code)."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    key = next(
+        h.split(":", 1)[1].strip() for h in head.split("\r\n") if h.lower().startswith("sec-websocket-key:")
+    )
+    accept = base64.b64encode(hashlib.sha1(key.encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n"
+    )
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
@@ -582,24 +597,13 @@ async def test_a_csms_that_speaks_first_is_heard(tmp_path: Path) -> None:
 
 async def test_frames_in_the_same_packet_as_the_csmss_101_are_relayed(tmp_path: Path) -> None:
     """A hand-written CSMS writes its 101 and two frames with one write: nothing is lost."""
-    import base64 as b64
-    import hashlib
-
     from websockets.frames import Frame, Opcode
 
     frames = ['[2,"1","GetConfiguration",{}]', '[2,"2","TriggerMessage",{"requestedMessage":"Heartbeat"}]']
 
     async def csms(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        key = next(
-            h.split(":", 1)[1].strip()
-            for h in head.split("\r\n")
-            if h.lower().startswith("sec-websocket-key:")
-        )
-        accept = b64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
         writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: ocpp1.6\r\n\r\n"
+            await read_upgrade(reader) + b"Sec-WebSocket-Protocol: ocpp1.6\r\n\r\n"
             + b"".join(Frame(Opcode.TEXT, f.encode()).serialize(mask=False) for f in frames)
         )  # fmt: skip
         await writer.drain()
@@ -664,8 +668,6 @@ async def test_a_slow_csms_slows_the_charger_instead_of_filling_the_proxys_memor
 
 # ----------------------------------------------------------------------------- found in review
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
 
 async def raw_charger(port: int, path: str = "/ocpp/CP1", extra: bytes = b"") -> tuple[Any, Any, bytes]:
     """A hand-written charger handshake: (reader, writer, the proxy's answer head)."""
@@ -683,21 +685,10 @@ async def raw_charger(port: int, path: str = "/ocpp/CP1", extra: bytes = b"") ->
 async def test_a_charger_whose_csms_answers_during_shutdown_gets_503_and_stop_finishes(
     tmp_path: Path,
 ) -> None:
-    import hashlib
-
     async def slow_csms(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        key = next(
-            h.split(":", 1)[1].strip()
-            for h in head.split("\r\n")
-            if h.lower().startswith("sec-websocket-key:")
-        )
+        answer = await read_upgrade(reader)
         await asyncio.sleep(0.5)  # still answering when the proxy is told to stop
-        accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-        )
+        writer.write(answer + b"\r\n")
         await reader.read()
         writer.close()
 
@@ -770,24 +761,12 @@ async def test_shutdown_after_the_charger_sent_its_close_does_not_send_the_csms_
 ) -> None:
     """The charger's close has been forwarded and the CSMS has not answered when the proxy
     stops: the CSMS gets no second close, and the charger gets its answer."""
-    import hashlib
-
     from websockets.frames import Close, Frame, Opcode
 
     received = bytearray()
 
     async def mute_csms(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        key = next(
-            h.split(":", 1)[1].strip()
-            for h in head.split("\r\n")
-            if h.lower().startswith("sec-websocket-key:")
-        )
-        accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-        )
+        writer.write(await read_upgrade(reader) + b"\r\n")
         while data := await reader.read(65536):  # never answers a close
             received.extend(data)
         writer.close()
