@@ -419,7 +419,8 @@ class ProxyServer:
         flush_interval: float = 0.05,
         check_upstream: bool = False,
     ) -> None:
-        ws_address(upstream, "upstream")  # a ConfigError for anything but a ws:// or wss:// URL
+        # (host, port) to dial; a ConfigError for anything but a ws:// or wss:// URL
+        self._upstream_address = ws_address(upstream, "upstream")
         if not 0 <= port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, not {port}")
         if max_message_size < 0:
@@ -447,15 +448,8 @@ class ProxyServer:
         self._site: web.TCPSite | None = None
         self._client_ssl: ssl.SSLContext | None = None
         parts = urlsplit(self.upstream)
-        secure = parts.scheme == "wss"
-        host = parts.hostname or ""
-        port = parts.port or (443 if secure else 80)
-        self._upstream_address = (host, port)
         self._upstream_path = parts.path
-        shown_host = f"[{host}]" if ":" in host else host
-        self._upstream_host = (
-            shown_host if parts.port in (None, 443 if secure else 80) else f"{shown_host}:{port}"
-        )
+        self._upstream_host = parts.netloc.rpartition("@")[2]  # the Host header: as the URL says it
         self._stopping = False
         self.url = ""
 
