@@ -63,6 +63,8 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 CLOSE_GOING_AWAY = 1001
 #: Headers of the charger's handshake that go upstream unchanged.
 FORWARDED_HEADERS = ("Authorization", "User-Agent", "Origin")
+#: Headers of an upstream's refusal that reach the charger with its status.
+PASSED_ON_REFUSAL = ("WWW-Authenticate", "Retry-After")
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,13 +586,17 @@ class ProxyServer:
         try:
             charger_key = check_client_handshake(request.method, request.headers)
         except HandshakeError as exc:
-            refusal = self._refuse(
-                request, cp_id, fields, started_wall, None, f"charger handshake invalid: {exc}", None, 400
+            unsupported = isinstance(exc, UnsupportedVersion)
+            return self._refuse(
+                request,
+                cp_id,
+                fields,
+                started_wall,
+                f"charger handshake invalid: {exc}",
+                answer=426 if unsupported else 400,
+                headers={"Sec-WebSocket-Version": "13"} if unsupported else None,
+                by="proxy",
             )
-            if isinstance(exc, UnsupportedVersion):
-                refusal.set_status(426)
-                refusal.headers["Sec-WebSocket-Version"] = "13"
-            return refusal
 
         relay = _Relay(self, cp_id, self.max_message_size)
         extensions = deflate_offers(header(request.headers, "Sec-WebSocket-Extensions"))
@@ -598,18 +604,25 @@ class ProxyServer:
             response, csms_rest = await self._dial(relay, target, request, protocols, extensions)
         except _Refused as refused:
             return self._refuse(
-                request, cp_id, fields, started_wall, refused.status, refused.error, refused.headers
+                request,
+                cp_id,
+                fields,
+                started_wall,
+                refused.error,
+                answer=refused.status,
+                upstream_status=refused.status,
+                headers=refused.headers,
             )
 
         if self._stopping:
             relay.abort()
-            return self._refuse(request, cp_id, fields, started_wall, None, "proxy shutting down", None, 503)
+            return self._refuse(
+                request, cp_id, fields, started_wall, "proxy shutting down", answer=503, by="proxy"
+            )
         transport = request.transport
         if transport is None or transport.is_closing():
             relay.abort()
-            return self._refuse(
-                request, cp_id, fields, started_wall, None, "charger left during the handshake", None
-            )
+            return self._refuse(request, cp_id, fields, started_wall, "charger left during the handshake")
         # From here on the charger's socket is the relay's, not aiohttp's: what the charger
         # sends goes to the relay's leg; aiohttp only writes the 101 answer below.
         leg = relay.cp
@@ -632,9 +645,7 @@ class ProxyServer:
             await answer.prepare(request)
         except (ConnectionError, RuntimeError) as exc:
             relay.abort()
-            return self._refuse(
-                request, cp_id, fields, started_wall, None, f"charger handshake failed: {exc}", None
-            )
+            return self._refuse(request, cp_id, fields, started_wall, f"charger handshake failed: {exc}")
 
         fields["subprotocol"] = response.protocol
         session_id = self.writer.open_session(started_wall, **fields)
@@ -716,7 +727,7 @@ class ProxyServer:
                 raise _Refused(
                     response.status,
                     f"upstream refused the handshake: {response.status} {response.reason}",
-                    response.headers,
+                    {h: response.headers[h] for h in PASSED_ON_REFUSAL if h in response.headers},
                 )
             response.check(key, protocols, extensions)
         except _Refused:
@@ -743,35 +754,30 @@ class ProxyServer:
         cp_id: str,
         fields: dict[str, Any],
         started_wall: float,
-        status: int | None,
         error: str,
-        upstream_headers: Any,
-        answer: int | None = None,
+        *,
+        answer: int = 502,
+        upstream_status: int | None = None,
+        headers: dict[str, str] | None = None,
+        by: str = "upstream",
     ) -> web.StreamResponse:
-        """Answer the charger as the upstream answered (or ``answer``, or 502), and record the attempt."""
+        """Answer the charger with ``answer`` (and ``headers``), and record the attempt: the
+        upstream's status if it answered, the error, and who refused (``by``)."""
         assert self.writer is not None
         self.stats.refused += 1
-        fields.update(upstream_status=status, error=error)
+        fields.update(upstream_status=upstream_status, error=error)
         session_id = self.writer.open_session(started_wall, **fields)
-        self.writer.close_session(
-            session_id, time.time(), closed_by="upstream" if answer is None else "proxy"
-        )
+        self.writer.close_session(session_id, time.time(), closed_by=by)
         log.info("refuse %s session=%d %s", escape_controls(cp_id), session_id, escape_controls(error))
-        headers: dict[str, str] = {}
-        if upstream_headers is not None:
-            for name in ("WWW-Authenticate", "Retry-After"):
-                if name in upstream_headers:
-                    headers[name] = upstream_headers[name]
-        status = answer or status
-        if request.transport is None or status is None:
+        if request.transport is None:
             return web.Response(status=502)
-        return web.Response(status=status, headers=headers, text=error + "\n")
+        return web.Response(status=answer, headers=headers, text=error + "\n")
 
 
 class _Refused(Exception):
     """The CSMS side could not be opened: what the charger is answered."""
 
-    def __init__(self, status: int, error: str, headers: Any) -> None:
+    def __init__(self, status: int, error: str, headers: dict[str, str] | None) -> None:
         super().__init__(error)
         self.status = status
         self.error = error
