@@ -937,9 +937,8 @@ async def run_compare(
             break
         again.append(await replay_on(baseline, f"noise {i + 1}"))
     opts = {**base.options, "baseline": baseline, "candidate": candidate, "noise_runs": noise_runs}
-    opts.pop("interrupted", None)
     result = compare_result(base, cand, rules, again=again, options=opts)
-    if stop is not None and stop.is_set():
+    if stop is not None and stop.is_set():  # counted over both sides, not the baseline's alone
         stopped = {"finished": len(result.sessions), "planned": len(sessions)}
         result = replace(result, options={**result.options, "interrupted": stopped})
     return result
