@@ -62,6 +62,11 @@ async def serve_csms(port: int) -> None:
                 await ws.send_str(json.dumps([3, call[1], {}], separators=(",", ":")))
         return ws
 
+    await serve_forever(handler, port)
+
+
+async def serve_forever(handler: Any, port: int) -> None:
+    """Serve one websocket handler for every path on 127.0.0.1:PORT until killed."""
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
     runner = web.AppRunner(app, access_log=None)
@@ -89,12 +94,7 @@ async def serve_bare_hop(port: int, upstream: str) -> None:
         await asyncio.gather(pump(ws, up), pump(up, ws))
         return ws
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
-    await asyncio.Event().wait()
+    await serve_forever(handler, port)
 
 
 def serve_tcp_relay(port: int, upstream_port: int) -> None:
