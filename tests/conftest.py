@@ -7,7 +7,11 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 import pytest
-import uvloop
+
+try:
+    import uvloop
+except ImportError:  # not installed where it is not a dependency (Windows, PyPy)
+    uvloop = None  # type: ignore[assignment]
 
 #: Test modules whose every async test runs once per event loop.
 BOTH_LOOPS = {"test_proxy.py", "test_proxy_tls.py"}
@@ -16,6 +20,6 @@ BOTH_LOOPS = {"test_proxy.py", "test_proxy_tls.py"}
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    if item.path.name in BOTH_LOOPS:
+    if item.path.name in BOTH_LOOPS and uvloop is not None:
         return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}  # one factory: the test ids stay as they were
