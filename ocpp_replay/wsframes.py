@@ -152,6 +152,29 @@ class Scanner:
 
     def feed(self, data: bytes) -> int:
         count = len(data)
+        if not (self._buf or self._skip or self._op or count < 4) and self.error is None:
+            # The common case first: the read is one whole, unfragmented, uncompressed text or
+            # binary frame under 64 KiB (what the loop below would do, in fewer steps).
+            b0 = data[0]
+            opcode = b0 & 0x0F
+            if b0 & 0xC0 == 0x80 and (opcode == TEXT or opcode == BINARY):  # noqa: SIM109
+                b1 = data[1]
+                length = b1 & 0x7F
+                if length < 126:
+                    head = 2
+                elif length == 126:
+                    length = (data[2] << 8) | data[3]
+                    head = 4
+                else:
+                    head = count  # a 64-bit length: left to the loop below
+                if b1 & 0x80:
+                    head += 4
+                if head + length == count and (length <= self.max_size or not self.max_size):
+                    if b1 & 0x80:
+                        self.messages.append((opcode, data[head:], data[head - 4 : head]))
+                    else:
+                        self.messages.append((opcode, data[head:], _NO_MASK))
+                    return count
         if self._skip:
             if count <= self._skip:
                 self._skip -= count

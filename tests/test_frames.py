@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ocpp_replay.errors import InvalidFrame
-from ocpp_replay.frames import Call, CallError, CallResult, Direction, dump, parse, peek
+from ocpp_replay.frames import Call, CallError, CallResult, Direction, _peek_slowly, dump, parse, peek
 from ocpp_replay.pairing import MAX_PENDING_PER_CONNECTION, Pairer
 
 
@@ -90,6 +90,34 @@ def test_parse_raises_only_invalid_frame_and_peek_agrees(raw: str) -> None:
     assert error is None
     assert (mtype, uid) == (int(frame.message_type), frame.unique_id)
     assert action == (frame.action if isinstance(frame, Call) else None)
+
+
+near_frames = st.one_of(
+    frames_ish,
+    # well-formed frames with a change msgspec and the json module might judge apart
+    st.tuples(
+        st.sampled_from(['[2,"1","A",{}]', '[3,"1",{"a":[1,{"b":null}]}]', '[4,"1","c","d"]',
+                         '[4,"1","c","d",{}]']),
+        st.integers(min_value=0, max_value=20),
+        st.sampled_from(["", " ", "\t", "\n", "\r", "\x0b", "\x0c", "\xa0", "\ufeff", ",", "]", "x",
+                         "NaN", "-Infinity", '"\\ud800"', '"\x01"', "1e999", "-0", "01", "{}", "[]"]),
+    ).map(lambda t: t[0][: t[1]] + t[2] + t[0][t[1] :]),
+)  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(near_frames)
+def test_peek_fast_path_agrees_with_the_full_parse(raw: str) -> None:
+    assert peek(raw) == _peek_slowly(raw)
+
+
+def test_peek_fast_path_corners() -> None:
+    deep = '[3,"1",{"a":' + "[" * 5000 + "]" * 5000 + "}]"
+    corners = ('[2.0,"1","A",{}]', '[2,"1","A",{"x":NaN}]', '[2,"\\ud800","A",{}]', "\ufeff[3,\"1\",{}]",
+               '[4,"1","c","d",[]]', '[2,"1","A",{},1]', '[3,"1",{}]\n')  # fmt: skip
+    for raw in (deep, *corners):
+        assert peek(raw) == _peek_slowly(raw), raw
+    assert peek(deep)[3] == "not JSON"
 
 
 def test_pairing_is_per_connection_and_direction() -> None:
