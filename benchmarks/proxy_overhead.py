@@ -1,7 +1,7 @@
 """What the capture proxy costs: the same load directly against a CSMS and through the proxy.
 
     python benchmarks/proxy_overhead.py [--chargers 1000] [--seconds 30] [--flood-clients 50]
-                                        [--flood-seconds 15]
+                                        [--flood-seconds 8] [--rounds 3]
 
 Processes on loopback: a fast CSMS (parses every CALL and answers at once, doing no other work,
 so it is faster than any real backend), the proxy (the real ``ocpp-replay proxy`` command,
@@ -12,8 +12,14 @@ proxy written in Python here), and this load generator.
 1. Steady load: N chargers, each sending one MeterValues CALL a second (start times spread over
    the first second), measuring the round trip of each CALL to its CALLRESULT. Run directly
    against the CSMS, then through the proxy, in the same run.
-2. Flood: K chargers in a closed loop (next CALL as soon as the answer arrives), for throughput.
-3. The capture must hold every frame that went through the proxy (2 per CALL), and the proxy's
+2. Flood: K chargers in a closed loop (next CALL as soon as the answer arrives), for throughput:
+   R rounds, each flooding every path once in a rotated order, so that the machine's changes of
+   speed (it is shared) fall on every path alike; each path's ratio to the direct path of the
+   same round, and the median over the rounds. The proxy's CPU per frame during its floods is
+   the figure that depends least on what else the machine does.
+3. The same flood directly against the project's reference CSMS (``ocpp-replay csms``: session
+   state, schema checks, a backend's bookkeeping) and through a second proxy in front of it.
+4. The capture must hold every frame that went through the proxy (2 per CALL), and the proxy's
    RSS is reported at the start and the end (it must stay flat however many frames pass).
 """
 
@@ -291,12 +297,72 @@ def measure_mitm(
             mitm.wait(10)
 
 
+def start_proxy(upstream_port: int, port: int, db: Path) -> subprocess.Popen[bytes]:
+    """The real ``ocpp-replay proxy`` command, recording into ``db``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ocpp_replay.cli", "proxy", "--upstream",
+         f"ws://127.0.0.1:{upstream_port}/ocpp", "--host", "127.0.0.1", "--port", str(port),
+         "--db", str(db), "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def flood_rounds(
+    paths: dict[str, str], args: argparse.Namespace, proxy: psutil.Process, through: str
+) -> tuple[dict[str, list[Result]], float]:
+    """Flood every path ``args.rounds`` times, in an order rotated each round, so that a change
+    in the machine's speed (these machines are shared) falls on every path alike. Also returns
+    the CPU the proxy process spent per frame while the flood went through it."""
+    results: dict[str, list[Result]] = {name: [] for name in paths}
+    names = list(paths)
+    cpu, frames = 0.0, 0
+    for r in range(args.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            before = proxy.cpu_times()
+            result = asyncio.run(flood(paths[name], args.flood_clients, args.flood_seconds))
+            after = proxy.cpu_times()
+            results[name].append(result)
+            if name == through:
+                cpu += (after.user + after.system) - (before.user + before.system)
+                frames += 2 * result.calls
+    return results, cpu / max(frames, 1)
+
+
+def report_floods(results: dict[str, list[Result]]) -> dict[str, Any]:
+    """Each path's rates, and each path's ratio to the direct path of the same round."""
+    direct = [r.calls / r.seconds for r in results["direct"]]
+    summary: dict[str, Any] = {}
+    for name, rounds in results.items():
+        rates = [r.calls / r.seconds for r in rounds]
+        p99 = median([r.pct(99) for r in rounds])
+        shown = ", ".join(f"{x:.0f}" for x in rates)
+        line_ = f"  {name:<14} rate median {median(rates):8.0f}/s  rounds {shown}"
+        line_ += f"  p50 {median([r.pct(50) for r in rounds]):.2f} ms  p99 {p99:.2f} ms"
+        line_ += f"  errors {sum(r.errors for r in rounds)}"
+        print(line_)
+        if name != "direct":
+            ratios = [x / d for x, d in zip(rates, direct, strict=True)]
+            summary[name] = {"median": median(ratios), "rounds": ratios}
+            print(
+                f"  {'':<14} {name} / direct, same round: median {median(ratios) * 100:.0f} %"
+                f"  (rounds {', '.join(f'{x * 100:.0f}' for x in ratios)} %)"
+            )
+    return summary
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chargers", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--flood-clients", type=int, default=50)
-    ap.add_argument("--flood-seconds", type=float, default=15.0)
+    ap.add_argument("--flood-seconds", type=float, default=8.0, help="each flood of each round")
+    ap.add_argument("--rounds", type=int, default=3, help="flood rounds (every path once a round)")
     ap.add_argument(
         "--long-flood",
         type=float,
@@ -306,6 +372,11 @@ def main() -> int:
     )
     ap.add_argument(
         "--mitm", action="store_true", help="also measure `ocpp-replay mitm` (needs the mitm extra)"
+    )
+    ap.add_argument(
+        "--no-reference-csms",
+        action="store_true",
+        help="skip the flood against the project's reference CSMS (`ocpp-replay csms`)",
     )
     ap.add_argument("--serve-csms", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--serve-bare-hop", nargs=2, help=argparse.SUPPRESS)
@@ -322,37 +393,19 @@ def main() -> int:
         return 0
 
     csms_port, proxy_port, hop_port, relay_port = free_port(), free_port(), free_port(), free_port()
+    ref_port, ref_proxy_port = free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="ocpp-bench-"))
-    db = tmp / "bench.db"
+    db, ref_db = tmp / "bench.db", tmp / "reference.db"
     csms = subprocess.Popen([sys.executable, __file__, "--serve-csms", str(csms_port)])
-    proxy = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ocpp_replay.cli",
-            "proxy",
-            "--upstream",
-            f"ws://127.0.0.1:{csms_port}/ocpp",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(proxy_port),
-            "--db",
-            str(db),
-            "--log-level",
-            "WARNING",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    proxy = start_proxy(csms_port, proxy_port, db)
     hop = subprocess.Popen(
         [sys.executable, __file__, "--serve-bare-hop", str(hop_port), f"ws://127.0.0.1:{csms_port}/ocpp"]
     )
     relay = subprocess.Popen([sys.executable, __file__, "--serve-tcp-relay", str(relay_port), str(csms_port)])
+    procs = [proxy, hop, relay, csms]
     try:
-        wait_port(csms_port)
-        wait_port(proxy_port)
-        wait_port(hop_port)
-        wait_port(relay_port)
+        for port in (csms_port, proxy_port, hop_port, relay_port):
+            wait_port(port)
         hop_url = f"ws://127.0.0.1:{hop_port}/ocpp"
         relay_url = f"ws://127.0.0.1:{relay_port}/ocpp"
         pproc = psutil.Process(proxy.pid)
@@ -378,23 +431,48 @@ def main() -> int:
             f"  (p99 ratio {p.pct(99) / d.pct(99):.2f}x)"
         )
 
-        print(f"\nflood: {args.flood_clients} chargers in a closed loop for {args.flood_seconds:.0f} s")
-        fd = asyncio.run(flood(direct_url, args.flood_clients, args.flood_seconds))
-        print(line("direct", fd))
-        fb = asyncio.run(flood(hop_url, args.flood_clients, args.flood_seconds))
-        print(line("bare hop", fb))
-        fr = asyncio.run(flood(relay_url, args.flood_clients, args.flood_seconds))
-        print(line("tcp relay", fr))
-        fp = asyncio.run(flood(proxy_url, args.flood_clients, args.flood_seconds))
-        print(line("through proxy", fp))
-        ratio = (fp.calls / fp.seconds) / (fd.calls / fd.seconds)
-        bare_ratio = (fb.calls / fb.seconds) / (fd.calls / fd.seconds)
-        relay_ratio = (fr.calls / fr.seconds) / (fd.calls / fd.seconds)
         print(
-            f"  throughput: proxy {ratio * 100:.0f} % of direct; a bare aiohttp hop that records "
-            f"nothing {bare_ratio * 100:.0f} %; a TCP relay that parses nothing {relay_ratio * 100:.0f} %; "
-            f"proxy/bare hop {ratio / bare_ratio * 100:.0f} %"
+            f"\nflood: {args.flood_clients} chargers in a closed loop, {args.rounds} rounds of "
+            f"{args.flood_seconds:.0f} s on each path (the fast CSMS)"
         )
+        paths = {
+            "direct": direct_url,
+            "bare hop": hop_url,
+            "tcp relay": relay_url,
+            "through proxy": proxy_url,
+        }
+        floods, cpu_per_frame = flood_rounds(paths, args, pproc, "through proxy")
+        ratios = report_floods(floods)
+        print(f"  proxy CPU while the flood went through it: {cpu_per_frame * 1e6:.1f} us per frame")
+        proxied = floods["through proxy"]
+
+        reference: dict[str, Any] = {}
+        ref_frames = 0
+        if not args.no_reference_csms:
+            ref = subprocess.Popen(
+                [sys.executable, "-m", "ocpp_replay.cli", "csms", "--port", str(ref_port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            ref_proxy = start_proxy(ref_port, ref_proxy_port, ref_db)
+            procs += [ref_proxy, ref]
+            wait_port(ref_port)
+            wait_port(ref_proxy_port)
+            print(
+                f"\nflood against the reference CSMS (`ocpp-replay csms`: session state, schema checks), "
+                f"{args.rounds} rounds of {args.flood_seconds:.0f} s"
+            )
+            ref_paths = {
+                "direct": f"ws://127.0.0.1:{ref_port}/ocpp",
+                "through proxy": f"ws://127.0.0.1:{ref_proxy_port}/ocpp",
+            }
+            ref_pproc = psutil.Process(ref_proxy.pid)
+            ref_floods, ref_cpu = flood_rounds(ref_paths, args, ref_pproc, "through proxy")
+            reference = report_floods(ref_floods)
+            print(f"  proxy CPU while the flood went through it: {ref_cpu * 1e6:.1f} us per frame")
+            ref_frames = 2 * sum(r.calls for r in ref_floods["through proxy"])
+            ref_proxy.send_signal(signal.SIGTERM)
+            ref_proxy.wait(30)
 
         long_calls = 0
         if args.long_flood:
@@ -421,18 +499,23 @@ def main() -> int:
         cpu_end = pproc.cpu_times()
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(30)
-        expected = 2 * (p.calls + fp.calls + long_calls)
-        with sqlite3.connect(db) as conn:
-            recorded = conn.execute("SELECT count(*) FROM frames").fetchone()[0]
-            lost = conn.execute("SELECT coalesce(sum(frames_lost), 0) FROM sessions").fetchone()[0]
-            ended = conn.execute("SELECT count(*) FROM sessions WHERE ended_at IS NULL").fetchone()[0]
+        expected = 2 * (p.calls + sum(r.calls for r in proxied) + long_calls)
+        checks = []
+        for path, want in ((db, expected), (ref_db, ref_frames)):
+            if not path.exists():
+                continue
+            with sqlite3.connect(path) as conn:
+                recorded = conn.execute("SELECT count(*) FROM frames").fetchone()[0]
+                lost = conn.execute("SELECT coalesce(sum(frames_lost), 0) FROM sessions").fetchone()[0]
+                ended = conn.execute("SELECT count(*) FROM sessions WHERE ended_at IS NULL").fetchone()[0]
+            checks.append(recorded == want and lost == 0 and ended == 0)
+            print(
+                f"\ncapture {path.name}: {recorded} frames recorded, {want} expected, {lost} marked lost, "
+                f"{ended} sessions left open"
+            )
         proxy_cpu = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
         print(
-            f"\ncapture: {recorded} frames recorded, {expected} expected, {lost} marked lost, "
-            f"{ended} sessions left open"
-        )
-        print(
-            f"proxy CPU: {proxy_cpu:.1f} s for {expected} frames "
+            f"proxy CPU over the whole run: {proxy_cpu:.1f} s for {expected} frames "
             f"({proxy_cpu / max(expected, 1) * 1e6:.1f} us per frame)"
         )
         print(f"proxy RSS: start {rss_start:.1f} MiB, after steady {rss_mid:.1f} MiB, end {rss_end:.1f} MiB")
@@ -443,21 +526,24 @@ def main() -> int:
             "steady_proxy_p50_ms": p.pct(50),
             "steady_proxy_p99_ms": p.pct(99),
             "steady_bare_p99_ms": b.pct(99),
-            "flood_ratio": ratio,
-            "flood_bare_ratio": bare_ratio,
-            "flood_tcp_relay_ratio": relay_ratio,
-            "recorded": recorded,
+            "flood_ratio_median": ratios["through proxy"]["median"],
+            "flood_ratio_rounds": ratios["through proxy"]["rounds"],
+            "flood_bare_ratio_median": ratios["bare hop"]["median"],
+            "flood_tcp_relay_ratio_median": ratios["tcp relay"]["median"],
+            "flood_proxy_cpu_us_per_frame": cpu_per_frame * 1e6,
+            "reference_csms_flood_ratio_median": reference.get("through proxy", {}).get("median"),
             "expected": expected,
             "rss_start_mib": rss_start,
             "rss_end_mib": rss_end,
         }
         if args.mitm:
+            fd = max(floods["direct"], key=lambda r: r.calls / r.seconds)
             summary.update(measure_mitm(args, csms_port, tmp, d, fd))
         print("\n" + json.dumps(summary))
-        ok = recorded == expected and lost == 0 and not d.errors and not p.errors
+        ok = all(checks) and not d.errors and not p.errors
         return 0 if ok else 1
     finally:
-        for proc in (proxy, hop, relay, csms):
+        for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(10)
