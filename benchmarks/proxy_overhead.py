@@ -454,9 +454,10 @@ def main() -> int:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+            procs.append(ref)
+            wait_port(ref_port)  # (the proxy checks its upstream as it starts)
             ref_proxy = start_proxy(ref_port, ref_proxy_port, ref_db)
-            procs += [ref_proxy, ref]
-            wait_port(ref_port)
+            procs.insert(0, ref_proxy)
             wait_port(ref_proxy_port)
             print(
                 f"\nflood against the reference CSMS (`ocpp-replay csms`: session state, schema checks), "
