@@ -672,7 +672,9 @@ class CaptureWriter:
                 text, blob = (data, None) if type(data) is str else (None, bytes(data))
                 whole = int(wall)
                 micros = round((wall - whole) * 1_000_000)
-                if whole != second or micros == 1_000_000:
+                if micros == 1_000_000:  # rounds up into the next second
+                    timestamp = utc_iso(wall)
+                elif whole != second:
                     timestamp = utc_iso(wall)
                     second, stamp = whole, timestamp[:-8]
                 else:

@@ -219,6 +219,21 @@ def test_utc_iso_has_microseconds() -> None:
     assert utc_iso(0.9999996) == "1970-01-01T00:00:01.000000Z"
 
 
+def test_frame_timestamps_are_utc_iso_of_their_wall_clock_time(tmp_path: Path) -> None:
+    # The writer formats a second's date once and the microseconds per frame: every stored
+    # timestamp must still be utc_iso of the frame's time, also around a rounding into the
+    # next second and across seconds.
+    walls = [1764090427.9999996, 1764090427.5, 1764090427.000001, 1764090428.25, 1764090427.75,
+             1764090429.9999999, 1764090429.1]  # fmt: skip
+    writer = CaptureWriter(tmp_path / "c.db")
+    sid = writer.open_session(walls[0], charge_point_id="ALF-1")
+    for seq, wall in enumerate(walls, 1):
+        writer.frame(sid, seq, wall, 0.0, Direction.TO_CSMS, f'[2,"{seq}","Heartbeat",{{}}]')
+    writer.close()
+    with Store.open(tmp_path / "c.db") as store:
+        assert [f.timestamp for f in store.frames(sid)] == [utc_iso(w) for w in walls]
+
+
 def test_a_row_sqlite_refuses_does_not_hold_back_the_rest(tmp_path: Path) -> None:
     """A permanent error (here a duplicate key) is isolated row by row: only that row is lost."""
     db = tmp_path / "c.db"
