@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,11 +159,15 @@ def peek(raw: str | bytes) -> tuple[int | None, str | None, str | None, str | No
     :func:`parse` on what is valid (a property test holds it to that) but builds no frame
     objects: the capture writer calls it for every frame.
     """
-    if type(raw) is str:  # bytes go the long way: msgspec does not check UTF-8 it skips
+    # bytes go the long way: msgspec does not check UTF-8 it skips. So does a text long enough
+    # to hold an integer over the json module's digit limit, which only that module refuses.
+    if type(raw) is str and len(raw) <= (sys.get_int_max_str_digits() or len(raw)):
         try:
             head = _HEAD.decode(raw)
-        except (msgspec.MsgspecError, RecursionError):
-            pass  # not well-formed OCPP-J, or JSON msgspec is stricter about: the reason below
+        except (msgspec.MsgspecError, ValueError, RecursionError):
+            # Not well-formed OCPP-J, JSON msgspec is stricter about, or a lone surrogate
+            # (UnicodeEncodeError): the reason, or the json module's verdict, below.
+            pass
         else:
             if type(head) is _CallHead:
                 return 2, head.unique_id, head.action, None

@@ -676,7 +676,7 @@ class CaptureWriter:
                     timestamp = utc_iso(wall)
                 elif whole != second:
                     timestamp = utc_iso(wall)
-                    second, stamp = whole, timestamp[:-8]
+                    second, stamp = whole, timestamp.rpartition(".")[0]
                 else:
                     timestamp = f"{stamp}.{micros:06d}Z"  # utc_iso(wall), inlined
                 append((session_id, seq, timestamp, elapsed, plain[direction], mtype, uid, action,

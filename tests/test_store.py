@@ -222,9 +222,9 @@ def test_utc_iso_has_microseconds() -> None:
 def test_frame_timestamps_are_utc_iso_of_their_wall_clock_time(tmp_path: Path) -> None:
     # The writer formats a second's date once and the microseconds per frame: every stored
     # timestamp must still be utc_iso of the frame's time, also around a rounding into the
-    # next second and across seconds.
+    # next second, across seconds, and for a clock set before 1970.
     walls = [1764090427.9999996, 1764090427.5, 1764090427.000001, 1764090428.25, 1764090427.75,
-             1764090429.9999999, 1764090429.1]  # fmt: skip
+             1764090429.9999999, 1764090429.1, -0.5, 0.3]  # fmt: skip
     writer = CaptureWriter(tmp_path / "c.db")
     sid = writer.open_session(walls[0], charge_point_id="ALF-1")
     for seq, wall in enumerate(walls, 1):
