@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 from loopback import free_port, wait_port  # benchmarks/loopback.py, beside this script
-from proxy_overhead import flood
+from proxy_overhead import flood, start_proxy
 
 HERE = Path(__file__).resolve().parent
 OVERHEAD = str(HERE / "proxy_overhead.py")
@@ -40,14 +40,9 @@ def start(tree: str, csms_port: int, db: Path) -> tuple[subprocess.Popen[bytes],
     if tree == "tcprelay":
         proc = subprocess.Popen([sys.executable, OVERHEAD, "--serve-tcp-relay", str(port), str(csms_port)])
     else:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ocpp_replay.cli", "proxy", "--upstream",
-             f"ws://127.0.0.1:{csms_port}/ocpp", "--host", "127.0.0.1", "--port", str(port),
-             "--db", str(db), "--log-level", "WARNING"],
-            stdout=subprocess.DEVNULL,
-            env=dict(os.environ, PYTHONPATH=str(Path(tree).resolve())),
-            cwd=tempfile.gettempdir(),  # not this checkout: the tree given is the one imported
-        )  # fmt: skip
+        env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()))
+        # (run from elsewhere than this checkout: the tree given is the one imported)
+        proc = start_proxy(csms_port, port, db, env=env, cwd=tempfile.gettempdir())
     wait_port(port)
     return proc, port
 

@@ -297,13 +297,17 @@ def measure_mitm(
             mitm.wait(10)
 
 
-def start_proxy(upstream_port: int, port: int, db: Path) -> subprocess.Popen[bytes]:
+def start_proxy(
+    upstream_port: int, port: int, db: Path, env: dict[str, str] | None = None, cwd: str | None = None
+) -> subprocess.Popen[bytes]:
     """The real ``ocpp-replay proxy`` command, recording into ``db``."""
     return subprocess.Popen(
         [sys.executable, "-m", "ocpp_replay.cli", "proxy", "--upstream",
          f"ws://127.0.0.1:{upstream_port}/ocpp", "--host", "127.0.0.1", "--port", str(port),
          "--db", str(db), "--log-level", "WARNING"],
         stdout=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
     )  # fmt: skip
 
 
