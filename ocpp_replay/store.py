@@ -639,7 +639,6 @@ class CaptureWriter:
         append = rows.append
         sleep = time.sleep
         plain = _PLAIN_DIRECTION
-        second, stamp = -1, ""  # the timestamp's formatted date and time, once a second
         n = 0
         for item in items:
             n += 1
@@ -649,7 +648,7 @@ class CaptureWriter:
                 sleep(0)
                 n = 0
             kind = item[0]
-            if kind == _TEXT or kind == _FRAME:  # noqa: SIM109 (the hot path: no tuple)
+            if kind in (_FRAME, _TEXT):
                 _, session_id, seq, wall, elapsed, direction, data, mask = item
                 if mask:
                     data = unmask(data, mask)
@@ -670,16 +669,7 @@ class CaptureWriter:
                     if mtype is not None:
                         action = see(session_id, direction, mtype, uid, action)
                 text, blob = (data, None) if type(data) is str else (None, bytes(data))
-                whole = int(wall)
-                micros = round((wall - whole) * 1_000_000)
-                if micros == 1_000_000:  # rounds up into the next second
-                    timestamp = utc_iso(wall)
-                elif whole != second:
-                    timestamp = utc_iso(wall)
-                    second, stamp = whole, timestamp.rpartition(".")[0]
-                else:
-                    timestamp = f"{stamp}.{micros:06d}Z"  # utc_iso(wall), inlined
-                append((session_id, seq, timestamp, elapsed, plain[direction], mtype, uid, action,
+                append((session_id, seq, utc_iso(wall), elapsed, plain[direction], mtype, uid, action,
                         text, blob, error))  # fmt: skip
                 continue
             if rows:
