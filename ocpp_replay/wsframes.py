@@ -167,13 +167,12 @@ class Scanner:
                     head = 4
                 else:
                     head = count  # a 64-bit length: left to the loop below
-                if b1 & 0x80:
+                masked = b1 & 0x80
+                if masked:
                     head += 4
                 if head + length == count and (length <= self.max_size or not self.max_size):
-                    if b1 & 0x80:
-                        self.messages.append((opcode, data[head:], data[head - 4 : head]))
-                    else:
-                        self.messages.append((opcode, data[head:], _NO_MASK))
+                    mask = data[head - 4 : head] if masked else _NO_MASK
+                    self.messages.append((opcode, data[head:], mask))
                     return count
         if self._skip:
             if count <= self._skip:
