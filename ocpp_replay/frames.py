@@ -97,6 +97,9 @@ def parse(raw: str | bytes) -> Frame:
         data = json.loads(raw)
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:
         raise InvalidFrame(raw, "not JSON") from exc
+    if type(data) is list and data and type(data[0]) is not int:
+        # The patterns below compare with ==, which would take 2.0 for a CALL.
+        raise InvalidFrame(raw, "not an OCPP-J CALL, CALLRESULT or CALLERROR")
     match data:
         case [2, str(uid), str(action), dict(payload)]:
             return Call(uid, action, payload)
@@ -161,7 +164,8 @@ def peek(raw: str | bytes) -> tuple[int | None, str | None, str | None, str | No
     """
     # bytes go the long way: msgspec does not check UTF-8 it skips. So does a text long enough
     # to hold an integer over the json module's digit limit, which only that module refuses.
-    if type(raw) is str and len(raw) <= (sys.get_int_max_str_digits() or len(raw)):
+    digits = sys.get_int_max_str_digits()  # 0: no limit
+    if type(raw) is str and (not digits or len(raw) <= digits):
         try:
             head = _HEAD.decode(raw)
         except (msgspec.MsgspecError, ValueError, RecursionError):

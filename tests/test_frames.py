@@ -33,6 +33,7 @@ def test_parse_keeps_alfen_int64_and_unknown_enum_values() -> None:
         ("not json", "not JSON"),
         ('{"a":1}', "not an OCPP-J CALL, CALLRESULT or CALLERROR"),
         ('[5,"1",{}]', "not an OCPP-J CALL, CALLRESULT or CALLERROR"),
+        ('[2.0,"1","Heartbeat",{}]', "not an OCPP-J CALL, CALLRESULT or CALLERROR"),
         ('[2,"1"]', "malformed OCPP-J message of type 2"),
         ("[3,1,{}]", "malformed OCPP-J message of type 3"),
     ],
