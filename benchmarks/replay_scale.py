@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ocpp_replay.frames import Direction
+from ocpp_replay.core.frames import Direction
 from ocpp_replay.replay import load_sessions, run_replay, store_run
 from ocpp_replay.store import CaptureWriter, Store, utc_iso
 

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ocpp_replay.capture.proxy import ProxyServer
+from ocpp_replay.core.results import RunResult
 from ocpp_replay.csms import ReferenceCsms
 from ocpp_replay.csms.config import V2_BLOCKED_ID_TAG
 from ocpp_replay.errors import ConfigError
-from ocpp_replay.proxy import ProxyServer
 from ocpp_replay.replay import run_replay, store_run
-from ocpp_replay.results import RunResult
 from ocpp_replay.simulate import FleetResult, run_fleet
 from ocpp_replay.store import Store
 

@@ -231,7 +231,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_tail_follows_new_frames(tmp_path: Path) -> None:
-    from ocpp_replay.frames import Direction
+    from ocpp_replay.core.frames import Direction
     from ocpp_replay.store import CaptureWriter
 
     db = tmp_path / "t.db"
@@ -261,7 +261,7 @@ def test_tail_follows_new_frames(tmp_path: Path) -> None:
 
 
 def test_hostile_charge_point_ids_are_shown_escaped_never_as_markup(tmp_path: Path) -> None:
-    from ocpp_replay.frames import Direction
+    from ocpp_replay.core.frames import Direction
     from ocpp_replay.store import CaptureWriter
 
     db = tmp_path / "h.db"

@@ -23,17 +23,18 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from ocpp_replay.cli_replay import register
-from ocpp_replay.compare import compare_result, compare_sessions, learn_noise, noise_rules_toml
+from ocpp_replay.capture.proxy import ProxyServer
+from ocpp_replay.cli.replay import register
+from ocpp_replay.core.compare import compare_result, compare_sessions, learn_noise, noise_rules_toml
+from ocpp_replay.core.diff import Difference, DiffKind, schema_changes
+from ocpp_replay.core.results import NoiseField, RunResult, SessionResult
+from ocpp_replay.core.rules import RuleSet, parse_rules
 from ocpp_replay.csms import V2_BLOCKED_ID_TAG, ChargerSession, ReferenceCsms
-from ocpp_replay.diff import Difference, DiffKind, schema_changes
-from ocpp_replay.proxy import ProxyServer
 from ocpp_replay.replay import load_run, run_replay, store_run
 from ocpp_replay.report import html_report, junit_xml, report_dict
-from ocpp_replay.results import NoiseField, RunResult, SessionResult
-from ocpp_replay.rules import RuleSet, load_rules, parse_rules
 from ocpp_replay.simulate import run_fleet
 from ocpp_replay.store import Store
+from ocpp_replay.store.files import load_rules
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,7 +46,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 def _frame(seq: int, rec: int | None, direction: str, raw: str, action: str, side: str = "target") -> Any:
-    from ocpp_replay.results import LiveFrame
+    from ocpp_replay.core.results import LiveFrame
 
     mtype = json.loads(raw)[0]
     uid = json.loads(raw)[1]
@@ -219,7 +220,7 @@ def test_noise_rules_round_trip_and_refuse_what_cannot_be_a_rule() -> None:
     ]
     text = noise_rules_toml(noise, runs=2)
     rules = parse_rules(text)
-    from ocpp_replay.correlate import Message
+    from ocpp_replay.core.correlate import Message
 
     assert "data" in [r.text for r in rules.for_message("1.6", "DataTransfer", Message.RESPONSE)]
     assert "getVariableData[0].variable.name" in [
@@ -469,7 +470,7 @@ async def test_same_backend_with_a_random_field_is_noise(capture: Path, tmp_path
     # each side still differs from the recording (v1 answered without data)
     assert doc["summary"]["vs_recording"] == {"baseline": 1, "candidate": 1}
     # The saved rules load back and silence the field everywhere.
-    from ocpp_replay.correlate import Message
+    from ocpp_replay.core.correlate import Message
 
     loaded = load_rules(rules_file)
     assert "data" in [r.text for r in loaded.for_message("1.6", "DataTransfer", Message.RESPONSE)]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocpp_replay.correlate import (
+from ocpp_replay.core.correlate import (
     BUILTIN_16,
     BUILTIN_201,
     Correlator,
@@ -17,8 +17,8 @@ from ocpp_replay.correlate import (
     ocpp_version,
     shift_timestamps,
 )
+from ocpp_replay.core.paths import ANY, DELETE, find, format_path, parse_path, rewrite
 from ocpp_replay.errors import ConfigError
-from ocpp_replay.paths import ANY, DELETE, find, format_path, parse_path, rewrite
 
 
 def test_v16_transaction_id_learned_and_applied() -> None:
@@ -146,7 +146,7 @@ def test_correlations_sharing_a_target_do_not_chain() -> None:
 
 
 def test_ids_in_nested_arrays_are_replaced_and_equal_numbers_elsewhere_are_not() -> None:
-    from ocpp_replay.correlate import Correlation, Location
+    from ocpp_replay.core.correlate import Correlation, Location
 
     corr = Correlation(
         "ref",

@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ocpp_replay import schemas
+from ocpp_replay.core import schemas
+from ocpp_replay.core.frames import Call, CallError, CallResult
 from ocpp_replay.csms import (
     COMMANDS,
     DEFAULT_ID_TAGS,
@@ -24,7 +25,6 @@ from ocpp_replay.csms import (
     serve_forever,
 )
 from ocpp_replay.errors import ConfigError
-from ocpp_replay.frames import Call, CallError, CallResult
 
 pytestmark = pytest.mark.timeout(30)
 

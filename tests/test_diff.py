@@ -9,15 +9,23 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from ocpp_replay.correlate import Message
-from ocpp_replay.diff import Change, Difference, DiffKind, compare_answers, compare_calls, compare_payloads
+from ocpp_replay.core.correlate import Message
+from ocpp_replay.core.diff import (
+    Change,
+    Difference,
+    DiffKind,
+    compare_answers,
+    compare_calls,
+    compare_payloads,
+)
+from ocpp_replay.core.frames import Call, CallError, CallResult
+from ocpp_replay.core.paths import parse_path
+from ocpp_replay.core.results import LiveFrame, RunResult, SessionResult, Timing, percentile
+from ocpp_replay.core.rules import Mode, PathRule, RuleSet, parse_rules
 from ocpp_replay.errors import ConfigError
-from ocpp_replay.frames import Call, CallError, CallResult
-from ocpp_replay.paths import parse_path
 from ocpp_replay.report import junit_xml, report_dict, write_json
 from ocpp_replay.report.terminal import differences_table, summary_line, summary_table
-from ocpp_replay.results import LiveFrame, RunResult, SessionResult, Timing, percentile
-from ocpp_replay.rules import Mode, PathRule, RuleSet, load_rules, parse_rules
+from ocpp_replay.store.files import load_rules
 
 RULES = RuleSet.default()
 

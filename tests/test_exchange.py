@@ -16,9 +16,9 @@ from mitmproxy.test import tflow
 from typer.testing import CliRunner
 from wsproto.frame_protocol import Opcode
 
-from ocpp_replay.cli_capture_tools import register
-from ocpp_replay.exchange import detect_format
-from ocpp_replay.frames import Direction
+from ocpp_replay.cli.share import register
+from ocpp_replay.core.frames import Direction
+from ocpp_replay.share.exchange import detect_format
 from ocpp_replay.store import CaptureWriter, Store
 
 ALFEN = (

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ocpp_replay.core.frames import Call, CallError, CallResult, Direction, _peek_slowly, dump, parse, peek
+from ocpp_replay.core.pairing import MAX_PENDING_PER_CONNECTION, Pairer
 from ocpp_replay.errors import InvalidFrame
-from ocpp_replay.frames import Call, CallError, CallResult, Direction, _peek_slowly, dump, parse, peek
-from ocpp_replay.pairing import MAX_PENDING_PER_CONNECTION, Pairer
 
 
 def test_parse_the_three_message_types() -> None:

@@ -7,8 +7,8 @@ import os
 import stat
 from pathlib import Path
 
-from ocpp_replay.frames import Direction
-from ocpp_replay.merge import merge_order
+from ocpp_replay.core.frames import Direction
+from ocpp_replay.share.merge import merge_order
 from ocpp_replay.store import Store
 from tests.test_exchange import T0, TRICKY, dump, error_line, make_capture, run
 

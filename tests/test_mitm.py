@@ -23,8 +23,8 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 
-from ocpp_replay.exchange import import_flows
-from ocpp_replay.frames import Direction
+from ocpp_replay.core.frames import Direction
+from ocpp_replay.share.exchange import import_flows
 from ocpp_replay.store import Store
 from tests.peers import CsmsBehaviour, Recording, charger, run_csms, session16, session201
 from tests.test_exchange import error_line, run
@@ -32,10 +32,7 @@ from tests.test_exchange import error_line, run
 pytestmark = pytest.mark.timeout(40)
 
 REPO = Path(__file__).resolve().parents[1]
-LAUNCH = (
-    "import typer; from ocpp_replay.cli_capture_tools import register; "
-    "app = typer.Typer(); register(app); app()"
-)
+LAUNCH = "import typer; from ocpp_replay.cli.share import register; app = typer.Typer(); register(app); app()"
 
 
 @dataclass
@@ -287,10 +284,10 @@ def test_addon_log_lines_escape_control_characters(tmp_path: Path, caplog: pytes
     """The addon, driven directly with mitmproxy's test flows: its log lines are escaped."""
     from mitmproxy.test import tflow
 
-    from ocpp_replay.mitm import OcppCapture
+    from ocpp_replay.capture.mitm import OcppCapture
     from ocpp_replay.store import CaptureWriter
 
-    caplog.set_level("INFO", logger="ocpp_replay.mitm")
+    caplog.set_level("INFO", logger="ocpp_replay.capture.mitm")
     addon = OcppCapture()
     addon.writer = CaptureWriter(tmp_path / "c.db")
     flow = tflow.twebsocketflow()

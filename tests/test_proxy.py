@@ -20,11 +20,11 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 
-from ocpp_replay.frames import Direction
-from ocpp_replay.handshake import basic_auth_user, charge_point_id_of
-from ocpp_replay.proxy import ProxyServer, TlsOptions
+from ocpp_replay.capture.handshake import basic_auth_user, charge_point_id_of
+from ocpp_replay.capture.proxy import ProxyServer, TlsOptions
+from ocpp_replay.capture.wsframes import Scanner
+from ocpp_replay.core.frames import Direction
 from ocpp_replay.store import Store
-from ocpp_replay.wsframes import Scanner
 from tests.peers import CsmsBehaviour, Recording, charger, run_csms, session16, session201
 
 ALFEN = (
@@ -469,12 +469,12 @@ async def test_a_message_over_the_size_limit_closes_both_sides_and_is_recorded(
 async def test_log_lines_escape_control_characters_from_chargers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("INFO", logger="ocpp_replay.proxy")
+    caplog.set_level("INFO", logger="ocpp_replay.capture.proxy")
     async with run_csms() as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
         async with connect(f"{proxy.url}/%1B%5B2J%1B%5B31mEVIL%07%C2%9B%E2%80%AE", subprotocols=["ocpp1.6"]):  # type: ignore[list-item]
             pass
         await settle(proxy)
-    lines = [r.getMessage() for r in caplog.records if r.name == "ocpp_replay.proxy"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "ocpp_replay.capture.proxy"]
     mine = [line for line in lines if "EVIL" in line]
     assert len(mine) == 2  # open and close
     for line in mine:

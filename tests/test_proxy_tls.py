@@ -9,7 +9,7 @@ import pytest
 import trustme
 import websockets
 
-from ocpp_replay.proxy import ProxyServer, TlsOptions
+from ocpp_replay.capture.proxy import ProxyServer, TlsOptions
 from ocpp_replay.store import Store
 from tests.peers import charger, run_csms, session16
 

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ocpp_replay.capture.proxy import ProxyServer
+from ocpp_replay.core.rules import parse_rules
 from ocpp_replay.errors import ConfigError
-from ocpp_replay.proxy import ProxyServer
-from ocpp_replay.redact import DEFAULT_FIELDS, Redactor, parse_fields, redact_capture, string_leaves
 from ocpp_replay.replay import run_replay
-from ocpp_replay.rules import parse_rules
+from ocpp_replay.share.redact import DEFAULT_FIELDS, Redactor, parse_fields, redact_capture, string_leaves
 from ocpp_replay.store import Store
 from tests.replay_peers import TAG, Behaviour, csms, run_charger16, run_charger201
 from tests.test_exchange import TRICKY, alfen_frames, dump, error_line, make_capture, run, standard_capture

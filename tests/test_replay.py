@@ -18,12 +18,12 @@ import typer
 from typer.testing import CliRunner
 from websockets.asyncio.server import ServerConnection, serve
 
-from ocpp_replay.cli_replay import register
-from ocpp_replay.diff import DiffKind
-from ocpp_replay.frames import Direction
-from ocpp_replay.proxy import ProxyServer
+from ocpp_replay.capture.proxy import ProxyServer
+from ocpp_replay.cli.replay import register
+from ocpp_replay.core.diff import DiffKind
+from ocpp_replay.core.frames import Direction
+from ocpp_replay.core.results import RunResult
 from ocpp_replay.replay import Selection, load_sessions, run_replay, store_run
-from ocpp_replay.results import RunResult
 from ocpp_replay.store import CaptureWriter, Store
 from tests.replay_peers import Behaviour, csms, run_charger16, run_charger201
 
@@ -295,7 +295,7 @@ async def test_invalid_frames_are_replayed_as_recorded(tmp_path: Path) -> None:
         ("to_csms", 0.1, '[2,"3","Heartbeat",{}]'),
         ("to_cp", 0.101, '[3,"3",{"currentTime":"2026-01-01T00:00:01Z"}]'),
     ]
-    from ocpp_replay.frames import Direction
+    from ocpp_replay.core.frames import Direction
 
     for seq, (direction, elapsed, raw) in enumerate(frames, 1):
         w.frame(sid, seq, t0 + elapsed, elapsed, Direction(direction), raw)
@@ -389,7 +389,7 @@ async def test_target_with_a_query_string_keeps_the_charge_point_id_in_the_path(
 
 
 def test_session_url() -> None:
-    from ocpp_replay.replay import session_url
+    from ocpp_replay.replay.runner import session_url
 
     assert session_url("ws://h:9/ocpp", "CP 1/2") == "ws://h:9/ocpp/CP%201%2F2"
     assert session_url("ws://h:9/ocpp/", "CP", "a=b") == "ws://h:9/ocpp/CP?a=b"
@@ -416,7 +416,7 @@ async def test_since_and_until_out_of_range_are_one_line(
 
 
 def test_since_and_until_are_written_as_the_capture_writes_times() -> None:
-    from ocpp_replay.cli_replay import _iso_option
+    from ocpp_replay.cli.replay import _iso_option
 
     assert _iso_option("2026-11-25T18:20:00.000001+01:00", "--since") == "2026-11-25T17:20:00.000001Z"
     assert _iso_option("0001-01-01", "--since") == "0001-01-01T00:00:00.000000Z"
@@ -429,7 +429,7 @@ RAW_CONTROLS = ("\x1b", "\x07", "\u202e", "\x9b")
 
 
 def _evil_capture(db: Path) -> None:
-    from ocpp_replay.frames import Direction
+    from ocpp_replay.core.frames import Direction
 
     w = CaptureWriter(db)
     t0 = time.time()
@@ -464,9 +464,9 @@ async def test_traffic_text_reaches_the_terminal_escaped(tmp_path: Path) -> None
 def test_terminal_tables_escape_c1_and_bidi() -> None:
     from rich.console import Console
 
-    from ocpp_replay.diff import Difference
+    from ocpp_replay.core.diff import Difference
+    from ocpp_replay.core.results import SessionResult
     from ocpp_replay.report.terminal import differences_table, summary_table
-    from ocpp_replay.results import SessionResult
 
     d = Difference(1, EVIL_CP, 2, EVIL_CP, DiffKind.CHANGED, EVIL_CP, EVIL_CP, "\u202e")
     s = SessionResult(1, EVIL_CP, "ocpp1.6", None, None, (d,), {EVIL_CP: 1})
@@ -504,7 +504,7 @@ async def test_report_that_fails_after_the_replay_keeps_the_result(
 ) -> None:
     """The disk fills up while the replay runs: the result is printed, the run is stored, and
     the error says how to get the report again."""
-    from ocpp_replay import cli_replay
+    from ocpp_replay.cli import replay as cli_replay
     from ocpp_replay.errors import ConfigError
 
     def full(_result: object, path: object) -> None:
@@ -552,7 +552,7 @@ async def test_a_charger_the_target_fails_mid_run_is_a_difference_not_the_end(tm
 
     from aiohttp import web
 
-    from ocpp_replay.frames import Direction
+    from ocpp_replay.core.frames import Direction
     from ocpp_replay.store import CaptureWriter
 
     db = tmp_path / "two.db"

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from ocpp_replay.core.frames import Call, CallError, CallResult, Direction
+from ocpp_replay.core.schedule import Timeline, plan_sessions
 from ocpp_replay.errors import ReplayError
-from ocpp_replay.frames import Call, CallError, CallResult, Direction
-from ocpp_replay.schedule import Timeline, plan_sessions
 
 T0 = "2026-11-25T10:00:00.000000Z"
 

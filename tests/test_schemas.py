@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ocpp_replay import schemas
+from ocpp_replay.core import schemas
+from ocpp_replay.core.frames import Call, parse
+from ocpp_replay.core.schemas import Violation, normalize_version, validate
 from ocpp_replay.errors import ConfigError
-from ocpp_replay.frames import Call, parse
-from ocpp_replay.schemas import Violation, normalize_version, validate
 
 ALFEN = (
     Path(__file__).resolve().parent / "data" / "alfen-frames.jsonl"

@@ -29,7 +29,7 @@ from rich.console import Console
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from ocpp_replay import schemas
+from ocpp_replay.core import schemas
 from ocpp_replay.csms import V2_BLOCKED_ID_TAG, ReferenceCsms
 from ocpp_replay.errors import ConfigError, UpstreamError
 from ocpp_replay.simulate import FleetResult, run_fleet, run_simulate

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ocpp_replay.core.frames import Direction
 from ocpp_replay.errors import CaptureError, CaptureNotFound, UnknownSession
-from ocpp_replay.frames import Direction
 from ocpp_replay.store import CaptureWriter, Store, migrations, utc_iso
 
 pytestmark = pytest.mark.timeout(30)

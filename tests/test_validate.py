@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ocpp_replay.cli import app
-from ocpp_replay.frames import Direction
+from ocpp_replay.core.frames import Direction
 from ocpp_replay.store import CaptureWriter
 
 ALFEN = (

@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Close, Frame, Opcode
 
-from ocpp_replay.handshake import (
+from ocpp_replay.capture.handshake import (
     HandshakeError,
     UpgradeResponse,
     accept_key,
@@ -24,7 +24,7 @@ from ocpp_replay.handshake import (
     parse_response_head,
     upgrade_request,
 )
-from ocpp_replay.wsframes import (
+from ocpp_replay.capture.wsframes import (
     BINARY,
     CLOSE,
     TEXT,

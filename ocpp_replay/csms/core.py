@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from ocpp_replay import schemas
+from ocpp_replay.core import schemas
+from ocpp_replay.core.frames import Call, CallError, CallResult
 from ocpp_replay.csms.config import DEFAULT_ID_TAGS, CsmsConfig
 from ocpp_replay.errors import ConfigError
-from ocpp_replay.frames import Call, CallError, CallResult
 
 __all__ = [
     "COMMANDS",

@@ -32,10 +32,10 @@ from urllib.parse import unquote
 
 from aiohttp import WSMsgType, web
 
+from ocpp_replay.core.frames import Call, CallError, CallResult, dump, parse
 from ocpp_replay.csms.config import PROFILES, CsmsConfig
 from ocpp_replay.csms.core import Backend, ChargerSession, Command, Transaction
 from ocpp_replay.errors import ConfigError, InvalidFrame, OcppReplayError
-from ocpp_replay.frames import Call, CallError, CallResult, dump, parse
 
 __all__ = ["SUBPROTOCOLS", "CommandFailed", "ReferenceCsms", "run_csms", "serve_forever"]
 

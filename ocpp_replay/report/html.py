@@ -23,20 +23,17 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from ocpp_replay.correlate import ocpp_version
-from ocpp_replay.diff import Difference, DiffKind
-from ocpp_replay.errors import ConfigError
-from ocpp_replay.files import write_private_text
-from ocpp_replay.frames import MessageType
-from ocpp_replay.handshake import escape_controls
-from ocpp_replay.results import LiveFrame, RunResult, SessionResult
+from ocpp_replay.core.correlate import ocpp_version
+from ocpp_replay.core.diff import Difference, DiffKind
+from ocpp_replay.core.frames import MessageType
+from ocpp_replay.core.results import LiveFrame, RunResult, SessionResult
+from ocpp_replay.core.text import escape_controls
 
-__all__ = ["BACKEND_COMMANDS", "coverage", "html_report", "write_html"]
+__all__ = ["BACKEND_COMMANDS", "coverage", "html_report"]
 
 CHARGER_TO_CSMS: Final = "charger → CSMS"
 CSMS_TO_CHARGER: Final = "CSMS → charger"
@@ -475,10 +472,3 @@ def html_report(result: RunResult) -> str:
         "</body></html>",
     ]
     return "\n".join(p for p in parts if p) + "\n"
-
-
-def write_html(result: RunResult, path: str | os.PathLike[str]) -> None:
-    try:
-        write_private_text(path, html_report(result))
-    except OSError as exc:
-        raise ConfigError(f"cannot write HTML report {path}: {exc.strerror}") from exc

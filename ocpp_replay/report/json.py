@@ -22,14 +22,11 @@ the baseline's value); each session has ``vs_recording`` (``{"baseline": [...], 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
-from ocpp_replay.errors import ConfigError
-from ocpp_replay.files import write_private_text
-from ocpp_replay.results import RunResult
+from ocpp_replay.core.results import RunResult
 
-__all__ = ["report_dict", "write_json"]
+__all__ = ["json_report", "report_dict"]
 
 
 def report_dict(result: RunResult) -> dict[str, Any]:
@@ -64,9 +61,6 @@ def report_dict(result: RunResult) -> dict[str, Any]:
     return out
 
 
-def write_json(result: RunResult, path: str | os.PathLike[str]) -> None:
-    text = json.dumps(report_dict(result), indent=2, ensure_ascii=False, default=str) + "\n"
-    try:
-        write_private_text(path, text)
-    except OSError as exc:
-        raise ConfigError(f"cannot write report {path}: {exc.strerror}") from exc
+def json_report(result: RunResult) -> str:
+    """The JSON report as text (UTF-8, indented, one trailing newline)."""
+    return json.dumps(report_dict(result), indent=2, ensure_ascii=False, default=str) + "\n"

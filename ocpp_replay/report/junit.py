@@ -8,14 +8,11 @@ the baseline's value); differences of either backend against the recording are n
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 
-from ocpp_replay.errors import ConfigError
-from ocpp_replay.files import write_private_text
-from ocpp_replay.results import RunResult, SessionResult
+from ocpp_replay.core.results import RunResult, SessionResult
 
-__all__ = ["junit_xml", "write_junit"]
+__all__ = ["junit_xml"]
 
 
 def _seconds(s: SessionResult) -> str:
@@ -81,10 +78,3 @@ def junit_xml(result: RunResult, *, suite: str = "ocpp-replay") -> str:
             )
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
-def write_junit(result: RunResult, path: str | os.PathLike[str]) -> None:
-    try:
-        write_private_text(path, junit_xml(result))
-    except OSError as exc:
-        raise ConfigError(f"cannot write JUnit report {path}: {exc.strerror}") from exc

@@ -10,9 +10,9 @@ import json
 from rich.table import Table
 from rich.text import Text
 
-from ocpp_replay.diff import Difference
-from ocpp_replay.handshake import escape_controls
-from ocpp_replay.results import RunResult
+from ocpp_replay.core.diff import Difference
+from ocpp_replay.core.results import RunResult
+from ocpp_replay.core.text import escape_controls
 
 __all__ = ["differences_table", "noise_table", "summary_line", "summary_table"]
 

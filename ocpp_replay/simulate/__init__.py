@@ -32,7 +32,7 @@ def _safe(text: str) -> str:
     """Text from the backend, safe for a terminal: control characters escaped, markup off."""
     from rich.markup import escape
 
-    from ocpp_replay.handshake import escape_controls
+    from ocpp_replay.core.text import escape_controls
 
     return escape(escape_controls(text[:300]))
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from ocpp_replay import schemas
+from ocpp_replay.core import schemas
 from ocpp_replay.simulate.alfen import Identity, Meter, config_16, variables_201
 
 __all__ = ["Charger", "Connector", "LocalTx", "Out", "Reaction", "status_of", "timestamp"]

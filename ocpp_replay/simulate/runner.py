@@ -22,11 +22,11 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ocpp_replay import schemas
+from ocpp_replay.capture.reach import probe, ws_address
+from ocpp_replay.core import schemas
+from ocpp_replay.core.frames import Call, CallError, CallResult, dump, parse
 from ocpp_replay.csms.config import DEFAULT_ID_TAGS
 from ocpp_replay.errors import ConfigError, InvalidFrame, UpstreamError
-from ocpp_replay.frames import Call, CallError, CallResult, dump, parse
-from ocpp_replay.reach import probe, ws_address
 from ocpp_replay.simulate import scenario as scenarios
 from ocpp_replay.simulate.alfen import Identity, identity
 from ocpp_replay.simulate.charger import Charger, Out, Reaction, status_of

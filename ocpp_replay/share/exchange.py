@@ -2,7 +2,7 @@
 
 A capture is read as a stream of *records* — ``("session", row)``, ``("frame", row)`` and
 ``("event", row)``, where a row is a dict of the table's columns — and written through a
-:class:`CaptureSink`. Export, import, :mod:`ocpp_replay.merge` and :mod:`ocpp_replay.redact`
+:class:`CaptureSink`. Export, import, :mod:`ocpp_replay.share.merge` and :mod:`ocpp_replay.share.redact`
 are all a record stream from somewhere to somewhere, so every column is carried over, including
 columns later migrations add.
 
@@ -43,11 +43,11 @@ from typing import IO, Any, Literal
 import sqlite_utils
 
 from ocpp_replay import __version__
+from ocpp_replay.core.frames import Direction, peek
+from ocpp_replay.core.pairing import Pairer
 from ocpp_replay.errors import CaptureError, ConfigError, UnknownSession
-from ocpp_replay.files import open_private_text
-from ocpp_replay.frames import Direction, peek
-from ocpp_replay.pairing import Pairer
 from ocpp_replay.store import Store, WriterLock, migrations, open_database, session_filter, utc_iso
+from ocpp_replay.store.files import open_private_text
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +490,7 @@ def import_flows(
         from mitmproxy.exceptions import FlowReadException
         from mitmproxy.io import FlowReader
 
-        from ocpp_replay import mitm
+        from ocpp_replay.capture import mitm
     except ImportError as exc:
         raise ConfigError(
             "reading mitmproxy flow files needs mitmproxy: pip install 'ocpp-replay[mitm]'"
@@ -530,7 +530,7 @@ def import_flows(
 
 def flow_records(flow: Any, key: int) -> Iterator[Record]:
     """Records of one finished mitmproxy flow: a session (``id`` = ``key``) and its frames."""
-    from ocpp_replay import mitm
+    from ocpp_replay.capture import mitm
 
     fields = mitm.session_fields(flow)
     started = flow.request.timestamp_start

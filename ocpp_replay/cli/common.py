@@ -10,8 +10,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
+from ocpp_replay.core.text import escape_controls
 from ocpp_replay.errors import OcppReplayError
-from ocpp_replay.handshake import escape_controls
 
 DEFAULT_DB = Path("captures/capture.db")
 

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from ocpp_replay.cli_common import DEFAULT_DB, DbOption, console, err_console, fail
+from ocpp_replay.cli.common import DEFAULT_DB, DbOption, console, err_console, fail
 from ocpp_replay.errors import ConfigError, OcppReplayError
 from ocpp_replay.store import Store
 
@@ -35,7 +35,7 @@ PathOption = Annotated[
     str, typer.Option("--path", help="Take only websocket flows whose URL path matches this regex.")
 ]
 
-ADDON = Path(__file__).with_name("mitm.py")
+ADDON = Path(__file__).parent.parent / "capture" / "mitm.py"
 
 
 def mitmdump_executable() -> Path:
@@ -108,7 +108,7 @@ def import_(
     path: PathOption = "",
 ) -> None:
     """Import sessions from a JSONL export or a mitmproxy flow file into --db (created if missing)."""
-    from ocpp_replay.exchange import import_file
+    from ocpp_replay.share.exchange import import_file
 
     try:
         kind, result = import_file(file, db, subprotocol=subprotocol, path_regex=path)
@@ -138,7 +138,7 @@ def export(
     force: ForceFlag = False,
 ) -> None:
     """Export sessions (all by default) to a JSONL file, lossless; read back with import."""
-    from ocpp_replay.exchange import export_jsonl
+    from ocpp_replay.share.exchange import export_jsonl
 
     try:
         with Store.open(db) as store:
@@ -180,7 +180,7 @@ def redact(
 ) -> None:
     """Write a copy of --db with id tags, serial numbers, ICCID/IMSI, IP addresses (and charge point
     ids) pseudonymised."""
-    from ocpp_replay.redact import DEFAULT_FIELDS, parse_fields, redact_capture
+    from ocpp_replay.share.redact import DEFAULT_FIELDS, parse_fields, redact_capture
 
     try:
         chosen = parse_fields(fields) if fields else DEFAULT_FIELDS
@@ -214,7 +214,7 @@ def merge(
     force: ForceFlag = False,
 ) -> None:
     """Merge captures (e.g. one per proxy at a site) into a new one; sessions renumbered by start time."""
-    from ocpp_replay.merge import merge_captures
+    from ocpp_replay.share.merge import merge_captures
 
     try:
         result = merge_captures(captures, out, force=force)

@@ -47,7 +47,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from ocpp_replay.errors import CaptureError, ConfigError
-from ocpp_replay.exchange import CaptureSink, Record, create_output, iter_capture
+from ocpp_replay.share.exchange import CaptureSink, Record, create_output, iter_capture
 from ocpp_replay.store import Store
 
 __all__ = [

@@ -1,7 +1,7 @@
 """The ``replay``, ``compare``, ``report`` and ``runs`` commands. ``register(app)`` adds them.
 
-Thin: parse options, call :func:`ocpp_replay.replay.run_replay` (or ``run_compare``,
-``load_run``) and :func:`ocpp_replay.replay.store_run`, render with :mod:`ocpp_replay.report`,
+Thin: parse options, call :func:`ocpp_replay.replay.runner.run_replay` (or ``run_compare``,
+``load_run``) and :func:`ocpp_replay.replay.runner.store_run`, render with :mod:`ocpp_replay.report`,
 map errors to one line and exit 2. Exit 0 when nothing differs, 1 when something does.
 """
 
@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 from rich.text import Text
 
-from ocpp_replay.cli_common import (
+from ocpp_replay.cli.common import (
     DEFAULT_DB,
     DbOption,
     JsonFlag,
@@ -32,6 +32,8 @@ from ocpp_replay.cli_common import (
     print_json,
     printable,
 )
+from ocpp_replay.core.results import RunResult
+from ocpp_replay.core.rules import RuleSet
 from ocpp_replay.errors import ConfigError, OcppReplayError
 from ocpp_replay.replay import (
     Progress as ReplayProgress,
@@ -47,9 +49,8 @@ from ocpp_replay.replay import (
 )
 from ocpp_replay.report import report_dict, write_html, write_json, write_junit
 from ocpp_replay.report.terminal import differences_table, noise_table, summary_line, summary_table
-from ocpp_replay.results import RunResult
-from ocpp_replay.rules import RuleSet, load_rules
 from ocpp_replay.store import Store
+from ocpp_replay.store.files import load_rules
 
 __all__ = ["register"]
 
@@ -429,7 +430,7 @@ def compare(
 
     Exit status: 0 the candidate answers as the baseline does, 1 it differs, 2 error.
     """
-    from ocpp_replay.compare import noise_rules_toml
+    from ocpp_replay.core.compare import noise_rules_toml
 
     def prepare() -> tuple[_CompareDisplay, Callable[[Store], Coroutine[Any, Any, RunResult]]]:
         _check_options(speed, max_gap, timeout, grace, noise_runs)

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ocpp_replay import schemas
+from ocpp_replay.core import schemas
+from ocpp_replay.core.frames import Direction, MessageType
 from ocpp_replay.errors import ConfigError
-from ocpp_replay.frames import Direction, MessageType
 
 
 class _FrameLike(Protocol):

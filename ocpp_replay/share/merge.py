@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ocpp_replay.errors import ConfigError
-from ocpp_replay.exchange import CaptureSink, create_output, iter_capture, orphan_events, select_sessions
+from ocpp_replay.share.exchange import (
+    CaptureSink,
+    create_output,
+    iter_capture,
+    orphan_events,
+    select_sessions,
+)
 from ocpp_replay.store import Store
 
 __all__ = ["MergeResult", "merge_captures", "merge_order"]

@@ -48,18 +48,6 @@ def offered_protocols(header: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in header.split(",") if p.strip())
 
 
-def escape_controls(text: str) -> str:
-    """Text from a charger or a CSMS, safe for a log line or a terminal.
-
-    Control characters (C0, DEL, C1), line and paragraph separators and invisible format
-    characters such as bidi overrides become Python escapes (``\\x1b``, ``\\u202e``);
-    everything else, non-ASCII letters included, is kept.
-    """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
 # ----------------------------------------------------------------------------- the HTTP upgrade
 
 #: RFC 6455 section 1.3: appended to the client's key to compute Sec-WebSocket-Accept.

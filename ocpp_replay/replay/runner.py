@@ -1,10 +1,10 @@
 """Replay captured sessions against a target CSMS, playing the charger side (aiohttp).
 
-The edge around the pure core: :mod:`ocpp_replay.schedule` says what to send when and what to
-wait for, :mod:`ocpp_replay.correlate` rewrites assigned ids and timestamps,
-:mod:`ocpp_replay.diff` compares answers under :mod:`ocpp_replay.rules`. This module only
+The edge around the pure core: :mod:`ocpp_replay.core.schedule` says what to send when and what to
+wait for, :mod:`ocpp_replay.core.correlate` rewrites assigned ids and timestamps,
+:mod:`ocpp_replay.core.diff` compares answers under :mod:`ocpp_replay.core.rules`. This module only
 connects, sleeps until deadlines, sends, receives, and collects a
-:class:`~ocpp_replay.results.RunResult`; :func:`store_run` writes it to the capture database.
+:class:`~ocpp_replay.core.results.RunResult`; :func:`store_run` writes it to the capture database.
 
 Entry points::
 
@@ -16,7 +16,7 @@ Entry points::
 
 Errors (:mod:`ocpp_replay.errors`): ``UpstreamError`` when the target cannot be reached,
 ``ReplayError`` for an empty selection or bad options, ``CaptureError`` for an unreadable
-capture. Everything the backend does differently is a :class:`~ocpp_replay.diff.Difference`.
+capture. Everything the backend does differently is a :class:`~ocpp_replay.core.diff.Difference`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ import asyncio
 import base64
 import contextlib
 import gc
-import json
 import logging
-import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -39,22 +37,28 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiohttp
 from aiohttp import WSMsgType
 
-from ocpp_replay.compare import compare_result
-from ocpp_replay.correlate import Correlator, Message, shift_timestamps
-from ocpp_replay.diff import Change, Difference, DiffKind, compare_answers, compare_payloads, schema_changes
+from ocpp_replay.capture.reach import probe
+from ocpp_replay.core.compare import compare_result
+from ocpp_replay.core.correlate import Correlator, Message, shift_timestamps
+from ocpp_replay.core.diff import (
+    Change,
+    Difference,
+    DiffKind,
+    compare_answers,
+    compare_payloads,
+    schema_changes,
+)
+from ocpp_replay.core.frames import Call, CallError, CallResult, Direction, dump, parse, peek
+from ocpp_replay.core.results import LiveFrame, RunResult, SessionResult
+from ocpp_replay.core.rules import RuleSet
+from ocpp_replay.core.schedule import BackendCall, SessionPlan, Step, plan_sessions
 from ocpp_replay.errors import (
-    CaptureError,
     ConfigError,
     InvalidFrame,
     OcppReplayError,
     ReplayError,
     UpstreamError,
 )
-from ocpp_replay.frames import Call, CallError, CallResult, Direction, dump, parse, peek
-from ocpp_replay.reach import probe
-from ocpp_replay.results import LiveFrame, NoiseField, RunResult, SessionResult
-from ocpp_replay.rules import RuleSet
-from ocpp_replay.schedule import BackendCall, SessionPlan, Step, plan_sessions
 
 # The store is opened by the caller; every call into it here runs in a thread.
 from ocpp_replay.store import FrameRecord, SessionInfo, Store, utc_iso
@@ -62,13 +66,10 @@ from ocpp_replay.store import FrameRecord, SessionInfo, Store, utc_iso
 __all__ = [
     "Progress",
     "Selection",
-    "list_runs",
     "load_auth_file",
-    "load_run",
     "load_sessions",
     "run_compare",
     "run_replay",
-    "store_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -896,7 +897,7 @@ async def run_compare(
     ``progress`` gets ``(side, Progress)``, side being baseline, candidate or noise N.
     A ``stop`` event in ``options`` ends both replays (see :func:`run_replay`); the run then
     compares the sessions both sides finished, learns no noise and is marked ``interrupted``.
-    The result (:func:`ocpp_replay.compare.compare_result`) is not stored: see :func:`store_run`.
+    The result (:func:`ocpp_replay.core.compare.compare_result`) is not stored: see :func:`store_run`.
     """
     rules = rules or RuleSet.default()
     if noise_runs < 0:
@@ -945,237 +946,3 @@ async def run_compare(
 
 
 # ----------------------------------------------------------------------------- storing
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def store_run(store: Store, result: RunResult, *, frames: bool = True) -> RunResult:
-    """Write a run, its differences and (with ``frames``) its live frames; returns it with run_id.
-
-    Blocking: call it in a thread from async code.
-    """
-    conn = store.db.conn
-    # What load_run needs besides the rows of run_diffs and run_frames: per-session metadata.
-    summary = {
-        **result.summary(),
-        "noise": [n.as_dict() for n in result.noise],
-        "session_results": [
-            {
-                "session_id": s.session_id,
-                "charge_point_id": s.charge_point_id,
-                "subprotocol": s.subprotocol,
-                "started_at": s.started_at,
-                "ended_at": s.ended_at,
-                "compared": dict(s.compared),
-                "held": s.held,
-                "error": s.error,
-                "close_code": s.close_code,
-            }
-            for s in result.sessions
-        ],
-    }
-    try:
-        conn.execute("BEGIN")
-        cur = conn.execute(
-            "INSERT INTO runs (kind, started_at, ended_at, target, baseline, candidate, options, sessions, "
-            "messages, diffs, exit_code, summary) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                result.kind,
-                result.started_at,
-                result.ended_at,
-                result.target,
-                result.baseline,
-                result.candidate,
-                _json(result.options),
-                len(result.sessions),
-                result.messages,
-                len(result.gating),
-                result.exit_code,
-                _json(summary),
-            ),
-        )
-        run_id = cur.lastrowid
-        assert run_id is not None
-        conn.executemany(
-            "INSERT INTO run_diffs (run_id, session_id, charge_point_id, seq, action, kind, path, expected, "
-            "actual, side) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [
-                (
-                    run_id,
-                    d.session_id,
-                    d.charge_point_id,
-                    d.seq,
-                    d.action,
-                    str(d.kind),
-                    d.path,
-                    _json(d.expected),
-                    _json(d.actual),
-                    d.side,
-                )
-                for d in result.differences
-            ],
-        )
-        if frames:
-            conn.executemany(
-                "INSERT INTO run_frames (run_id, side, session_id, seq, recorded_seq, timestamp, elapsed, "
-                "direction, message_type, unique_id, action, raw, lateness) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        run_id,
-                        f.side,
-                        s.session_id,
-                        f.seq,
-                        f.recorded_seq,
-                        f.timestamp,
-                        f.elapsed,
-                        f.direction,
-                        f.message_type,
-                        f.unique_id,
-                        f.action,
-                        f.raw,
-                        f.lateness,
-                    )
-                    for s in result.sessions
-                    for f in s.frames
-                ],
-            )
-        conn.execute("COMMIT")
-    except Exception as exc:
-        if conn.in_transaction:
-            with contextlib.suppress(Exception):
-                conn.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
-            raise CaptureError(f"cannot store the run in {store.path}: {exc}") from exc
-        raise
-    return result.with_run_id(run_id)
-
-
-def _loads(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def load_run(store: Store, run_id: int) -> RunResult:
-    """Rebuild a stored run (replay or compare) from runs, run_diffs and run_frames (blocking).
-
-    Raises ReplayError when the capture has no such run.
-    """
-    db = store.db
-    try:
-        row = db.execute(
-            "SELECT kind, started_at, ended_at, target, baseline, options, summary FROM runs WHERE id = ?",
-            [run_id],
-        ).fetchone()
-        if row is None:
-            raise ReplayError(f"no run {run_id} in {store.path} (ocpp-replay runs lists them)")
-        diff_rows = db.execute(
-            "SELECT session_id, charge_point_id, seq, action, kind, path, expected, actual, side "
-            "FROM run_diffs WHERE run_id = ? ORDER BY id",
-            [run_id],
-        ).fetchall()
-        frame_rows = db.execute(
-            "SELECT session_id, side, seq, recorded_seq, timestamp, elapsed, direction, message_type, "
-            "unique_id, action, raw, lateness FROM run_frames WHERE run_id = ? "
-            "ORDER BY session_id, side = 'candidate', side, seq",
-            [run_id],
-        ).fetchall()
-    except sqlite3.Error as exc:
-        raise CaptureError(f"cannot read run {run_id} from {store.path}: {exc}") from exc
-    kind, started_at, ended_at, target, baseline, options_text, summary_text = row
-    summary = _loads(summary_text)
-    summary = summary if isinstance(summary, dict) else {}
-    options = _loads(options_text)
-    diffs: dict[int, list[Difference]] = {}
-    for sid, cp, seq, action, dkind, path, expected, actual, side in diff_rows:
-        try:
-            k = DiffKind(dkind)
-        except ValueError:
-            k = DiffKind.CHANGED
-        diffs.setdefault(sid, []).append(
-            Difference(sid, cp or "", seq, action, k, path or "", _loads(expected), _loads(actual), side)
-        )
-    frames: dict[int, list[LiveFrame]] = {}
-    for sid, side, *rest in frame_rows:
-        seq, rec, ts, elapsed, direction, mtype, uid, action, raw, lateness = rest
-        frames.setdefault(sid, []).append(
-            LiveFrame(
-                seq, rec, ts or "", elapsed or 0.0, direction, mtype, uid, action, raw or "", lateness, side
-            )
-        )
-    metas = {m["session_id"]: m for m in summary.get("session_results", []) if isinstance(m, dict)}
-    ids = list(metas) or sorted(set(diffs) | set(frames))
-    missing = [i for i in ids if i not in metas]
-    infos = {i.id: i for i in store.sessions(ids=missing)} if missing else {}
-    sessions = []
-    for sid in ids:
-        meta = metas.get(sid, {})
-        info = infos.get(sid)
-        fs = frames.get(sid, [])
-        compared = meta.get("compared")
-        if not isinstance(compared, dict):  # an older run: count the backend's messages
-            compared = dict(Counter(f.action or "-" for f in fs if f.direction == "to_cp" and f.recorded_seq))
-        sessions.append(
-            SessionResult(
-                session_id=sid,
-                charge_point_id=meta.get("charge_point_id")
-                or (info.charge_point_id if info else None)
-                or next((d.charge_point_id for d in diffs.get(sid, [])), ""),
-                subprotocol=meta.get("subprotocol", info.subprotocol if info else None),
-                started_at=meta.get("started_at"),
-                ended_at=meta.get("ended_at"),
-                differences=tuple(diffs.get(sid, [])),
-                compared=compared,
-                frames=tuple(fs),
-                lateness=tuple(f.lateness for f in fs if f.lateness is not None),
-                held=int(meta.get("held") or 0),
-                error=meta.get("error"),
-                close_code=meta.get("close_code"),
-            )
-        )
-    noise = tuple(NoiseField.from_dict(n) for n in summary.get("noise", []) if isinstance(n, dict))
-    return RunResult(
-        target=target or "",
-        started_at=started_at or "",
-        ended_at=ended_at or "",
-        sessions=tuple(sessions),
-        options=options if isinstance(options, dict) else {},
-        kind=kind or "replay",
-        run_id=run_id,
-        baseline=baseline,
-        noise=noise,
-    )
-
-
-def list_runs(store: Store) -> list[dict[str, Any]]:
-    """The stored runs, oldest first (blocking)."""
-    rows = store.db.execute(
-        "SELECT id, kind, started_at, ended_at, target, baseline, candidate, sessions, messages, diffs, "
-        "exit_code, summary FROM runs ORDER BY id"
-    ).fetchall()
-    out = []
-    for r in rows:
-        summary = json.loads(r[11]) if r[11] else None
-        out.append(
-            {
-                "id": r[0],
-                "kind": r[1],
-                "started_at": r[2],
-                "ended_at": r[3],
-                "target": r[4],
-                "baseline": r[5],
-                "candidate": r[6],
-                "sessions": r[7],
-                "messages": r[8],
-                "diffs": r[9],
-                "exit_code": r[10],
-                "timing": summary.get("timing") if isinstance(summary, dict) else None,
-            }
-        )
-    return out

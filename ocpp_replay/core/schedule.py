@@ -1,7 +1,7 @@
 """The replay timeline: when each charger frame goes out and what it waits for.
 
 Pure: it turns recorded sessions and frames into :class:`SessionPlan` objects; the runner in
-:mod:`ocpp_replay.replay` only follows them.
+:mod:`ocpp_replay.replay.runner` only follows them.
 
 Time. Every recorded instant (session starts and ends, frames) sits on one recorded clock
 (session start wall time + the frame's monotonic offset). :class:`Timeline` maps it to replay
@@ -30,10 +30,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ocpp_replay.correlate import Message, ocpp_version, utc_seconds
+from ocpp_replay.core.correlate import Message, ocpp_version, utc_seconds
+from ocpp_replay.core.frames import Call, CallError, CallResult, Direction, MessageType, parse
+from ocpp_replay.core.rules import RuleSet
 from ocpp_replay.errors import InvalidFrame, ReplayError
-from ocpp_replay.frames import Call, CallError, CallResult, Direction, MessageType, parse
-from ocpp_replay.rules import RuleSet
 
 __all__ = [
     "BackendCall",

@@ -7,11 +7,11 @@ the charger, with exactly the subprotocol the CSMS chose. A refusal (401, 404, .
 the charger as the same HTTP status.
 
 aiohttp serves the listener (HTTP, TLS, ``/healthz``) and answers the charger's handshake;
-the CSMS's handshake is spoken here (:mod:`ocpp_replay.handshake`). Once both are done, each
+the CSMS's handshake is spoken here (:mod:`ocpp_replay.capture.handshake`). Once both are done, each
 socket is relayed below any websocket library: the bytes that arrive are written to the other
 socket at once, exactly as they came (masks, fragmentation, pings, pongs, close frames and
 permessage-deflate, whose parameters the two ends negotiated with each other), and a
-:class:`~ocpp_replay.wsframes.Scanner` finds the messages in the same bytes. Each message is
+:class:`~ocpp_replay.capture.wsframes.Scanner` finds the messages in the same bytes. Each message is
 handed to the :class:`~ocpp_replay.store.CaptureWriter` as it was on the wire (a deque append;
 unmasking, parsing and SQLite work happen in the writer's thread). A fault in recording is
 logged and counted, never raised into the traffic. The proxy speaks for itself only to close:
@@ -32,9 +32,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ocpp_replay.errors import ConfigError, UpstreamError
-from ocpp_replay.frames import Direction
-from ocpp_replay.handshake import (
+from ocpp_replay.capture.handshake import (
     HandshakeError,
     UnsupportedVersion,
     UpgradeResponse,
@@ -43,16 +41,27 @@ from ocpp_replay.handshake import (
     charge_point_id_of,
     check_client_handshake,
     deflate_offers,
-    escape_controls,
     header,
     new_key,
     offered_protocols,
     parse_response_head,
     upgrade_request,
 )
-from ocpp_replay.reach import probe, ws_address
+from ocpp_replay.capture.reach import probe, ws_address
+from ocpp_replay.capture.wsframes import (
+    CLOSE,
+    TEXT,
+    Inflater,
+    Message,
+    Scanner,
+    close_frame,
+    close_payload,
+    unmask,
+)
+from ocpp_replay.core.frames import Direction
+from ocpp_replay.core.text import escape_controls
+from ocpp_replay.errors import ConfigError, UpstreamError
 from ocpp_replay.store import CaptureWriter
-from ocpp_replay.wsframes import CLOSE, TEXT, Inflater, Message, Scanner, close_frame, close_payload, unmask
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +136,7 @@ class _Leg(asyncio.Protocol):
     """One side of a relayed connection: the charger's socket or the CSMS's.
 
     What arrives is written to the other leg's socket at once, as it came; the leg's
-    :class:`~ocpp_replay.wsframes.Scanner` finds the messages in the same bytes, and they are
+    :class:`~ocpp_replay.capture.wsframes.Scanner` finds the messages in the same bytes, and they are
     handed to the capture writer as the bytes they were (still masked: the writer unmasks).
     """
 

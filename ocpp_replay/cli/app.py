@@ -21,7 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ocpp_replay import __version__
-from ocpp_replay.cli_common import (
+from ocpp_replay.capture.proxy import DEFAULT_MAX_MESSAGE_SIZE, ProxyServer, TlsOptions
+from ocpp_replay.cli.common import (
     DEFAULT_DB,
     DbOption,
     JsonFlag,
@@ -30,9 +31,8 @@ from ocpp_replay.cli_common import (
     print_json,
     printable,
 )
+from ocpp_replay.core.frames import Direction
 from ocpp_replay.errors import ConfigError, OcppReplayError
-from ocpp_replay.frames import Direction
-from ocpp_replay.proxy import DEFAULT_MAX_MESSAGE_SIZE, ProxyServer, TlsOptions
 from ocpp_replay.store import FrameRecord, Store
 
 app = typer.Typer(
@@ -311,7 +311,7 @@ def validate(
     json_: JsonFlag = False,
 ) -> None:
     """Check every captured frame against the official OCPP JSON schemas (exit 1 on violations)."""
-    from ocpp_replay.validate import check_sessions, summarize
+    from ocpp_replay.core.validate import check_sessions, summarize
 
     store = _open(db)
     try:
@@ -445,10 +445,10 @@ def demo(
 
 def _register_commands() -> None:
     """Commands that live in their own modules, each adding itself to the app."""
-    from ocpp_replay import cli_capture_tools, cli_replay
+    from ocpp_replay.cli import replay, share
 
-    cli_replay.register(app)
-    cli_capture_tools.register(app)
+    replay.register(app)
+    share.register(app)
 
 
 _register_commands()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable
 
-from ocpp_replay.frames import Direction, MessageType
+from ocpp_replay.core.frames import Direction, MessageType
 
 #: Unanswered CALLs remembered per connection; older ones are forgotten first.
 MAX_PENDING_PER_CONNECTION = 1024

@@ -1,10 +1,14 @@
-"""Files ocpp-replay writes that may hold personal data (idTags in reports and exports)."""
+"""Files other than captures: rules files read, and files written that may hold personal data
+(idTags in reports and exports), created readable by their owner only."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import IO
+
+from ocpp_replay.core.rules import RuleSet, parse_rules
+from ocpp_replay.errors import ConfigError
 
 
 def open_private_text(path: str | os.PathLike[str]) -> IO[str]:
@@ -25,3 +29,15 @@ def write_private_text(path: str | os.PathLike[str], text: str) -> None:
     """Write TEXT to PATH with :func:`open_private_text`."""
     with open_private_text(path) as f:
         f.write(text)
+
+
+def load_rules(path: str | os.PathLike[str] | None) -> RuleSet:
+    """The rules of a TOML file (built-in rules alone when path is None). Raises ConfigError."""
+    if path is None:
+        return RuleSet.default()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read rules file {p}: {getattr(exc, 'strerror', None) or exc}") from exc
+    return parse_rules(text, source=str(p))

@@ -8,7 +8,7 @@ a message (``request`` or ``response``) and paths with a mode:
   is not compared (``currentTime``, expiry dates, ids the backend assigns).
 
 Built-in rules cover what differs on every run for OCPP 1.6 and 2.0.1; the sources of
-correlated values (see :mod:`ocpp_replay.correlate`) are presence rules too. A TOML rules file
+correlated values (see :mod:`ocpp_replay.core.correlate`) are presence rules too. A TOML rules file
 adds paths, turns built-in ones back into exact comparisons, and adds correlations::
 
     builtin = true                 # false: start without the built-in rules
@@ -34,20 +34,19 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path as FsPath
 from typing import Any
 
-from ocpp_replay.correlate import (
+from ocpp_replay.core.correlate import (
     Correlation,
     Correlator,
     Location,
     Message,
     builtin_correlations,
 )
+from ocpp_replay.core.paths import Path, format_path, parse_path
 from ocpp_replay.errors import ConfigError
-from ocpp_replay.paths import Path, format_path, parse_path
 
-__all__ = ["BUILTIN_RULES", "Mode", "PathRule", "RuleSet", "load_rules", "parse_rules"]
+__all__ = ["BUILTIN_RULES", "Mode", "PathRule", "RuleSet", "parse_rules"]
 
 VERSIONS = ("1.6", "2.0.1")
 
@@ -271,18 +270,6 @@ def parse_rules(text: str, *, source: str = "rules") -> RuleSet:
         builtin_correlations=builtin,
         extra_correlations=tuple(correlations),
     )
-
-
-def load_rules(path: str | FsPath | None) -> RuleSet:
-    """The rules of a TOML file (built-in rules alone when path is None). Raises ConfigError."""
-    if path is None:
-        return RuleSet.default()
-    p = FsPath(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read rules file {p}: {getattr(exc, 'strerror', None) or exc}") from exc
-    return parse_rules(text, source=str(p))
 
 
 def merge_paths(*sets: Iterable[PathRule]) -> tuple[PathRule, ...]:

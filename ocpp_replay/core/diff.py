@@ -9,9 +9,9 @@ paths replaced by a token naming the JSON type) and compared as canonical JSON t
 that differs does deepdiff run, to say where.
 
 :func:`schema_changes` turns the violations of a live payload against the official OCPP schema
-(:mod:`ocpp_replay.schemas`) into ``schema`` changes: path and message, ``expected`` null.
+(:mod:`ocpp_replay.core.schemas`) into ``schema`` changes: path and message, ``expected`` null.
 
-Paths in changes use the syntax of :mod:`ocpp_replay.paths` (``idTagInfo.status``,
+Paths in changes use the syntax of :mod:`ocpp_replay.core.paths` (``idTagInfo.status``,
 ``meterValue[0].timestamp``), so one can be pasted into a rules file to silence it.
 """
 
@@ -25,10 +25,10 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-from ocpp_replay import schemas
-from ocpp_replay.frames import Call, CallError, CallResult
-from ocpp_replay.paths import format_path, get, rewrite
-from ocpp_replay.rules import Mode, PathRule
+from ocpp_replay.core import schemas
+from ocpp_replay.core.frames import Call, CallError, CallResult
+from ocpp_replay.core.paths import format_path, get, rewrite
+from ocpp_replay.core.rules import Mode, PathRule
 
 __all__ = [
     "Change",

@@ -2,7 +2,7 @@
 
 Use it as a script::
 
-    mitmdump -s ocpp_replay/mitm.py --set ocpp_db=captures/site.db --mode reverse:http://csms:8180
+    mitmdump -s ocpp_replay/capture/mitm.py --set ocpp_db=captures/site.db --mode reverse:http://csms:8180
 
 or through ``ocpp-replay mitm --db captures/site.db -- --mode reverse:http://csms:8180``.
 
@@ -21,7 +21,7 @@ recording a message the addon deletes the messages *before* it (the current mess
 ``messages[-1]``, where mitmproxy's websocket layer, the dumper and other addons that run later
 in the same hook look for it). Set ``ocpp_keep_messages`` to keep them, e.g. when also saving
 the flows with ``-w``. The helpers at the bottom map a finished flow (from a flow file) onto the
-same session fields; :mod:`ocpp_replay.exchange` uses them for ``ocpp-replay import``.
+same session fields; :mod:`ocpp_replay.share.exchange` uses them for ``ocpp-replay import``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
+from ocpp_replay.capture.handshake import basic_auth_user, charge_point_id_of, offered_protocols
+from ocpp_replay.core.frames import Direction
+from ocpp_replay.core.text import escape_controls
 from ocpp_replay.errors import CaptureError
-from ocpp_replay.frames import Direction
-from ocpp_replay.handshake import basic_auth_user, charge_point_id_of, escape_controls, offered_protocols
 from ocpp_replay.store import CaptureWriter
 
 log = logging.getLogger(__name__)

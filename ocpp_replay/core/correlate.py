@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from ocpp_replay.paths import Path, find, format_path, parse_path, rewrite, walk_strings
+from ocpp_replay.core.paths import Path, find, format_path, parse_path, rewrite, walk_strings
 
 __all__ = [
     "BUILTIN_16",

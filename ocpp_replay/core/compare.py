@@ -1,8 +1,8 @@
 """Compare two runs of the same sessions message by message, and learn noise. Pure.
 
 ``ocpp-replay compare`` replays the same sessions against a baseline and a candidate backend
-(:func:`ocpp_replay.replay.run_compare` does the I/O); this module turns the two
-:class:`~ocpp_replay.results.RunResult` objects into the candidate's differences::
+(:func:`ocpp_replay.replay.runner.run_compare` does the I/O); this module turns the two
+:class:`~ocpp_replay.core.results.RunResult` objects into the candidate's differences::
 
     baseline run ──┐                       ┌─ learn_noise (baseline vs baseline runs)
                    ├─ compare_runs ─> Pairing per session (findings, messages compared)
@@ -11,9 +11,9 @@
 **Pairing.** A backend message is identified by the recorded frame it stands for: the live
 answer to a charger CALL carries the recorded answer's seq, a live backend CALL the seq of the
 recorded CALL it was matched with (``LiveFrame.recorded_seq``). Messages of the two runs with
-the same recorded seq are compared with :func:`ocpp_replay.diff.compare_answers` /
-:func:`~ocpp_replay.diff.compare_payloads` under the rules, after correlation: each backend
-assigns its own transaction ids etc., so a :class:`~ocpp_replay.correlate.Correlator` per charge
+the same recorded seq are compared with :func:`ocpp_replay.core.diff.compare_answers` /
+:func:`~ocpp_replay.core.diff.compare_payloads` under the rules, after correlation: each backend
+assigns its own transaction ids etc., so a :class:`~ocpp_replay.core.correlate.Correlator` per charge
 point learns baseline → candidate values from the answers that assign them, exactly as a replay
 learns recorded → live values. A message only the baseline has is a ``timeout`` (an answer) or a
 ``missing_call`` (a backend CALL); one only the candidate has is ``changed`` (an answer where
@@ -26,8 +26,8 @@ share are reported.
 baseline's first run with each further baseline run gives, per field, how many paired messages
 differed there out of how many were compared: its baseline rate. A field with a baseline rate
 above 0 is noise, and its candidate differences are not reported, unless its candidate rate is
-more than :data:`~ocpp_replay.results.NOISE_FACTOR` times the baseline rate (see
-:attr:`~ocpp_replay.results.NoiseField.reported`). :func:`noise_rules_toml` writes the noise as
+more than :data:`~ocpp_replay.core.results.NOISE_FACTOR` times the baseline rate (see
+:attr:`~ocpp_replay.core.results.NoiseField.reported`). :func:`noise_rules_toml` writes the noise as
 a rules file that ``--rules`` reads.
 """
 
@@ -39,13 +39,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ocpp_replay.correlate import Correlator, Message, ocpp_version
-from ocpp_replay.diff import Change, Difference, DiffKind, compare_answers, compare_payloads
+from ocpp_replay.core.correlate import Correlator, Message, ocpp_version
+from ocpp_replay.core.diff import Change, Difference, DiffKind, compare_answers, compare_payloads
+from ocpp_replay.core.frames import Call, CallError, CallResult, MessageType, parse
+from ocpp_replay.core.paths import format_path, parse_path
+from ocpp_replay.core.results import COMPARE_SIDE, LiveFrame, NoiseField, RunResult, SessionResult
+from ocpp_replay.core.rules import RuleSet
 from ocpp_replay.errors import InvalidFrame
-from ocpp_replay.frames import Call, CallError, CallResult, MessageType, parse
-from ocpp_replay.paths import format_path, parse_path
-from ocpp_replay.results import COMPARE_SIDE, LiveFrame, NoiseField, RunResult, SessionResult
-from ocpp_replay.rules import RuleSet
 
 __all__ = [
     "FieldKey",
@@ -374,7 +374,7 @@ def _toml_str(text: str) -> str:
 
 
 def noise_rules_toml(noise: Iterable[NoiseField], *, runs: int | None = None) -> str:
-    """A rules file (see :mod:`ocpp_replay.rules`) that ignores the fields learned as noise.
+    """A rules file (see :mod:`ocpp_replay.core.rules`) that ignores the fields learned as noise.
 
     Fields still reported (they differ much more often against the candidate) are left out, and
     so are whole-message differences (path ``""``: timeouts, missing calls), which no path rule

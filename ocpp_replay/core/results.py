@@ -1,7 +1,7 @@
 """What a run produced: frozen result objects shared by replay, compare and the reports.
 
 Pure. A :class:`RunResult` holds one :class:`SessionResult` per replayed session; each holds
-its :class:`~ocpp_replay.diff.Difference` records, its per-action counts and the live frames
+its :class:`~ocpp_replay.core.diff.Difference` records, its per-action counts and the live frames
 it exchanged (:class:`LiveFrame`, stored in ``run_frames``). Renderers in
 :mod:`ocpp_replay.report` and the store writer read only these objects.
 
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ocpp_replay.diff import Difference
+from ocpp_replay.core.diff import Difference
 
 __all__ = [
     "COMPARE_SIDE",

@@ -1,0 +1,3 @@
+from ocpp_replay.cli.app import main
+
+main()

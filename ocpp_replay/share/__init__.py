@@ -1,0 +1,1 @@
+"""Sharing captures: export and import (exchange), redaction, merging."""
