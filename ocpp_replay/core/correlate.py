@@ -186,9 +186,6 @@ class Correlator:
             for t in c.targets:
                 self._by_target.setdefault((t.action, t.message), []).append((c, t.path))
 
-    def is_source(self, action: str | None, message: Message) -> bool:
-        return (action, message) in self._by_source
-
     def source_paths(self, action: str | None, message: Message) -> list[Path]:
         """Paths where this message carries an assigned value (compared for presence and type)."""
         return [c.source.path for c in self._by_source.get((action or "", message), ())]

@@ -297,7 +297,3 @@ def schema_changes(version: str | None, action: str | None, payload: Any, *, res
         Change(DiffKind.SCHEMA, v.path, None, v.message)
         for v in schemas.validate(version, action, payload, response=response)
     ]
-
-
-def format_path_keys(keys: Sequence[str | int]) -> str:
-    return format_path(tuple(keys))

@@ -177,10 +177,6 @@ class SessionResult:
     def messages(self) -> int:
         return len(self.frames)
 
-    @property
-    def passed(self) -> bool:
-        return not self.differences
-
     def on(self, side: str) -> tuple[Difference, ...]:
         """The differences of one side (target, compare, baseline, candidate)."""
         return tuple(d for d in self.differences if d.side == side)

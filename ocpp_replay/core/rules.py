@@ -31,7 +31,7 @@ adds paths, turns built-in ones back into exact comparisons, and adds correlatio
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -270,7 +270,3 @@ def parse_rules(text: str, *, source: str = "rules") -> RuleSet:
         builtin_correlations=builtin,
         extra_correlations=tuple(correlations),
     )
-
-
-def merge_paths(*sets: Iterable[PathRule]) -> tuple[PathRule, ...]:
-    return tuple(dict.fromkeys(r for s in sets for r in s))

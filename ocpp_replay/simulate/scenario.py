@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -304,10 +304,3 @@ def _opt_str(item: Mapping[str, Any], key: str, where: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ConfigError(f"{where}: {key} must be a string")
     return value
-
-
-def describe() -> Sequence[tuple[str, str]]:
-    """(name, description) of every built-in scenario, for help texts."""
-    out = [(s.name, s.description) for s in BUILTIN.values()]
-    out.append(("fleet-day", f"a mix per charger: {', '.join(FLEET_DAY_MIX)}"))
-    return out

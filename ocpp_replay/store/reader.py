@@ -54,10 +54,6 @@ class FrameRecord:
     raw_bytes: bytes | None
     parse_error: str | None
 
-    @property
-    def is_binary(self) -> bool:
-        return self.raw_bytes is not None
-
     def as_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in self.__slots__}
         d["direction"] = str(self.direction)
