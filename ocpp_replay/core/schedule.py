@@ -28,10 +28,11 @@ import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ocpp_replay.core.correlate import Message, ocpp_version, utc_seconds
 from ocpp_replay.core.frames import Call, CallError, CallResult, Direction, MessageType, parse
+from ocpp_replay.core.records import FrameLike, SessionLike
 from ocpp_replay.core.rules import RuleSet
 from ocpp_replay.errors import InvalidFrame, ReplayError
 
@@ -42,46 +43,6 @@ __all__ = [
     "Timeline",
     "plan_sessions",
 ]
-
-
-class SessionLike(Protocol):
-    @property
-    def id(self) -> int: ...
-    @property
-    def charge_point_id(self) -> str: ...
-    @property
-    def subprotocol(self) -> str | None: ...
-    @property
-    def query(self) -> str | None: ...
-    @property
-    def auth_user(self) -> str | None: ...
-    @property
-    def started_at(self) -> str: ...
-    @property
-    def ended_at(self) -> str | None: ...
-    @property
-    def close_code(self) -> int | None: ...
-    @property
-    def closed_by(self) -> str | None: ...
-
-
-class FrameLike(Protocol):
-    @property
-    def seq(self) -> int: ...
-    @property
-    def elapsed(self) -> float: ...
-    @property
-    def direction(self) -> Direction: ...
-    @property
-    def message_type(self) -> int | None: ...
-    @property
-    def unique_id(self) -> str | None: ...
-    @property
-    def action(self) -> str | None: ...
-    @property
-    def raw(self) -> str | None: ...
-    @property
-    def raw_bytes(self) -> bytes | None: ...
 
 
 Answer = CallResult | CallError | str  # str: recorded raw text that is not OCPP-J

@@ -13,26 +13,12 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ocpp_replay.core import schemas
 from ocpp_replay.core.frames import Direction, MessageType
+from ocpp_replay.core.records import FrameLike, SessionLike
 from ocpp_replay.errors import ConfigError
-
-
-class _FrameLike(Protocol):
-    @property
-    def seq(self) -> int: ...
-    @property
-    def direction(self) -> Direction: ...
-    @property
-    def message_type(self) -> int | None: ...
-    @property
-    def action(self) -> str | None: ...
-    @property
-    def raw(self) -> str | None: ...
-    @property
-    def parse_error(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +43,7 @@ def side_of(direction: Direction) -> str:
 
 
 def check_frames(
-    session_id: int, charge_point_id: str, version: str, frames: Iterable[_FrameLike]
+    session_id: int, charge_point_id: str, version: str, frames: Iterable[FrameLike]
 ) -> list[Finding]:
     """The findings of one session's frames, in frame order."""
     version = schemas.normalize_version(version)
@@ -105,19 +91,8 @@ def check_frames(
     return found
 
 
-class _SessionLike(Protocol):
-    @property
-    def id(self) -> int: ...
-    @property
-    def charge_point_id(self) -> str: ...
-    @property
-    def subprotocol(self) -> str | None: ...
-    @property
-    def error(self) -> str | None: ...
-
-
 def check_sessions(
-    sessions: Iterable[tuple[_SessionLike, Iterable[_FrameLike]]], default_version: str | None = None
+    sessions: Iterable[tuple[SessionLike, Iterable[FrameLike]]], default_version: str | None = None
 ) -> tuple[list[Finding], list[str]]:
     """Findings over whole sessions, and the sessions skipped because their version is unknown.
 
