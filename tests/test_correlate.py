@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from ocpp_replay.core.correlate import (
     BUILTIN_16,
+    BUILTIN_21,
     BUILTIN_201,
     Correlator,
     Message,
@@ -65,10 +66,48 @@ def test_versions() -> None:
     assert ocpp_version("ocpp1.6") == "1.6"
     assert ocpp_version("ocpp2.0.1") == "2.0.1"
     assert ocpp_version("ocpp2.0") == "2.0.1"
+    assert ocpp_version("ocpp2.1") == "2.1"
+    assert ocpp_version("OCPP2.1") == "2.1"
+    assert ocpp_version("ocpp2.2") is None
     assert ocpp_version(None) is None
-    assert len(builtin_correlations(None)) == len(builtin_correlations("1.6")) + len(
-        builtin_correlations("2.0.1")
+    assert builtin_correlations("2.1")[: len(BUILTIN_201)] == BUILTIN_201
+    assert builtin_correlations(None) == BUILTIN_16 + BUILTIN_21
+
+
+def test_v21_tariff_and_der_ids_from_the_backend() -> None:
+    c = Correlator(builtin_correlations("2.1"))
+    learned = c.learn(
+        "SetDefaultTariff",
+        Message.REQUEST,
+        {"evseId": 0, "tariff": {"tariffId": "T-1"}},
+        {"evseId": 0, "tariff": {"tariffId": "T-9"}},
     )
+    assert learned == [("defaultTariffId", "T-1", "T-9")]
+    ev = {"eventType": "Started", "transactionInfo": {"transactionId": "TX-1", "tariffId": "T-1"}}
+    assert c.apply("TransactionEvent", Message.REQUEST, ev)["transactionInfo"]["tariffId"] == "T-9"
+    answer = {"status": "Accepted", "tariffAssignments": [{"tariffId": "T-1", "tariffKind": "DefaultTariff"}]}
+    assert c.apply("GetTariffs", Message.RESPONSE, answer)["tariffAssignments"][0]["tariffId"] == "T-9"
+    assert c.apply("ClearTariffs", Message.REQUEST, {"tariffIds": ["T-1", "T-2"]}) == {
+        "tariffIds": ["T-9", "T-2"]
+    }
+    # A tariff handed out in an Authorize answer is correlated too.
+    c.learn("Authorize", Message.RESPONSE, {"tariff": {"tariffId": "A"}}, {"tariff": {"tariffId": "B"}})
+    assert c.apply("TransactionEvent", Message.REQUEST, {"transactionInfo": {"tariffId": "A"}}) == {
+        "transactionInfo": {"tariffId": "B"}
+    }
+    c.learn("SetDERControl", Message.REQUEST, {"controlId": "D1"}, {"controlId": "D2"})
+    assert c.apply("NotifyDERStartStop", Message.REQUEST, {"controlId": "D1", "started": True}) == {
+        "controlId": "D2",
+        "started": True,
+    }
+    c.learn("RequestBatterySwap", Message.REQUEST, {"requestId": 4}, {"requestId": 40})
+    assert c.apply("BatterySwap", Message.REQUEST, {"requestId": 4}) == {"requestId": 40}
+    # 2.0.1's correlations hold in 2.1, and 2.1's are not 2.0.1's.
+    c.learn("RequestStartTransaction", Message.REQUEST, {"remoteStartId": 5}, {"remoteStartId": 900})
+    assert c.apply("TransactionEvent", Message.REQUEST, {"transactionInfo": {"remoteStartId": 5}}) == {
+        "transactionInfo": {"remoteStartId": 900}
+    }
+    assert not Correlator(builtin_correlations("2.0.1")).source_paths("SetDefaultTariff", Message.REQUEST)
 
 
 def test_shift_timestamps_keeps_form() -> None:

@@ -21,7 +21,7 @@ from ocpp_replay.core.diff import (
 from ocpp_replay.core.frames import Call, CallError, CallResult
 from ocpp_replay.core.paths import parse_path
 from ocpp_replay.core.results import LiveFrame, RunResult, SessionResult, Timing, percentile
-from ocpp_replay.core.rules import Mode, PathRule, RuleSet, parse_rules
+from ocpp_replay.core.rules import BUILTIN_RULES, Mode, PathRule, RuleSet, parse_rules
 from ocpp_replay.errors import ConfigError
 from ocpp_replay.report import junit_xml, report_dict, write_json
 from ocpp_replay.report.terminal import differences_table, summary_line, summary_table
@@ -117,6 +117,37 @@ def test_builtin_noise_rules_201() -> None:
     assert (
         compare_payloads({"remoteStartId": 5, "idToken": {}}, {"remoteStartId": 900, "idToken": {}}, r) == []
     )
+
+
+def test_builtin_noise_rules_21() -> None:
+    """2.1 has every 2.0.1 rule, its own time anchors, and its own correlated ids."""
+    for action, message in BUILTIN_RULES_201_KEYS:
+        v21 = RULES.for_message("2.1", action, message)
+        assert set(RULES.for_message("2.0.1", action, message)) <= set(v21)
+    boot = RULES.for_message("2.1", "BootNotification", Message.RESPONSE)
+    e = {"currentTime": "2026-01-01T00:00:00Z", "interval": 300, "status": "Accepted"}
+    assert compare_payloads(e, dict(e, currentTime="2027-01-01T00:00:00Z"), boot) == []
+    assert compare_payloads(e, dict(e, interval=900), boot)[0].path == "interval"
+    anchor = "chargingProfile.chargingSchedule[*].absolutePriceSchedule.timeAnchor"
+    assert anchor in [r.text for r in RULES.for_message("2.1", "SetChargingProfile", Message.REQUEST)]
+    assert anchor not in [r.text for r in RULES.for_message("2.0.1", "SetChargingProfile", Message.REQUEST)]
+    c = RULES.correlator("2.1")
+    r = RULES.for_message("2.1", "SetDefaultTariff", Message.REQUEST, c)
+    tariff = {"evseId": 0, "tariff": {"tariffId": "T-1", "currency": "EUR"}}
+    live = {"evseId": 0, "tariff": {"tariffId": "T-77", "currency": "EUR"}}
+    assert compare_payloads(tariff, live, r) == []
+    assert compare_payloads(tariff, dict(live, evseId=1), r)[0].path == "evseId"
+    # A rules file can name 2.1.
+    rs = parse_rules('[[rule]]\naction = "Heartbeat"\nocpp = "2.1"\nignore = ["currentTime"]\n')
+    assert PathRule(parse_path("currentTime"), Mode.IGNORE) in rs.for_message(
+        "2.1", "Heartbeat", Message.RESPONSE
+    )
+    assert rs.for_message("2.0.1", "Heartbeat", Message.RESPONSE)[0].mode is Mode.PRESENCE
+    with pytest.raises(ConfigError, match=r"ocpp must be 1\.6, 2\.0\.1 or 2\.1"):
+        parse_rules('[[rule]]\naction = "Heartbeat"\nocpp = "3.0"\n')
+
+
+BUILTIN_RULES_201_KEYS = [(a, m) for (v, a, m) in BUILTIN_RULES if v == "2.0.1"]
 
 
 def test_answers() -> None:

@@ -93,6 +93,29 @@ def test_action_lists() -> None:
     assert not any(a.endswith(("Request", "Response")) for a in schemas.actions("2.0.1"))
 
 
+def test_21_uses_the_21_schemas() -> None:
+    """2.1 is checked against ocpp/v21: its own actions, its own enums, its own aliases."""
+    boot = {"reason": "PowerUp", "chargingStation": {"model": "NG910-60023", "vendorName": "Alfen BV"}}
+    for name in ("2.1", "ocpp2.1", "OCPP2.1", "21"):
+        assert normalize_version(name) == "2.1"
+        assert validate(name, "BootNotification", boot, response=False) == []
+    found = validate("2.1", "BootNotification", {"bogus": 1}, response=False)
+    assert {(v.path, v.keyword) for v in found} == {("", "additionalProperties"), ("", "required")}
+    # Actions only 2.1 has, including the SEND without a Request suffix or a response.
+    assert {"SetDefaultTariff", "NotifyPeriodicEventStream", "BatterySwap"} <= schemas.actions("2.1")
+    assert "NotifyPeriodicEventStream" not in schemas.actions("2.1", response=True)
+    assert not ({"SetDefaultTariff", "BatterySwap"} & schemas.actions("2.0.1"))
+    assert validate("2.0.1", "SetDefaultTariff", {}, response=False) == [Violation("", "unknown action")]
+    # An enum value 2.1 added is valid in 2.1 and not in 2.0.1.
+    reset = {"type": "ImmediateAndResume"}
+    assert validate("2.1", "Reset", reset, response=False) == []
+    assert [v.keyword for v in validate("2.0.1", "Reset", reset, response=False)] == ["enum"]
+    stream = {"id": 1, "pending": 0, "basetime": "2025-01-01T00:00:00Z", "data": [{"t": 0.5, "v": "1"}]}
+    assert validate("2.1", "NotifyPeriodicEventStream", stream, response=False) == []
+    with pytest.raises(ConfigError, match=r"expected 1\.6, 2\.0\.1, 2\.1"):
+        normalize_version("3.0")
+
+
 def test_fast_enough_for_every_frame() -> None:
     payload = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
     validate("1.6", "StatusNotification", payload, response=False)
@@ -104,8 +127,10 @@ def test_fast_enough_for_every_frame() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.sampled_from(["1.6", "2.0.1"]),
-    st.sampled_from(["MeterValues", "BootNotification", "TransactionEvent", "Nope"]),
+    st.sampled_from(["1.6", "2.0.1", "2.1"]),
+    st.sampled_from(
+        ["MeterValues", "BootNotification", "TransactionEvent", "NotifyPeriodicEventStream", "Nope"]
+    ),
     st.dictionaries(
         st.text(max_size=8),
         st.recursive(st.none() | st.integers() | st.text(max_size=5), st.lists, max_leaves=4),

@@ -65,12 +65,121 @@ def test_alfen_current_max_is_found_by_side_action_and_path(tmp_path: Path) -> N
     assert "meterValue[0].sampledValue[1].context" in table.output
 
 
-def test_unknown_version_is_skipped_unless_given(tmp_path: Path) -> None:
-    make_capture(tmp_path / "c.db", CLEAN, subprotocol=None)
-    result = runner.invoke(app, ["validate", "--db", str(tmp_path / "c.db"), "--json"])
-    assert json.loads(result.output)["skipped"]
-    result = runner.invoke(app, ["validate", "--db", str(tmp_path / "c.db"), "--json", "--version", "1.6"])
-    assert result.exit_code == 0 and not json.loads(result.output)["skipped"]
+def test_clean_capture_reports_what_it_checked(tmp_path: Path) -> None:
+    make_capture(tmp_path / "c.db", CLEAN)
+    result = runner.invoke(app, ["validate", "--db", str(tmp_path / "c.db")])
+    assert result.exit_code == 0, result.output
+    assert "checked 4 frames of 1 session (OCPP 1.6: 1)" in result.output
+    assert "no schema violations" in result.output
+    summary = json.loads(runner.invoke(app, ["validate", "--db", str(tmp_path / "c.db"), "--json"]).stdout)
+    assert summary["summary"] | {"versions": None} == {
+        "sessions_checked": 1,
+        "frames": 4,
+        "frames_checked": 4,
+        "call_errors": 0,
+        "versions": None,
+        "sessions_skipped": 0,
+        "frames_skipped": 0,
+        "sessions_unopened": 0,
+        "violations": 0,
+    }
+
+
+@pytest.mark.parametrize("subprotocol", [None, "ocpp9.9"])
+def test_a_session_of_unknown_version_is_exit_2_unless_given_or_allowed(
+    tmp_path: Path, subprotocol: str | None
+) -> None:
+    make_capture(tmp_path / "c.db", CLEAN, subprotocol=subprotocol)
+    db = str(tmp_path / "c.db")
+    result = runner.invoke(app, ["validate", "--db", db])
+    assert result.exit_code == 2
+    assert "no schema violations" not in result.stdout
+    assert "skipped session 1" in result.stdout and "(4 frames)" in result.stdout
+    assert "checked 0 frames of 0 sessions; skipped 1 session (4 frames not checked)" in result.stdout
+    assert result.stderr.startswith("error: 1 session not checked") and result.stderr.count("\n") == 1
+    result = runner.invoke(app, ["validate", "--db", db, "--json"])
+    assert result.exit_code == 2
+    data = json.loads(result.stdout)
+    assert data["skipped"][0]["session_id"] == 1 and data["skipped"][0]["frames"] == 4
+    assert data["summary"]["sessions_skipped"] == 1 and data["summary"]["frames_checked"] == 0
+    # --allow-skip accepts skipped sessions, but a run that checked nothing is still not a pass.
+    assert runner.invoke(app, ["validate", "--db", db, "--allow-skip"]).exit_code == 2
+    result = runner.invoke(app, ["validate", "--db", db, "--json", "--version", "1.6"])
+    assert result.exit_code == 0 and not json.loads(result.stdout)["skipped"]
+
+
+def test_allow_skip_passes_when_the_rest_was_checked(tmp_path: Path) -> None:
+    writer = CaptureWriter(tmp_path / "c.db")
+    for subprotocol in ("ocpp1.6", None):
+        sid = writer.open_session(time.time(), charge_point_id="ALF-1", subprotocol=subprotocol)
+        for seq, (direction, raw) in enumerate(CLEAN, 1):
+            writer.frame(sid, seq, time.time(), 0.1 * seq, direction, raw)
+        writer.close_session(sid, time.time(), frames=len(CLEAN))
+    writer.close()
+    db = str(tmp_path / "c.db")
+    assert runner.invoke(app, ["validate", "--db", db]).exit_code == 2
+    result = runner.invoke(app, ["validate", "--db", db, "--allow-skip"])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 session (4 frames not checked)" in result.stdout
+    assert "no schema violations in the frames checked" in result.stdout
+
+
+@pytest.mark.parametrize("version", ["3.0", "2.2", "x"])
+def test_unknown_version_option_is_exit_2(tmp_path: Path, version: str) -> None:
+    make_capture(tmp_path / "c.db", CLEAN)
+    result = runner.invoke(app, ["validate", "--db", str(tmp_path / "c.db"), "--version", version])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: unknown OCPP version {version!r} (expected 1.6, 2.0.1, 2.1)\n"
+
+
+def test_an_empty_selection_checks_nothing_and_is_exit_2(tmp_path: Path) -> None:
+    make_capture(tmp_path / "c.db", CLEAN)
+    result = runner.invoke(app, ["validate", "--db", str(tmp_path / "c.db"), "--charge-point", "nobody"])
+    assert result.exit_code == 2
+    assert result.stderr == "error: no frame was checked against a schema: no session to check\n"
+
+
+BOOT_21 = (
+    '[2,"1","BootNotification",{"reason":"PowerUp",'
+    '"chargingStation":{"model":"NG910-60023","vendorName":"Alfen BV"}}]'
+)
+CLEAN_21 = [
+    (Direction.TO_CSMS, BOOT_21),
+    (Direction.TO_CP, '[3,"1",{"currentTime":"2026-11-25T10:00:00Z","interval":300,"status":"Accepted"}]'),
+    (Direction.TO_CP, '[2,"c1","Reset",{"type":"ImmediateAndResume"}]'),  # 2.1 only
+    (Direction.TO_CSMS, '[3,"c1",{"status":"Accepted"}]'),
+    (Direction.TO_CSMS, '[2,"2","Heartbeat",{}]'),
+    (Direction.TO_CP, '[4,"2","InternalError","busy",{}]'),
+]
+
+
+def test_21_capture_clean_is_exit_0_with_frames_checked(tmp_path: Path) -> None:
+    make_capture(tmp_path / "c.db", CLEAN_21, subprotocol="ocpp2.1")
+    result = runner.invoke(app, ["validate", "--db", str(tmp_path / "c.db")])
+    assert result.exit_code == 0, result.output
+    assert "checked 5 frames of 1 session (OCPP 2.1: 1), 1 CALLERROR without a schema" in result.stdout
+    # The same frames as 2.0.1: the 2.1-only reset type is a violation there.
+    make_capture(tmp_path / "d.db", CLEAN_21, subprotocol="ocpp2.0.1")
+    result = runner.invoke(app, ["validate", "--db", str(tmp_path / "d.db"), "--json"])
+    assert result.exit_code == 1
+    assert [(v["action"], v["path"]) for v in json.loads(result.stdout)["violations"]] == [("Reset", "type")]
+
+
+def test_21_capture_with_a_bogus_boot_is_exit_1_and_names_it(tmp_path: Path) -> None:
+    """The issue's case: a 2.1 BootNotification of {"bogus":1} is a violation, not a skip."""
+    frames = [(Direction.TO_CSMS, '[2,"1","BootNotification",{"bogus":1}]'), *CLEAN_21[1:]]
+    make_capture(tmp_path / "c.db", frames, subprotocol="ocpp2.1")
+    result = runner.invoke(app, ["validate", "--db", str(tmp_path / "c.db")])
+    assert result.exit_code == 1, result.output
+    assert "skipped" not in result.stdout
+    assert "session 1 ALF-1 #1 charger BootNotification (payload): 'reason' is a required property" in (
+        result.stdout
+    )
+    found = json.loads(runner.invoke(app, ["validate", "--db", str(tmp_path / "c.db"), "--json"]).stdout)
+    assert {(v["seq"], v["side"], v["action"], v["message_kind"]) for v in found["violations"]} == {
+        (1, "charger", "BootNotification", "request")
+    }
+    assert found["summary"]["frames_checked"] == 5 and found["summary"]["versions"] == {"2.1": 1}
 
 
 @pytest.mark.parametrize("db", ["missing.db", "garbage.db"])

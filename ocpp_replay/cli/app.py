@@ -306,27 +306,42 @@ def validate(
         list[str] | None, typer.Option("--charge-point", help="Only this charge point (repeatable).")
     ] = None,
     version: Annotated[
-        str | None, typer.Option(help="OCPP version for sessions without a known subprotocol.")
+        str | None,
+        typer.Option(help="OCPP version (1.6, 2.0.1 or 2.1) for sessions without a known subprotocol."),
     ] = None,
+    allow_skip: Annotated[
+        bool,
+        typer.Option(
+            "--allow-skip", help="Exit 0 even if some sessions could not be checked (their version unknown)."
+        ),
+    ] = False,
     json_: JsonFlag = False,
 ) -> None:
-    """Check every captured frame against the official OCPP JSON schemas (exit 1 on violations)."""
+    """Check every captured frame against the official OCPP JSON schemas (exit 1 on violations,
+    2 if a session could not be checked or nothing was)."""
     from ocpp_replay.core.validate import check_sessions, summarize
 
     store = _open(db)
     try:
         selected = store.sessions(ids=session or (), charge_points=charge_point or ())
-        findings, skipped = check_sessions(((s, store.frames(s.id)) for s in selected), version)
+        report = check_sessions(((s, store.frames(s.id)) for s in selected), version)
     except OcppReplayError as exc:
         fail(exc)
+    findings = report.findings
     if json_:
-        print_json({"violations": [f.as_dict() for f in findings], "skipped": skipped})
+        print_json(
+            {
+                "summary": report.summary(),
+                "violations": [f.as_dict() for f in findings],
+                "skipped": [s.as_dict() for s in report.skipped],
+            }
+        )
     else:
-        for line in skipped:
-            console.print(f"skipped {printable(line)}", markup=False)
-        if not findings:
-            console.print("no schema violations")
-        else:
+        for skipped in report.skipped:
+            console.print(
+                f"skipped {printable(str(skipped))} ({skipped.frames} frames)", markup=False, soft_wrap=True
+            )
+        if findings:
             table = Table(title=f"{len(findings)} schema violations")
             for col in ("side", "action", "message", "path", "count"):
                 table.add_column(col, justify="right" if col == "count" else "left")
@@ -340,10 +355,23 @@ def validate(
                     f"  session {f.session_id} {printable(f.charge_point_id)} #{f.seq} {f.side} "
                     f"{printable(f.action)} {printable(f.path) or '(payload)'}: {printable(f.message)}",
                     markup=False,
+                    soft_wrap=True,
                 )
             if len(findings) > 20:
                 console.print(f"  ... and {len(findings) - 20} more (--json lists all)")
-    raise typer.Exit(1 if findings else 0)
+        console.print(report.summary_line(), markup=False, soft_wrap=True)
+        if not findings and report.tally.checked:
+            console.print("no schema violations" + (" in the frames checked" if report.skipped else ""))
+    code = report.exit_code(allow_skip=allow_skip)
+    if code == 2:
+        if report.skipped and not allow_skip:
+            n = len(report.skipped)
+            fail(
+                f"{n} session{'s' if n != 1 else ''} not checked (OCPP version unknown): "
+                "pass --version, or --allow-skip to accept that"
+            )
+        fail("no frame was checked against a schema" + ("" if report.sessions else ": no session to check"))
+    raise typer.Exit(code)
 
 
 @app.command()

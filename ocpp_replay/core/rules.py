@@ -7,7 +7,7 @@ a message (``request`` or ``response``) and paths with a mode:
 - ``presence``: the value must be present on both sides with the same JSON type; its value
   is not compared (``currentTime``, expiry dates, ids the backend assigns).
 
-Built-in rules cover what differs on every run for OCPP 1.6 and 2.0.1; the sources of
+Built-in rules cover what differs on every run for OCPP 1.6, 2.0.1 and 2.1; the sources of
 correlated values (see :mod:`ocpp_replay.core.correlate`) are presence rules too. A TOML rules file
 adds paths, turns built-in ones back into exact comparisons, and adds correlations::
 
@@ -16,7 +16,7 @@ adds paths, turns built-in ones back into exact comparisons, and adds correlatio
     [[rule]]
     action = "BootNotification"    # or "*" for every action
     message = "response"           # request | response (default: response)
-    ocpp = "1.6"                   # 1.6 | 2.0.1 (default: both)
+    ocpp = "1.6"                   # 1.6 | 2.0.1 | 2.1 (default: every version)
     ignore = ["interval"]
     presence = ["status"]
     compare = ["currentTime"]      # remove these built-in paths: compare exactly
@@ -48,7 +48,7 @@ from ocpp_replay.errors import ConfigError
 
 __all__ = ["BUILTIN_RULES", "Mode", "PathRule", "RuleSet", "parse_rules"]
 
-VERSIONS = ("1.6", "2.0.1")
+VERSIONS = ("1.6", "2.0.1", "2.1")
 
 
 class Mode(StrEnum):
@@ -75,7 +75,7 @@ def _builtin() -> dict[_Key, tuple[PathRule, ...]]:
 
     req, res = Message.REQUEST, Message.RESPONSE
     v16, v201 = "1.6", "2.0.1"
-    return {
+    rules: dict[_Key, tuple[PathRule, ...]] = {
         # OCPP 1.6
         (v16, "BootNotification", res): p("currentTime"),
         (v16, "Heartbeat", res): p("currentTime"),
@@ -117,6 +117,20 @@ def _builtin() -> dict[_Key, tuple[PathRule, ...]]:
         (v201, "SendLocalList", req): p("localAuthorizationList[*].idTokenInfo.cacheExpiryDateTime"),
         (v201, "SetDisplayMessage", req): p("message.startDateTime", "message.endDateTime"),
     }
+    # OCPP 2.1 keeps the 2.0.1 messages and their time fields; its price schedules in charging
+    # profiles are anchored at a time, and a settlement's receipt is the backend's.
+    v21 = "2.1"
+    rules.update(
+        {(v21, action, message): paths for (v, action, message), paths in rules.items() if v == v201}
+    )
+    anchors = (
+        "chargingProfile.chargingSchedule[*].absolutePriceSchedule.timeAnchor",
+        "chargingProfile.chargingSchedule[*].priceLevelSchedule.timeAnchor",
+    )
+    rules[(v21, "SetChargingProfile", req)] += p(*anchors)
+    rules[(v21, "RequestStartTransaction", req)] += p(*anchors)
+    rules[(v21, "NotifySettlement", res)] = p("receiptId", "receiptUrl")
+    return rules
 
 
 BUILTIN_RULES: Mapping[_Key, tuple[PathRule, ...]] = _builtin()
@@ -177,7 +191,9 @@ def _version(value: Any, where: str) -> str | None:
     if text == "2.0":
         text = "2.0.1"
     if text not in VERSIONS:
-        raise ConfigError(f"{where}: ocpp must be 1.6 or 2.0.1, not {value!r}")
+        raise ConfigError(
+            f"{where}: ocpp must be {', '.join(VERSIONS[:-1])} or {VERSIONS[-1]}, not {value!r}"
+        )
     return text
 
 

@@ -4,10 +4,13 @@ Pure: the only I/O is reading the schema files of the installed ``ocpp`` package
 (version, action, direction), after which the compiled validator is cached. Called for every
 frame of a replay or simulation, so the hot path is a dict lookup and ``iter_errors``.
 
-File names differ per version: 1.6 has ``Authorize.json`` / ``AuthorizeResponse.json``,
-2.0.1 has ``AuthorizeRequest.json`` / ``AuthorizeResponse.json``. 1.6 schemas are draft-04
-(the security-extension ones declare nothing and are treated as draft-04), 2.0.1 schemas are
-draft-06. ``format: date-time`` is checked (RFC 3339), other formats are not.
+Versions: 1.6 (``ocpp/v16``), 2.0.1 (``ocpp/v201``) and 2.1 (``ocpp/v21``, the schemas OCA
+published with OCPP 2.1 in January 2025). File names differ per version: 1.6 has
+``Authorize.json`` / ``AuthorizeResponse.json``, 2.0.1 and 2.1 have ``AuthorizeRequest.json`` /
+``AuthorizeResponse.json`` (2.1's ``NotifyPeriodicEventStream.json``, a SEND with no answer, has
+no suffix). 1.6 schemas are draft-04 (the security-extension ones declare nothing and are
+treated as draft-04), 2.0.1 and 2.1 schemas are draft-06. ``format: date-time`` is checked
+(RFC 3339), other formats are not.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ocpp_replay.errors import ConfigError
 
 __all__ = ["VERSIONS", "Violation", "actions", "normalize_version", "validate"]
 
-VERSIONS: Final = ("1.6", "2.0.1")
+VERSIONS: Final = ("1.6", "2.0.1", "2.1")
 
 _ALIASES: Final[dict[str, str]] = {
     "1.6": "1.6",
@@ -40,8 +43,11 @@ _ALIASES: Final[dict[str, str]] = {
     "2.0": "2.0.1",
     "ocpp2.0.1": "2.0.1",
     "ocpp2.0": "2.0.1",
+    "2.1": "2.1",
+    "21": "2.1",
+    "ocpp2.1": "2.1",
 }
-_PACKAGE_DIR: Final = {"1.6": "v16", "2.0.1": "v201"}
+_PACKAGE_DIR: Final = {"1.6": "v16", "2.0.1": "v201", "2.1": "v21"}
 
 # RFC 3339 date-time, as OCPP uses it (fraction and offset optional in practice: many
 # chargers omit the offset; the 1.6 spec text requires UTC but the schema only says date-time).
@@ -77,43 +83,43 @@ class Violation:
 
 
 def normalize_version(version: str) -> str:
-    """'1.6' or '2.0.1' for a version or subprotocol name. Raises ConfigError otherwise."""
+    """'1.6', '2.0.1' or '2.1' for a version or subprotocol name. Raises ConfigError otherwise."""
     try:
         return _ALIASES[version.strip().lower()]
     except KeyError:
-        raise ConfigError(f"unknown OCPP version {version!r} (expected 1.6 or 2.0.1)") from None
+        raise ConfigError(f"unknown OCPP version {version!r} (expected {', '.join(VERSIONS)})") from None
 
 
-def _schema_name(version: str, action: str, response: bool) -> str:
-    if response:
-        return f"{action}Response.json"
-    return f"{action}.json" if version == "1.6" else f"{action}Request.json"
+@functools.cache
+def _files(version: str, response: bool) -> dict[str, str]:
+    """Action -> schema file name, for the requests (or responses) of a version."""
+    folder = resources.files("ocpp") / _PACKAGE_DIR[version] / "schemas"
+    found: dict[str, str] = {}
+    for entry in folder.iterdir():
+        name = entry.name
+        if not name.endswith(".json"):
+            continue
+        stem = name.removesuffix(".json")
+        if stem.endswith("Response"):
+            if response:
+                found[stem.removesuffix("Response")] = name
+        elif not response:
+            found[stem if version == "1.6" else stem.removesuffix("Request")] = name
+    return found
 
 
 @functools.cache
 def actions(version: str, *, response: bool = False) -> frozenset[str]:
     """Every action the schemas of a version know, e.g. {'Authorize', 'BootNotification', ...}."""
-    version = normalize_version(version)
-    folder = resources.files("ocpp") / _PACKAGE_DIR[version] / "schemas"
-    names = [entry.name for entry in folder.iterdir() if entry.name.endswith(".json")]
-    found: set[str] = set()
-    for name in names:
-        stem = name.removesuffix(".json")
-        if stem.endswith("Response"):
-            if response:
-                found.add(stem.removesuffix("Response"))
-        elif not response:
-            found.add(stem.removesuffix("Request") if version == "2.0.1" else stem)
-    return frozenset(found)
+    return frozenset(_files(normalize_version(version), response))
 
 
 @functools.cache
 def _validator(version: str, action: str, response: bool) -> jsonschema.protocols.Validator | None:
-    if action not in actions(version, response=response):
+    name = _files(version, response).get(action)
+    if name is None:
         return None
-    path = (
-        resources.files("ocpp") / _PACKAGE_DIR[version] / "schemas" / _schema_name(version, action, response)
-    )
+    path = resources.files("ocpp") / _PACKAGE_DIR[version] / "schemas" / name
     schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft4Validator)
     return cls(schema, format_checker=_FORMAT_CHECKER)

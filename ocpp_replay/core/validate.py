@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ocpp_replay.core import schemas
@@ -42,13 +42,28 @@ def side_of(direction: Direction) -> str:
     return "charger" if direction is Direction.TO_CSMS else "backend"
 
 
+@dataclass(slots=True)
+class Tally:
+    """What a check covered: frames checked against a schema and frames that could not be."""
+
+    frames: int = 0  # every frame looked at
+    checked: int = 0  # CALLs and CALLRESULTs validated against their schema
+    call_errors: int = 0  # CALLERRORs: no payload schema to check against
+
+
 def check_frames(
-    session_id: int, charge_point_id: str, version: str, frames: Iterable[FrameLike]
+    session_id: int,
+    charge_point_id: str,
+    version: str,
+    frames: Iterable[FrameLike],
+    tally: Tally | None = None,
 ) -> list[Finding]:
-    """The findings of one session's frames, in frame order."""
+    """The findings of one session's frames, in frame order; TALLY, if given, counts them."""
     version = schemas.normalize_version(version)
+    tally = tally if tally is not None else Tally()
     found: list[Finding] = []
     for f in frames:
+        tally.frames += 1
         side = side_of(f.direction)
         if f.parse_error is not None or f.raw is None:
             reason = f.parse_error or "binary frame (OCPP-J uses text frames)"
@@ -57,6 +72,7 @@ def check_frames(
             )
             continue
         if f.message_type == MessageType.CALL_ERROR:
+            tally.call_errors += 1
             continue
         response = f.message_type == MessageType.CALL_RESULT
         if f.action is None:
@@ -73,6 +89,7 @@ def check_frames(
                 )
             )
             continue
+        tally.checked += 1
         data = json.loads(f.raw)  # not orjson: it turns integers beyond 64 bits into floats
         payload = data[2] if response else data[3]
         for v in schemas.validate(version, f.action, payload, response=response):
@@ -91,26 +108,110 @@ def check_frames(
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A session that was not checked, and why."""
+
+    session_id: int
+    charge_point_id: str
+    subprotocol: str | None
+    frames: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"session {self.session_id}: {self.reason}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
+class Report:
+    """The outcome of checking a capture: findings, and what was and was not checked."""
+
+    findings: list[Finding] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    sessions: int = 0  # sessions checked
+    unopened: int = 0  # sessions the upstream refused: no frames, nothing to check
+    versions: Counter[str] = field(default_factory=Counter)  # sessions checked, by version
+    tally: Tally = field(default_factory=Tally)
+
+    @property
+    def skipped_frames(self) -> int:
+        return sum(s.frames for s in self.skipped)
+
+    def exit_code(self, *, allow_skip: bool = False) -> int:
+        """1: violations. 2: a session skipped (unless ALLOW_SKIP) or no frame checked at all.
+        0: frames were checked and every one is valid."""
+        if self.findings:
+            return 1
+        if self.skipped and not allow_skip:
+            return 2
+        return 0 if self.tally.checked else 2
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "sessions_checked": self.sessions,
+            "frames": self.tally.frames,
+            "frames_checked": self.tally.checked,
+            "call_errors": self.tally.call_errors,
+            "versions": dict(sorted(self.versions.items())),
+            "sessions_skipped": len(self.skipped),
+            "frames_skipped": self.skipped_frames,
+            "sessions_unopened": self.unopened,
+            "violations": len(self.findings),
+        }
+
+    def summary_line(self) -> str:
+        """One line: what was checked, what was skipped, the verdict."""
+        t = self.tally
+        versions = ", ".join(f"OCPP {v}: {n}" for v, n in sorted(self.versions.items()))
+        line = (
+            f"checked {t.checked} frame{'s' if t.checked != 1 else ''} of {self.sessions} "
+            f"session{'s' if self.sessions != 1 else ''}"
+            + (f" ({versions})" if versions else "")
+            + (
+                f", {t.call_errors} CALLERROR{'s' if t.call_errors != 1 else ''} without a schema"
+                if t.call_errors
+                else ""
+            )
+        )
+        if self.skipped:
+            n = len(self.skipped)
+            line += (
+                f"; skipped {n} session{'s' if n != 1 else ''} "
+                f"({self.skipped_frames} frame{'s' if self.skipped_frames != 1 else ''} not checked)"
+            )
+        return line
+
+
 def check_sessions(
     sessions: Iterable[tuple[SessionLike, Iterable[FrameLike]]], default_version: str | None = None
-) -> tuple[list[Finding], list[str]]:
-    """Findings over whole sessions, and the sessions skipped because their version is unknown.
+) -> Report:
+    """Check whole sessions: findings, and how many sessions and frames were checked or skipped.
 
-    A session's version comes from its subprotocol, else ``default_version``. Sessions that
-    never opened (the upstream refused them) have no frames and are passed over.
+    A session's version comes from its subprotocol, else ``default_version``. A session whose
+    version cannot be told is skipped, never silently: it is listed with its frame count.
+    Sessions that never opened (the upstream refused them) have no frames and are counted apart.
+    Raises ConfigError for an unknown ``default_version``.
     """
-    findings: list[Finding] = []
-    skipped: list[str] = []
+    if default_version is not None:
+        default_version = schemas.normalize_version(default_version)
+    report = Report()
     for info, frames in sessions:
         if info.error:
+            report.unopened += 1
             continue
         try:
             version = version_of(info.subprotocol, default_version)
         except ConfigError as exc:
-            skipped.append(f"session {info.id}: {exc}")
+            count = sum(1 for _ in frames)
+            report.skipped.append(Skipped(info.id, info.charge_point_id, info.subprotocol, count, str(exc)))
             continue
-        findings.extend(check_frames(info.id, info.charge_point_id, version, frames))
-    return findings, skipped
+        report.sessions += 1
+        report.versions[version] += 1
+        report.findings.extend(check_frames(info.id, info.charge_point_id, version, frames, report.tally))
+    return report
 
 
 def summarize(findings: Iterable[Finding]) -> list[tuple[str, str, str, str, int]]:
@@ -127,6 +228,8 @@ def version_of(subprotocol: str | None, default: str | None) -> str:
                 return schemas.normalize_version(candidate)
             except ConfigError:
                 continue
+    shown = "no subprotocol" if not subprotocol else f"subprotocol {subprotocol!r}"
     raise ConfigError(
-        f"cannot tell the OCPP version of subprotocol {subprotocol!r}: pass --version 1.6 or 2.0.1"
+        f"cannot tell the OCPP version of a session with {shown}: "
+        f"pass --version {', '.join(schemas.VERSIONS[:-1])} or {schemas.VERSIONS[-1]}"
     )
