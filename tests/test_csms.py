@@ -57,7 +57,7 @@ def test_boot_is_accepted_and_asks_for_the_configuration() -> None:
     assert quiet.commands == () and quiet.reply.payload["interval"] == 42
 
 
-@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+@pytest.mark.parametrize("version", ["1.6", "2.0.1", "2.1"])
 def test_profiles_differ_in_heartbeat_and_one_card(version: str) -> None:
     boot = BOOT_16 if version == "1.6" else BOOT_201
     v1, v2 = session(version, profile="v1"), session(version, profile="v2")
@@ -163,6 +163,16 @@ def test_errors_for_unknown_unsupported_and_malformed() -> None:
     assert s.handle_invalid('[7,"9",{}]').error_code == "ProtocolError"  # type: ignore[union-attr]
     assert s.handle_invalid("not json") is None
     assert s.handle_invalid('[3,"9",5]') is None  # never answer an answer
+    v21 = session("2.1")
+    assert v21.handle_invalid('[2,"9"]').error_code == "FormatViolation"  # type: ignore[union-attr]
+    assert v21.handle_invalid('[7,"9",{}]').error_code == "MessageTypeNotSupported"  # type: ignore[union-attr]
+    assert v21.handle_invalid('[5,"9","InternalError","",{}]') is None  # 2.1 CALLRESULTERROR
+    assert v21.handle_invalid('[6,"9","NotifyPeriodicEventStream",{}]') is None  # 2.1 SEND
+    # A 2.1 action the CSMS does not handle is NotSupported in 2.1, unknown (NotImplemented) in 2.0.1.
+    assert v21.handle_call(Call("d", "BatterySwap", {}), NOW).reply.error_code == "NotSupported"
+    assert (
+        session("2.0.1").handle_call(Call("e", "BatterySwap", {}), NOW).reply.error_code == "NotImplemented"
+    )
     # lenient by default: Alfen's CurrentMax context is accepted; strict mode rejects it
     alfen = meter_values(1)
     alfen["meterValue"][0]["sampledValue"][0]["context"] = "CurrentMax"
@@ -173,7 +183,7 @@ def test_errors_for_unknown_unsupported_and_malformed() -> None:
     assert missing.error_code == "OccurenceConstraintViolation"  # the 1.6 spelling
 
 
-@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+@pytest.mark.parametrize("version", ["1.6", "2.0.1", "2.1"])
 @pytest.mark.parametrize("name", sorted(set(COMMANDS) - {"call"}))
 def test_every_command_builds_a_valid_call(version: str, name: str) -> None:
     s = session(version)
@@ -229,6 +239,11 @@ async def test_subprotocol_choice(http: aiohttp.ClientSession) -> None:
             assert ws.protocol == "ocpp2.0.1"
         async with http.ws_connect(csms.url + "/B", protocols=("ocpp1.6", "ocpp2.0.1")) as ws:
             assert ws.protocol == "ocpp1.6"
+        async with http.ws_connect(csms.url + "/E", protocols=("ocpp2.1", "ocpp2.0.1")) as ws:
+            assert ws.protocol == "ocpp2.1"
+            await ws.send_str(json.dumps([2, "1", "BootNotification", BOOT_201]))
+            assert (await recv(ws))[2]["status"] == "Accepted"
+            assert csms.backend.chargers["E"].version == "2.1"
         async with http.ws_connect(csms.url + "/C", protocols=("ocpp2.0",)) as ws:
             assert ws.protocol == "ocpp2.0"
             await ws.send_str(json.dumps([2, "1", "BootNotification", BOOT_201]))

@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ocpp.routing import on
+from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as ChargePoint16
 from ocpp.v16 import call as call16
 from ocpp.v16 import call_result as result16
 from ocpp.v16.enums import Action as Action16
+from ocpp.v21 import ChargePoint as ChargePoint21
+from ocpp.v21 import call as call21
+from ocpp.v21 import call_result as result21
+from ocpp.v21.enums import Action as Action21
 from ocpp.v201 import ChargePoint as ChargePoint201
 from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
@@ -30,9 +34,10 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from ocpp_replay.core import schemas
+from ocpp_replay.core.frames import Call, CallError, Direction, parse
 from ocpp_replay.csms import V2_BLOCKED_ID_TAG, ReferenceCsms
 from ocpp_replay.errors import ConfigError, UpstreamError
-from ocpp_replay.simulate import FleetResult, run_fleet, run_simulate
+from ocpp_replay.simulate import FleetResult, print_summary, run_fleet, run_simulate
 from ocpp_replay.simulate import scenario as scenarios
 from ocpp_replay.simulate.alfen import identity
 from ocpp_replay.simulate.charger import Charger, Out
@@ -41,7 +46,7 @@ pytestmark = pytest.mark.timeout(60)
 
 START = datetime(2024, 6, 3, 8, 0, tzinfo=UTC)
 FAST = 0.0003  # real seconds per virtual second: an hour in about a second
-VERSIONS = ("1.6", "2.0.1")
+VERSIONS = ("1.6", "2.0.1", "2.1")
 
 
 # -- pure: the state machine ------------------------------------------------------------------
@@ -286,6 +291,8 @@ BACKEND_CALLS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("Reset", {"type": "Immediate"}),
     ],
 }
+#: 2.1 keeps 2.0.1's commands, and adds a reset type.
+BACKEND_CALLS["2.1"] = [*BACKEND_CALLS["2.0.1"][:-1], ("Reset", {"type": "ImmediateAndResume"})]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -428,8 +435,8 @@ async def test_builtin_scenarios_against_reference_csms(version: str, scenario: 
     assert result.chargers[3].boots == 2
     if scenario in ("reconnect", "fleet-day"):
         assert sum(c.delivered_offline for c in result.chargers) > 0
-    if scenario == "faulty":  # 1.6 says it in StatusNotification, 2.0.1 in NotifyEvent
-        if version == "2.0.1":  # each fault and its clearing, schema-checked like every frame
+    if scenario == "faulty":  # 1.6 says it in StatusNotification, 2.0.1 and 2.1 in NotifyEvent
+        if version != "1.6":  # each fault and its clearing, schema-checked like every frame
             assert result.sent["NotifyEvent"] == 2 * 5
         else:
             assert result.sent["NotifyEvent"] == 0
@@ -439,6 +446,22 @@ async def test_builtin_scenarios_against_reference_csms(version: str, scenario: 
         r.boot["chargePointVendor" if version == "1.6" else "chargingStation"] and r.version
         for r in backend.chargers.values()
     } == {version}
+
+
+async def test_a_mixed_fleet_spreads_chargers_over_versions() -> None:
+    async with ReferenceCsms() as csms:
+        result = await fleet(csms.url, chargers=6, version="1.6,2.0.1,2.1", scenario="session")
+        versions = {r.id: r.version for r in csms.backend.chargers.values()}
+    no_problems(result)
+    assert result.version == "1.6,2.0.1,2.1"
+    assert [c.version for c in result.chargers] == ["1.6", "2.0.1", "2.1"] * 2
+    assert versions == {c.charger_id: c.version for c in result.chargers}  # the CSMS saw each speak its own
+    assert result.fallbacks == {}
+    out = io.StringIO()
+    print_summary(result, Console(file=out, width=200))
+    assert "chargers: 2 on 1.6, 2 on 2.0.1, 2 on 2.1" in out.getvalue()
+    with pytest.raises(ConfigError, match=r"unknown OCPP version '3\.0'"):
+        await fleet(csms.url, version="2.1,3.0")
 
 
 async def test_reconnect_delivers_backlog_to_the_backend() -> None:
@@ -781,3 +804,255 @@ def test_a_backend_that_goes_away_for_good_fails_the_run() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+# -- OCPP 2.1: an independent 2.1 CSMS on the mobilityhouse ocpp package ----------------------
+
+
+class _Recorded:
+    """A websockets connection that logs every text both ways: (direction, text)."""
+
+    def __init__(self, ws: ServerConnection, log: list[tuple[Direction, str]]) -> None:
+        self.ws = ws
+        self.log = log
+
+    async def recv(self) -> str | bytes:
+        data = await self.ws.recv()
+        self.log.append((Direction.TO_CSMS, str(data)))
+        return data
+
+    async def send(self, data: str) -> None:
+        self.log.append((Direction.TO_CP, data))
+        await self.ws.send(data)
+
+
+#: The commands the 2.1 peer sends one charger once, after its first boot, and the status it
+#: expects in the answer. Reset ImmediateAndResume exists only in 2.1.
+TOUR_21: list[tuple[Any, str | None]] = [
+    (
+        call21.GetVariables(
+            get_variable_data=[
+                {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}}
+            ]
+        ),
+        None,
+    ),
+    (
+        call21.SetVariables(
+            set_variable_data=[
+                {
+                    "attribute_value": "60",
+                    "component": {"name": "SampledDataCtrlr"},
+                    "variable": {"name": "TxUpdatedInterval"},
+                }
+            ]
+        ),
+        None,
+    ),
+    (
+        call21.TriggerMessage(requested_message="StatusNotification", evse={"id": 1, "connector_id": 1}),
+        "Accepted",
+    ),
+    (
+        call21.SetChargingProfile(
+            evse_id=1,
+            charging_profile={
+                "id": 7,
+                "stack_level": 0,
+                "charging_profile_purpose": "TxDefaultProfile",
+                "charging_profile_kind": "Relative",
+                "charging_schedule": [
+                    {
+                        "id": 1,
+                        "charging_rate_unit": "A",
+                        "charging_schedule_period": [{"start_period": 0, "limit": 16}],
+                    }
+                ],
+            },
+        ),
+        "Accepted",
+    ),
+    (call21.ClearChargingProfile(charging_profile_id=7), "Accepted"),
+    (call21.ChangeAvailability(operational_status="Inoperative", evse={"id": 1}), "Accepted"),
+    (call21.ChangeAvailability(operational_status="Operative", evse={"id": 1}), "Accepted"),
+    (call21.UnlockConnector(evse_id=1, connector_id=1), None),
+    (call21.DataTransfer(vendor_id="Alfen BV", message_id="GetCableInfo"), "Accepted"),
+    (call21.Reset(type="ImmediateAndResume"), "Accepted"),
+]
+
+
+class Csms21(ChargePoint21):  # type: ignore[misc]
+    """A 2.1 CSMS on the ocpp package: it validates every CALL and answer against its own copy
+    of the 2.1 schemas, stops each transaction after STOP_AFTER meter reports, and tours one
+    charger through backend commands."""
+
+    def __init__(self, cp_id: str, connection: _Recorded, state: dict[str, Any]) -> None:
+        super().__init__(cp_id, connection)
+        self.state = state
+        self.reports: dict[str, int] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        self.state["tasks"].append(task)
+        task.add_done_callback(self.tasks.discard)
+
+    @on(Action21.boot_notification)
+    def on_boot(self, **_: Any) -> result21.BootNotification:
+        return result21.BootNotification(current_time=_now(), interval=120, status="Accepted")
+
+    @after(Action21.boot_notification)
+    def after_boot(self, **_: Any) -> None:
+        if self.id == self.state["tour"] and self.id not in self.state["toured"]:
+            self.state["toured"].add(self.id)
+            self._spawn(self._tour())
+
+    async def _tour(self) -> None:
+        for request, expected in TOUR_21:
+            answer = await self.call(request)
+            self.state["answers"].append((type(request).__name__, answer))
+            if expected is not None:
+                assert answer.status == expected, (request, answer)
+
+    @on(Action21.heartbeat)
+    def on_heartbeat(self) -> result21.Heartbeat:
+        return result21.Heartbeat(current_time=_now())
+
+    @on(Action21.status_notification)
+    def on_status(self, **_: Any) -> result21.StatusNotification:
+        return result21.StatusNotification()
+
+    @on(Action21.notify_event)
+    def on_notify_event(self, **_: Any) -> result21.NotifyEvent:
+        return result21.NotifyEvent()
+
+    @on(Action21.authorize)
+    def on_authorize(self, id_token: dict[str, Any], **_: Any) -> result21.Authorize:
+        return result21.Authorize(id_token_info={"status": "Accepted"})
+
+    @on(Action21.meter_values)
+    def on_meter_values(self, **_: Any) -> result21.MeterValues:
+        return result21.MeterValues()
+
+    @on(Action21.data_transfer)
+    def on_data_transfer(self, **_: Any) -> result21.DataTransfer:
+        return result21.DataTransfer(status="Accepted")
+
+    @on(Action21.transaction_event)
+    def on_transaction_event(
+        self,
+        event_type: str,
+        transaction_info: dict[str, Any],
+        id_token: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> result21.TransactionEvent:
+        tx_id = transaction_info["transaction_id"]
+        if event_type == "Updated" and kw.get("meter_value"):
+            self.reports[tx_id] = self.reports.get(tx_id, 0) + 1
+            if self.reports[tx_id] == self.state["stop_after"]:
+                self._spawn(self.call(call21.RequestStopTransaction(transaction_id=tx_id)))
+        if id_token is not None:
+            return result21.TransactionEvent(id_token_info={"status": "Accepted"})
+        return result21.TransactionEvent()
+
+
+@asynccontextmanager
+async def ocpp_package_csms_21(
+    *, stop_after: int = 2, tour: str = "ALF-0002", subprotocols: tuple[str, ...] = ("ocpp2.1",)
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """The ocpp package's 2.1 CSMS (or its 2.0.1 one, if only ocpp2.0.1 is served) on 127.0.0.1:0.
+
+    ``state`` gets the log of every connection, the subprotocols each charger offered, the tour's
+    answers and every task the peer started (the test checks none failed).
+    """
+    state: dict[str, Any] = {
+        "stop_after": stop_after,
+        "tour": tour,
+        "toured": set(),
+        "answers": [],
+        "tasks": [],
+        "connections": [],
+        "offered": [],
+    }
+
+    async def handler(connection: ServerConnection) -> None:
+        assert connection.request is not None
+        state["offered"].append(connection.request.headers.get("Sec-WebSocket-Protocol"))
+        log: list[tuple[Direction, str]] = []
+        state["connections"].append((connection.subprotocol, log))
+        cp_id = connection.request.path.rsplit("/", 1)[-1]
+        recorded = _Recorded(connection, log)
+        cp: Any = (
+            Csms21(cp_id, recorded, state)
+            if connection.subprotocol == "ocpp2.1"
+            else Csms201(cp_id, recorded, stop_after)  # type: ignore[arg-type]
+        )
+        with suppress(ConnectionClosed):
+            await cp.start()
+
+    async with serve(handler, "127.0.0.1", 0, subprotocols=list(subprotocols)) as server:  # type: ignore[arg-type]
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/ocpp21", state
+
+
+def validate_both_ways(connections: list[tuple[str | None, list[tuple[Direction, str]]]]) -> int:
+    """Check every frame of every connection against our copy of its version's schemas; each
+    CALLRESULT against the response schema of the CALL it answers. Returns the frames checked."""
+    checked = 0
+    for subprotocol, log in connections:
+        version = schemas.normalize_version(subprotocol or "")
+        actions: dict[tuple[Direction, str], str] = {}
+        for direction, text in log:
+            frame = parse(text)
+            assert not isinstance(frame, CallError), (subprotocol, text)
+            if isinstance(frame, Call):
+                actions[(direction, frame.unique_id)] = frame.action
+                violations = schemas.validate(version, frame.action, frame.payload, response=False)
+            else:
+                action = actions.pop((direction.reverse, frame.unique_id))
+                violations = schemas.validate(version, action, frame.payload, response=True)
+            assert violations == [], (subprotocol, text, violations)
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("scenario", [*scenarios.BUILTIN, "fleet-day"])
+async def test_v21_against_the_ocpp_package_21_csms(scenario: str) -> None:
+    """Every scenario, 2.1 chargers against an independent 2.1 CSMS: no problem, and every frame
+    both ways validates against the 2.1 schemas (ours, and the ocpp package's on its side)."""
+    async with ocpp_package_csms_21() as (url, state):
+        result = await fleet(url, chargers=5, version="2.1", scenario=scenario)
+        async with asyncio.timeout(5):
+            await asyncio.gather(*state["tasks"])  # re-raises what failed in the peer
+    no_problems(result)
+    assert {c.version for c in result.chargers} == {"2.1"} and result.fallbacks == {}
+    assert {tuple(p.replace(" ", "").split(",")) for p in state["offered"]} == {("ocpp2.1", "ocpp2.0.1")}
+    assert {proto for proto, _ in state["connections"]} == {"ocpp2.1"}
+    assert validate_both_ways(state["connections"]) > 100
+    assert sum(c.transactions for c in result.chargers) >= 5
+    assert result.received["RequestStopTransaction"] >= 1
+    # ALF-0002's tour, Reset ImmediateAndResume (2.1 only) last: answered, then a reboot.
+    assert [name for name, _ in state["answers"]] == [type(r).__name__ for r, _ in TOUR_21]
+    assert result.chargers[1].boots == 2 and result.received["Reset"] == 1
+    if scenario == "faulty":
+        assert result.sent["NotifyEvent"] == 2 * 5
+    if scenario in ("reconnect", "fleet-day"):
+        assert sum(c.delivered_offline for c in result.chargers) > 0
+
+
+async def test_v21_charger_falls_back_to_201_when_the_backend_picks_it() -> None:
+    """A backend that serves only ocpp2.0.1 (the ocpp package's 2.0.1 CSMS): the 2.1 charger
+    offered both, speaks 2.0.1 on every connection, and every frame validates as 2.0.1."""
+    async with ocpp_package_csms_21(subprotocols=("ocpp2.0.1",)) as (url, state):
+        result = await fleet(url, chargers=3, version="2.1", scenario="reconnect")
+    no_problems(result)
+    assert {tuple(p.replace(" ", "").split(",")) for p in state["offered"]} == {("ocpp2.1", "ocpp2.0.1")}
+    assert {proto for proto, _ in state["connections"]} == {"ocpp2.0.1"}
+    assert validate_both_ways(state["connections"]) > 50
+    connections = sum(c.connections for c in result.chargers)
+    assert result.fallbacks == {"2.1 -> 2.0.1": connections} and connections >= 6
+    assert all(c.spoken == {"2.0.1": c.connections} for c in result.chargers)
+    out = io.StringIO()
+    print_summary(result, Console(file=out, width=200))
+    assert f"the backend picked an older version: 2.1 -> 2.0.1 ({connections} connections)" in out.getvalue()

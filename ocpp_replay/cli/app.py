@@ -379,7 +379,10 @@ def simulate(
     target: Annotated[str, typer.Option(help="ws:// URL of the CSMS (or of the proxy, to capture).")],
     chargers: Annotated[int, typer.Option(help="Number of virtual chargers.")] = 1,
     id_prefix: Annotated[str, typer.Option(help="Charge point ids are PREFIX0001, PREFIX0002, ...")] = "ALF-",
-    version: Annotated[str, typer.Option(help="OCPP version: 1.6 or 2.0.1.")] = "1.6",
+    version: Annotated[
+        str,
+        typer.Option(help="OCPP version: 1.6, 2.0.1 or 2.1; several comma separated spread the chargers."),
+    ] = "1.6",
     scenario: Annotated[
         str, typer.Option(help="session, reconnect, commands, faulty, fleet-day, or a scenario TOML file.")
     ] = "session",

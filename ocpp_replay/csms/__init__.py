@@ -1,4 +1,4 @@
-"""The reference CSMS: a small but real OCPP 1.6 / 2.0.1 backend (see docs/csms.md).
+"""The reference CSMS: a small but real OCPP 1.6 / 2.0.1 / 2.1 backend (see docs/csms.md).
 
 ``core`` holds the OCPP logic without sockets; ``server`` puts it on aiohttp.
 """

@@ -150,8 +150,12 @@ class Backend:
 
 
 # Error codes that were renamed between the versions.
-_FORMAT = {"1.6": "FormationViolation", "2.0.1": "FormatViolation"}
-_OCCURRENCE = {"1.6": "OccurenceConstraintViolation", "2.0.1": "OccurrenceConstraintViolation"}
+_FORMAT = {"1.6": "FormationViolation", "2.0.1": "FormatViolation", "2.1": "FormatViolation"}
+_OCCURRENCE = {
+    "1.6": "OccurenceConstraintViolation",
+    "2.0.1": "OccurrenceConstraintViolation",
+    "2.1": "OccurrenceConstraintViolation",
+}
 
 
 def _error_code(version: str, keyword: str) -> str:
@@ -174,7 +178,7 @@ class ChargerSession:
         self.backend = backend
         self.record = record
         self.version = record.version
-        self.handlers: Mapping[str, Handler] = _HANDLERS_16 if self.version == "1.6" else _HANDLERS_201
+        self.handlers: Mapping[str, Handler] = _HANDLERS[self.version]
 
     @property
     def config(self) -> CsmsConfig:
@@ -217,9 +221,9 @@ class ChargerSession:
             return None
         if data[0] == 2:
             return CallError(data[1], _FORMAT[self.version], "malformed CALL", {})
-        if data[0] in (3, 4):
-            return None  # never answer an answer
-        code = "MessageTypeNotSupported" if self.version == "2.0.1" else "ProtocolError"
+        if data[0] in (3, 4) or (self.version == "2.1" and data[0] in (5, 6)):
+            return None  # never answer an answer, nor 2.1's CALLRESULTERROR (5) and SEND (6)
+        code = "ProtocolError" if self.version == "1.6" else "MessageTypeNotSupported"
         return CallError(data[1], code, "unknown message type", {})
 
     def handle_answer(self, command: Command, answer: CallResult | CallError) -> None:
@@ -310,6 +314,10 @@ def _heartbeat(session: ChargerSession, payload: Payload, now: datetime) -> tupl
 
 def _empty(session: ChargerSession, payload: Payload, now: datetime) -> tuple[Payload, list[Command]]:
     return {}, []
+
+
+def _accepted(session: ChargerSession, payload: Payload, now: datetime) -> tuple[Payload, list[Command]]:
+    return {"status": "Accepted"}, []
 
 
 def _status_16(session: ChargerSession, payload: Payload, now: datetime) -> tuple[Payload, list[Command]]:
@@ -473,6 +481,22 @@ _HANDLERS_201: Final[Mapping[str, Handler]] = {
     "SecurityEventNotification": _empty,
     "StatusNotification": _status_201,
     "TransactionEvent": _transaction_event,
+}
+
+
+#: OCPP 2.1 keeps the 2.0.1 messages; the notifications it adds are taken and acknowledged.
+_HANDLERS_21: Final[Mapping[str, Handler]] = {
+    **_HANDLERS_201,
+    "NotifyAllowedEnergyTransfer": _accepted,
+    "NotifyDERAlarm": _empty,
+    "NotifyDERStartStop": _empty,
+    "NotifyPriorityCharging": _empty,
+    "ReportDERControl": _empty,
+}
+_HANDLERS: Final[Mapping[str, Mapping[str, Handler]]] = {
+    "1.6": _HANDLERS_16,
+    "2.0.1": _HANDLERS_201,
+    "2.1": _HANDLERS_21,
 }
 
 

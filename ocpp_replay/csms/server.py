@@ -41,9 +41,10 @@ __all__ = ["SUBPROTOCOLS", "CommandFailed", "ReferenceCsms", "run_csms", "serve_
 
 log = logging.getLogger(__name__)
 
-#: Offered by the charger in its order of preference; the CSMS takes the first it supports.
-SUBPROTOCOLS: Final = ("ocpp1.6", "ocpp2.0.1", "ocpp2.0")
-_VERSION_OF: Final = {"ocpp1.6": "1.6", "ocpp2.0.1": "2.0.1", "ocpp2.0": "2.0.1"}
+#: What the CSMS speaks. The charger offers subprotocols in its order of preference and the CSMS
+#: takes the first of them it supports: a charger offering "ocpp2.1, ocpp2.0.1" gets 2.1.
+SUBPROTOCOLS: Final = ("ocpp1.6", "ocpp2.0.1", "ocpp2.0", "ocpp2.1")
+_VERSION_OF: Final = {"ocpp1.6": "1.6", "ocpp2.0.1": "2.0.1", "ocpp2.0": "2.0.1", "ocpp2.1": "2.1"}
 
 
 class CommandFailed(OcppReplayError):
@@ -123,7 +124,7 @@ class _Connection:
 
 
 class ReferenceCsms:
-    """A small but real OCPP 1.6 / 2.0.1 backend. Use ``async with ReferenceCsms() as csms:``.
+    """A small but real OCPP 1.6 / 2.0.1 / 2.1 backend. Use ``async with ReferenceCsms() as csms:``.
 
     ``profile`` is "v1" or "v2" (see :data:`ocpp_replay.csms.config.PROFILES`); other keyword
     arguments are :class:`CsmsConfig` fields, or pass a whole ``config``.

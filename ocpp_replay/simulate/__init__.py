@@ -45,6 +45,14 @@ def print_summary(result: FleetResult, console: Console, *, max_problems: int = 
         f"scenario {_safe(result.scenario)}, {result.cycles} cycle{'s' if result.cycles != 1 else ''}) "
         f"against {_safe(result.target)} in {result.seconds:.1f} s"
     )
+    if len(result.versions) > 1:
+        mix = ", ".join(f"{n} on {v}" for v, n in sorted(result.versions.items()))
+        console.print(f"  chargers: {mix}")
+    if result.fallbacks:
+        fell = ", ".join(
+            f"{route} ({n} connection{'s' if n != 1 else ''})" for route, n in result.fallbacks.items()
+        )
+        console.print(f"  the backend picked an older version: {fell}")
     sent = ", ".join(f"{a} {n}" for a, n in sorted(result.sent.items()))
     console.print(f"  sent: {sent or 'nothing'}")
     received = ", ".join(f"{_safe(a)} {n}" for a, n in sorted(result.received.items()))

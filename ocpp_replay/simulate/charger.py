@@ -1,4 +1,8 @@
-"""The state machine of one virtual Alfen charger, OCPP 1.6 or 2.0.1. Pure: no sockets, no clock.
+"""The state machine of one virtual Alfen charger, OCPP 1.6, 2.0.1 or 2.1. Pure: no sockets, no clock.
+
+2.1 keeps the 2.0.1 messages the charger uses (the 2.1 schemas only add optional fields and enum
+values to them), so a 2.1 charger speaks as a 2.0.1 one does, checked against the 2.1 schemas;
+:meth:`Charger.speak` switches a 2.1 charger to 2.0.1 when the backend picks that subprotocol.
 
 The I/O loop (runner.py) calls an event method (``plug``, ``start``, ``fire_due``...) with the
 virtual time and gets back the :class:`Out` messages to send, in order. It reports each answer
@@ -173,6 +177,13 @@ class Charger:
         self.reported_0: str | None = None
         self.event_id = 0  # 2.0.1 NotifyEvent ids
         self.now = start
+
+    def speak(self, version: str) -> None:
+        """Speak VERSION on this connection: a 2.1 charger falls back to 2.0.1 when the backend
+        picks it (same messages, same device model). Raises ValueError across 1.6 and 2.x."""
+        if (version == "1.6") != (self.version == "1.6"):
+            raise ValueError(f"a {self.version} charger cannot speak {version}")
+        self.version = version
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -511,7 +522,7 @@ class Charger:
         if c.status == status:
             return []
         outs = self._set_status(c, status, now)
-        if self.version == "2.0.1":
+        if self.version != "1.6":
             outs.append(self._tx_event(c, "Updated", "ChargingStateChanged", now))
         return self._emit(outs)
 
@@ -648,7 +659,7 @@ class Charger:
             samples = samples[:1]
         if register is not None:
             samples[0]["value"] = float(register)
-        if self.version == "2.0.1":  # 2.0.1 has no Temperature measurand
+        if self.version != "1.6":  # 2.0.1 and 2.1 have no Temperature measurand
             samples = [s for s in samples if s["measurand"] != "Temperature"]
         rendered = [self._sampled(s, context) for s in samples]
         return {"timestamp": timestamp(when), "sampledValue": rendered}
@@ -856,8 +867,8 @@ Handler = Callable[[Charger, Payload, datetime], tuple[Payload, Reaction]]
 
 def _h_reset(ch: Charger, p: Payload, now: datetime) -> tuple[Payload, Reaction]:
     kind = str(p["type"])
-    if ch.version == "2.0.1":
-        kind = "Hard" if kind == "Immediate" else "Soft"
+    if ch.version != "1.6":  # Immediate, 2.1's ImmediateAndResume: now; OnIdle: when idle
+        kind = "Soft" if kind == "OnIdle" else "Hard"
     return {"status": "Accepted"}, Reaction(reboot=kind)
 
 

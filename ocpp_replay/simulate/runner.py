@@ -32,11 +32,13 @@ from ocpp_replay.simulate.alfen import Identity, identity
 from ocpp_replay.simulate.charger import Charger, Out, Reaction, status_of
 from ocpp_replay.simulate.scenario import Scenario, Step
 
-__all__ = ["ChargerResult", "FleetResult", "Problem", "run_fleet"]
+__all__ = ["OFFERS", "ChargerResult", "FleetResult", "Problem", "run_fleet"]
 
 log = logging.getLogger(__name__)
 
-_SUBPROTOCOL: Final = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
+#: The subprotocols a charger of a version offers, in its order of preference: a 2.1 charger
+#: also offers 2.0.1 and speaks it when the backend picks it, as a dual-stack charger does.
+OFFERS: Final = {"1.6": ("ocpp1.6",), "2.0.1": ("ocpp2.0.1",), "2.1": ("ocpp2.1", "ocpp2.0.1")}
 _OK_STATUSES: Final = frozenset({"Accepted", "Pending"})
 _REBOOT_SECONDS: Final = 30.0
 
@@ -62,10 +64,15 @@ class Problem:
 
 @dataclass(slots=True)
 class ChargerResult:
+    """What one charger did. ``version`` is the one it was built for; ``spoken`` the versions it
+    spoke, by the subprotocol the backend picked on each connection (2.0.1 for a 2.1 charger on
+    a backend without 2.1)."""
+
     charger_id: str
     version: str
     scenario: str
     identity: Identity
+    spoken: Counter[str] = field(default_factory=Counter)
     sent: Counter[str] = field(default_factory=Counter)
     received: Counter[str] = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
@@ -82,6 +89,9 @@ _RUN_FAILURES = frozenset({"expectation", "connection", "timeout", "crash", "sen
 
 @dataclass(slots=True)
 class FleetResult:
+    """The whole fleet's run. ``version`` is what was asked for: one version or several, comma
+    separated (a mixed fleet: charger i gets the i-th modulo their number)."""
+
     target: str
     version: str
     scenario: str
@@ -118,6 +128,21 @@ class FleetResult:
     def problem_counts(self) -> Counter[str]:
         return Counter(p.kind for p in self.problems)
 
+    @property
+    def versions(self) -> Counter[str]:
+        """Chargers per version they were built for."""
+        return Counter(c.version for c in self.chargers)
+
+    @property
+    def fallbacks(self) -> Counter[str]:
+        """Connections on which a charger spoke an older version than its own, by 'own -> spoken'."""
+        out: Counter[str] = Counter()
+        for c in self.chargers:
+            for spoken, n in c.spoken.items():
+                if spoken != c.version:
+                    out[f"{c.version} -> {spoken}"] += n
+        return out
+
 
 class _Clock:
     """Virtual time: ORIGIN at start, advancing 1/time_scale times faster than the loop clock."""
@@ -140,7 +165,6 @@ class _Clock:
 @dataclass(frozen=True, slots=True)
 class _Fleet:
     target: str
-    version: str
     session: aiohttp.ClientSession
     clock: _Clock
     password: str | None
@@ -179,16 +203,19 @@ def _describe(violations: list[schemas.Violation]) -> str:
 
 
 class _Runner:
-    def __init__(self, fleet: _Fleet, index: int, charger_id: str, scenario: Scenario, seed: int) -> None:
+    def __init__(
+        self, fleet: _Fleet, index: int, charger_id: str, scenario: Scenario, seed: int, version: str
+    ) -> None:
         self.fleet = fleet
+        self.version = version
         self.index = index
         self.charger_id = charger_id
         self.scenario = scenario
         self.rng = random.Random(f"{seed}:{index}")
         ident = identity(charger_id, self.rng, connectors=scenario.connectors)
         self.now = fleet.clock.origin
-        self.machine = Charger(ident, fleet.version, self.rng, start=self.now)
-        self.result = ChargerResult(charger_id, fleet.version, scenario.name, ident)
+        self.machine = Charger(ident, version, self.rng, start=self.now)
+        self.result = ChargerResult(charger_id, version, scenario.name, ident)
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.reader: asyncio.Task[None] | None = None
         self.pending: dict[str, asyncio.Future[CallResult | CallError]] = {}
@@ -226,14 +253,14 @@ class _Runner:
         headers = {}
         if self.fleet.password is not None:
             headers["Authorization"] = aiohttp.encode_basic_auth(self.charger_id, self.fleet.password)
-        protocol = _SUBPROTOCOL[self.fleet.version]
+        offered = OFFERS[self.version]
         last: BaseException | None = None
         for attempt in range(attempts):
             try:
                 async with asyncio.timeout(self.fleet.connect_timeout):
                     ws = await self.fleet.session.ws_connect(
                         url,
-                        protocols=(protocol,),
+                        protocols=offered,
                         headers=headers,
                         autoping=True,
                         heartbeat=None,
@@ -243,10 +270,14 @@ class _Runner:
                 last = exc
                 await self.sleep_virtual(10.0 * (attempt + 1))
                 continue
-            if ws.protocol != protocol:
+            if ws.protocol in offered:
+                self.machine.speak(schemas.normalize_version(ws.protocol))
+            else:
+                shown = " or ".join(offered)
                 self.problem(
-                    "connection", "connect", f"backend chose subprotocol {ws.protocol!r}, not {protocol}"
+                    "connection", "connect", f"backend chose subprotocol {ws.protocol!r}, not {shown}"
                 )
+            self.result.spoken[self.machine.version] += 1
             self.ws = ws
             self.msg_ids = itertools.count(1)  # Alfen restarts its message ids on every connection
             self.result.connections += 1
@@ -329,7 +360,7 @@ class _Runner:
     # -- sending ----------------------------------------------------------------------------
 
     def _check_sent(self, action: str, payload: dict[str, Any], *, response: bool) -> None:
-        violations = schemas.validate(self.fleet.version, action, payload, response=response)
+        violations = schemas.validate(self.machine.version, action, payload, response=response)
         if violations:
             self.problem("sent-schema", action, _describe(violations))
 
@@ -337,7 +368,7 @@ class _Runner:
         if isinstance(answer, CallError):
             self.problem("callerror", out.action, f"{answer.error_code}: {answer.error_description}")
             return
-        violations = schemas.validate(self.fleet.version, out.action, answer.payload, response=True)
+        violations = schemas.validate(self.machine.version, out.action, answer.payload, response=True)
         if violations:
             self.problem("schema", out.action, _describe(violations))
         status = status_of(answer.payload)
@@ -470,7 +501,7 @@ class _Runner:
                 steps.extend((s, cycle) for s in self.scenario.cycle)
             steps.extend((s, self.fleet.cycles) for s in self.scenario.teardown)
             for step, cycle in steps:
-                if step.version is None or step.version == self.fleet.version:
+                if step.version is None or step.version == self.version:
                     await self.step(step, cycle)
             await self.pump()
         except _Abort:
@@ -619,13 +650,18 @@ async def run_fleet(
 ) -> FleetResult:
     """Run CHARGERS virtual Alfen chargers against TARGET (ws://host:port/path) concurrently.
 
+    ``version`` is 1.6, 2.0.1 or 2.1, or several comma separated ("1.6,2.0.1,2.1"): charger i
+    gets the i-th version modulo their number.
+
     ``scenario`` is a built-in name (session, reconnect, commands, faulty, fleet-day) or a TOML
     file. ``time_scale`` is real seconds per virtual second (1.0: real time; 0.001: an hour in
     3.6 s). ``start_time`` is the virtual clock's origin (default now); ``ramp_up`` the virtual
     seconds over which chargers connect (default 0.25 s per charger, at most 120 s).
     Raises ConfigError for bad options and UpstreamError if no charger could connect.
     """
-    version = schemas.normalize_version(version)
+    versions = [schemas.normalize_version(v) for v in version.split(",") if v.strip()]
+    if not versions:
+        raise ConfigError("version must name at least one OCPP version (1.6, 2.0.1, 2.1)")
     if chargers < 1:
         raise ConfigError("chargers must be at least 1")
     if cycles < 0:
@@ -646,7 +682,6 @@ async def run_fleet(
     async with aiohttp.ClientSession(connector=connector) as session:
         fleet = _Fleet(
             target,
-            version,
             session,
             _Clock(origin, time_scale),
             password,
@@ -657,7 +692,8 @@ async def run_fleet(
         runners = []
         for i in range(chargers):
             chosen = custom if custom is not None else scenarios.builtin(scenario, i)
-            runners.append(_Runner(fleet, i, f"{id_prefix}{i + 1:0{width}d}", chosen, seed))
+            charger_id = f"{id_prefix}{i + 1:0{width}d}"
+            runners.append(_Runner(fleet, i, charger_id, chosen, seed, versions[i % len(versions)]))
         delays = [random.Random(f"{seed}:ramp:{i}").uniform(0.0, spread) for i in range(chargers)]
         async with asyncio.TaskGroup() as group:
             tasks = [
@@ -671,4 +707,5 @@ async def run_fleet(
         )
         raise UpstreamError(first)
     name = scenario if custom is None else custom.name
-    return FleetResult(target, version, name, cycles, time.monotonic() - started, results)
+    shown = ",".join(versions)
+    return FleetResult(target, shown, name, cycles, time.monotonic() - started, results)

@@ -277,8 +277,8 @@ def _parse_step(item: object, where: str) -> Step:
     if not isinstance(expect, dict):
         raise ConfigError(f"{where}: expect must be a table of path = value")
     version = item.get("version")
-    if version is not None and version not in ("1.6", "2.0.1"):
-        raise ConfigError(f'{where}: version must be "1.6" or "2.0.1"')
+    if version is not None and version not in ("1.6", "2.0.1", "2.1"):
+        raise ConfigError(f'{where}: version must be "1.6", "2.0.1" or "2.1"')
     return Step(
         do,
         params,
