@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -11,9 +12,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from ocpp.routing import on
+from ocpp.v21 import ChargePoint as ChargePoint21
+from ocpp.v21 import call as call21
+from ocpp.v21 import call_result as result21
+from ocpp.v21.enums import Action as Action21
+from websockets.asyncio.client import connect as ws_connect
 
 from ocpp_replay.core import schemas
-from ocpp_replay.core.frames import Call, CallError, CallResult
+from ocpp_replay.core.frames import Call, CallError, CallResult, parse
 from ocpp_replay.csms import (
     COMMANDS,
     DEFAULT_ID_TAGS,
@@ -25,6 +32,7 @@ from ocpp_replay.csms import (
     serve_forever,
 )
 from ocpp_replay.errors import ConfigError
+from tests.peers import Recording
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -388,3 +396,172 @@ async def test_port_in_use_is_a_config_error() -> None:
         port = int(csms.url.rsplit(":", 1)[1].split("/")[0])
         with pytest.raises(ConfigError, match="cannot listen"):
             await ReferenceCsms().start("127.0.0.1", port)
+
+
+# -- OCPP 2.1: the ocpp package's 2.1 charge point as an independent peer ----------------------
+
+
+class Station21(ChargePoint21):  # type: ignore[misc]
+    """A 2.1 charging station on the ocpp package: it checks every CALL the CSMS sends against its
+    own copy of the 2.1 schemas (a CALLERROR back if one is invalid) and answers the rest."""
+
+    def __init__(self, cp_id: str, connection: Recording) -> None:
+        super().__init__(cp_id, connection, response_timeout=5)
+        self.commands: list[str] = []
+
+    @on(Action21.get_variables)
+    def on_get_variables(self, get_variable_data: list[dict[str, Any]]) -> result21.GetVariables:
+        self.commands.append("GetVariables")
+        results = [
+            {"attribute_status": "Accepted", "attribute_value": "300", **item} for item in get_variable_data
+        ]
+        return result21.GetVariables(get_variable_result=results)
+
+    @on(Action21.set_variables)
+    def on_set_variables(self, set_variable_data: list[dict[str, Any]]) -> result21.SetVariables:
+        self.commands.append("SetVariables")
+        results = [
+            {"attribute_status": "Accepted", "component": i["component"], "variable": i["variable"]}
+            for i in set_variable_data
+        ]
+        return result21.SetVariables(set_variable_result=results)
+
+    @on(Action21.request_start_transaction)
+    def on_request_start(self, **_: Any) -> result21.RequestStartTransaction:
+        self.commands.append("RequestStartTransaction")
+        return result21.RequestStartTransaction(status="Accepted")
+
+    @on(Action21.request_stop_transaction)
+    def on_request_stop(self, transaction_id: str) -> result21.RequestStopTransaction:
+        self.commands.append(f"RequestStopTransaction:{transaction_id}")
+        return result21.RequestStopTransaction(status="Accepted")
+
+    @on(Action21.reset)
+    def on_reset(self, type: str, **_: Any) -> result21.Reset:
+        self.commands.append(f"Reset:{type}")
+        return result21.Reset(status="Accepted")
+
+    @on(Action21.trigger_message)
+    def on_trigger(self, **_: Any) -> result21.TriggerMessage:
+        self.commands.append("TriggerMessage")
+        return result21.TriggerMessage(status="Accepted")
+
+    @on(Action21.change_availability)
+    def on_change_availability(self, **_: Any) -> result21.ChangeAvailability:
+        self.commands.append("ChangeAvailability")
+        return result21.ChangeAvailability(status="Accepted")
+
+    @on(Action21.unlock_connector)
+    def on_unlock(self, **_: Any) -> result21.UnlockConnector:
+        self.commands.append("UnlockConnector")
+        return result21.UnlockConnector(status="Unlocked")
+
+    @on(Action21.set_charging_profile)
+    def on_set_profile(self, **_: Any) -> result21.SetChargingProfile:
+        self.commands.append("SetChargingProfile")
+        return result21.SetChargingProfile(status="Accepted")
+
+    @on(Action21.clear_charging_profile)
+    def on_clear_profile(self, **_: Any) -> result21.ClearChargingProfile:
+        self.commands.append("ClearChargingProfile")
+        return result21.ClearChargingProfile(status="Accepted")
+
+    @on(Action21.data_transfer)
+    def on_data_transfer(self, **_: Any) -> result21.DataTransfer:
+        self.commands.append("DataTransfer")
+        return result21.DataTransfer(status="Accepted")
+
+
+#: Control-API command -> (body, the CALL the station must have seen).
+API_21: list[tuple[str, dict[str, Any], str]] = [
+    ("get-configuration", {}, "GetVariables"),
+    ("change-configuration", {"key": "MeterValueSampleInterval", "value": "30"}, "SetVariables"),
+    ("remote-start", {"idTag": "04A1B2C3D4E5F6"}, "RequestStartTransaction"),
+    ("remote-stop", {}, "RequestStopTransaction:tx-21"),
+    ("trigger", {"requestedMessage": "StatusNotification", "connectorId": 1}, "TriggerMessage"),
+    ("change-availability", {"connectorId": 1, "type": "Inoperative"}, "ChangeAvailability"),
+    ("unlock", {"connectorId": 1}, "UnlockConnector"),
+    ("set-charging-profile", {"limit": 10}, "SetChargingProfile"),
+    ("clear-charging-profile", {}, "ClearChargingProfile"),
+    ("data-transfer", {"messageId": "GetCableInfo"}, "DataTransfer"),
+    ("reset", {}, "Reset:Immediate"),
+    # A raw CALL with a reset type only 2.1 has: the CSMS checks it against the 2.1 schema.
+    ("call", {"action": "Reset", "payload": {"type": "ImmediateAndResume"}}, "Reset:ImmediateAndResume"),
+]
+
+
+def frames_valid(version: str, sent: list[Any], received: list[Any]) -> int:
+    """Every frame the station sent and received, against our VERSION schemas. Returns the count."""
+    actions: dict[tuple[str, str], str] = {}
+    checked = 0
+    # The station's own order is lost between the two lists; CALLs first, then the answers.
+    frames = [("out", parse(t)) for t in sent] + [("in", parse(t)) for t in received]
+    for side, frame in sorted(frames, key=lambda f: not isinstance(f[1], Call)):
+        assert not isinstance(frame, CallError), frame
+        if isinstance(frame, Call):
+            actions[(side, frame.unique_id)] = frame.action
+            found = schemas.validate(version, frame.action, frame.payload, response=False)
+        else:
+            action = actions[("in" if side == "out" else "out", frame.unique_id)]
+            found = schemas.validate(version, action, frame.payload, response=True)
+        assert found == [], (side, frame, found)
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("profile", ["v1", "v2"])
+async def test_v21_station_of_the_ocpp_package_against_both_profiles(
+    http: aiohttp.ClientSession, profile: str
+) -> None:
+    """The ocpp package's 2.1 charge point: offered ocpp2.1 and ocpp2.0.1 it gets 2.1; boot,
+    authorization and transactions follow the profile; every control-API command reaches it as
+    a valid 2.1 CALL and its answer comes back through the API."""
+    async with ReferenceCsms(profile) as csms:
+        async with ws_connect(
+            csms.url + "/CP21", subprotocols=["ocpp2.1", "ocpp2.0.1"], open_timeout=5, ping_interval=None
+        ) as ws:
+            assert ws.subprotocol == "ocpp2.1"
+            recording = Recording(ws)
+            station = Station21("CP21", recording)
+            task = asyncio.create_task(station.start())
+            try:
+                boot = await station.call(
+                    call21.BootNotification(
+                        charging_station={"model": "NG910-60023", "vendor_name": "Alfen BV"}, reason="PowerUp"
+                    )
+                )
+                assert boot.status == "Accepted" and boot.interval == (300 if profile == "v1" else 900)
+                for tag in DEFAULT_ID_TAGS:
+                    auth = await station.call(
+                        call21.Authorize(id_token={"id_token": tag, "type": "ISO14443"})
+                    )
+                    blocked = profile == "v2" and tag == V2_BLOCKED_ID_TAG
+                    assert auth.id_token_info["status"] == ("Blocked" if blocked else "Accepted")
+                started = await station.call(
+                    call21.TransactionEvent(
+                        event_type="Started",
+                        timestamp="2025-02-01T08:00:00Z",
+                        trigger_reason="Authorized",
+                        seq_no=0,
+                        transaction_info={"transaction_id": "tx-21", "charging_state": "Charging"},
+                        evse={"id": 1, "connector_id": 1},
+                        id_token={"id_token": DEFAULT_ID_TAGS[0], "type": "ISO14443"},
+                    )
+                )
+                assert started.id_token_info["status"] == "Accepted"
+                async with asyncio.timeout(5):
+                    while "GetVariables" not in station.commands:  # asked on boot
+                        await asyncio.sleep(0.01)
+                for name, body, seen in API_21:
+                    async with http.post(api(csms, f"/api/chargers/CP21/{name}"), json=body) as resp:
+                        assert resp.status == 200, (name, await resp.text())
+                        assert "answer" in await resp.json(), name
+                    assert station.commands[-1] == seen
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        record = csms.backend.chargers["CP21"]
+        assert record.version == "2.1" and record.configuration
+        assert csms.backend.transactions["tx-21"].id_tag == DEFAULT_ID_TAGS[0]
+    assert frames_valid("2.1", recording.sent, recording.received) >= 2 * (len(API_21) + 7)
