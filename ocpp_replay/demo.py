@@ -1,7 +1,7 @@
 """`ocpp-replay demo`: the whole capture → replay → diff loop on one machine, no setup.
 
 1. start the reference CSMS (profile v1) and put the capture proxy in front of it;
-2. drive a small fleet of virtual Alfen chargers, OCPP 1.6 and 2.0.1, through the proxy
+2. drive a small fleet of virtual Alfen chargers, OCPP 1.6, 2.0.1 and 2.1, through the proxy
    (a session stopped remotely by the backend, a reconnect with queued messages, backend
    commands), recorded into ``captures/demo.db``;
 3. replay the capture against a fresh, unchanged v1 backend: no differences expected;
@@ -34,11 +34,11 @@ from ocpp_replay.store import Store
 #: Real seconds per virtual second for the chargers: a charging session of tens of virtual
 #: minutes plays in a few seconds, keeping its shape (meter values, suspends, reconnects).
 TIME_SCALE = 0.002
-#: What the backend does on its own, the same at capture and at every replay: stop one 1.6 and
-#: one 2.0.1 transaction remotely after its third meter values, tour one charger through the
-#: backend commands (configuration, availability, trigger, charging profiles, reset, ...).
+#: What the backend does on its own, the same at capture and at every replay: stop one 1.6, one
+#: 2.0.1 and one 2.1 transaction remotely after its third meter values, tour one charger through
+#: the backend commands (configuration, availability, trigger, charging profiles, reset, ...).
 BACKEND: dict[str, Any] = {
-    "remote_stop_after": {"ALF-16-0003": 3, "ALF-201-0002": 3},
+    "remote_stop_after": {"ALF-16-0003": 3, "ALF-201-0002": 3, "ALF-21-0001": 3},
     "exercise": "ALF-16-0004",
 }
 #: Replays run this much faster than recorded.
@@ -62,7 +62,9 @@ class DemoResult:
 Say = Callable[[str], None]
 
 
-async def run_demo(out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_201: int = 3) -> DemoResult:
+async def run_demo(
+    out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_201: int = 3, chargers_21: int = 3
+) -> DemoResult:
     """Run the demo, narrating through ``say``; the capture and reports go to ``out_dir``."""
     db = await asyncio.to_thread(_fresh_capture, out_dir)
 
@@ -78,12 +80,13 @@ async def run_demo(out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_20
         say(f"     CSMS {csms.url}  ←  proxy {proxy.url}  →  capture {db}")
 
         say(
-            f"2/4  {chargers_16} virtual Alfen chargers on OCPP 1.6 and {chargers_201} on 2.0.1 "
+            f"2/4  {chargers_16} virtual Alfen chargers on OCPP 1.6, {chargers_201} on 2.0.1 and "
+            f"{chargers_21} on 2.1 "
             "drive a fleet day through the proxy (sessions, a remote stop, a reconnect with "
             "queued messages, backend commands)"
         )
         step = time.monotonic()
-        fleets: tuple[FleetResult, FleetResult] = await asyncio.gather(
+        fleets: tuple[FleetResult, FleetResult, FleetResult] = await asyncio.gather(
             run_fleet(
                 proxy.url,
                 chargers=chargers_16,
@@ -100,6 +103,15 @@ async def run_demo(out_dir: Path, say: Say, *, chargers_16: int = 5, chargers_20
                 version="2.0.1",
                 scenario="fleet-day",
                 seed=2,
+                time_scale=TIME_SCALE,
+            ),
+            run_fleet(
+                proxy.url,
+                chargers=chargers_21,
+                id_prefix="ALF-21-",
+                version="2.1",
+                scenario="fleet-day",
+                seed=3,
                 time_scale=TIME_SCALE,
             ),
         )

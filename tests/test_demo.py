@@ -34,7 +34,7 @@ def test_demo_runs_the_whole_loop_and_exits_0(tmp_path: Path) -> None:
     store = Store.open(db)
     sessions = store.sessions()
     versions = {s.subprotocol for s in sessions}
-    assert versions == {"ocpp1.6", "ocpp2.0.1"}
+    assert versions == {"ocpp1.6", "ocpp2.0.1", "ocpp2.1"}
     assert all(s.ended_at and not s.frames_lost for s in sessions)
     # a remote stop and a reconnect were captured
     actions = {f.action for s in sessions for f in store.frames(s.id) if f.message_type == 2}

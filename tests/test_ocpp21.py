@@ -32,6 +32,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from ocpp_replay.capture.proxy import ProxyServer
 from ocpp_replay.cli import app
 from ocpp_replay.replay import run_replay, store_run
+from ocpp_replay.report.html import CHARGER_TO_CSMS, CSMS_TO_CHARGER, coverage, html_report
 from ocpp_replay.store import Store
 from tests.peers import Recording
 
@@ -285,6 +286,13 @@ async def test_21_through_the_proxy_then_validate_and_replay(tmp_path: Path) -> 
     assert [a.status for a in live.stop_answers] == ["Accepted"]
     compared = run.sessions[0].compared
     assert compared["SetDefaultTariff"] == 1 and compared["RequestStartTransaction"] == 1
+    # The report's coverage matrix has a 2.1 column, with 2.1's own commands.
+    cov = coverage(run)
+    assert cov[(CSMS_TO_CHARGER, "SetDefaultTariff", "2.1")] == (1, 0)
+    assert cov[(CHARGER_TO_CSMS, "TransactionEvent", "2.1")] == (UPDATES + 2, 0)
+    assert {v for _, _, v in cov} == {"2.1"}
+    page = html_report(run)
+    assert '<th class="n">OCPP 2.1</th>' in page and "ChangeTransactionTariff" in page
 
 
 async def test_21_capture_with_an_invalid_frame_is_exit_1_and_names_it(tmp_path: Path) -> None:

@@ -83,6 +83,8 @@ BACKEND_COMMANDS: Final[dict[str, tuple[str, ...]]] = {
         "GetLog",
     ),
 }
+#: 2.1 keeps 2.0.1's commands and adds tariffs (the ones a CSMS with 2.1 billing sends first).
+BACKEND_COMMANDS["2.1"] = (*BACKEND_COMMANDS["2.0.1"], "SetDefaultTariff", "ChangeTransactionTariff")
 
 MAX_FRAMES: Final = 400  # per session timeline
 MAX_SESSIONS: Final = 200  # sessions with a timeline
