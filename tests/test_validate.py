@@ -187,3 +187,33 @@ def test_bad_capture_is_exit_2(tmp_path: Path, db: str) -> None:
     (tmp_path / "garbage.db").write_bytes(b"x" * 4096)
     result = runner.invoke(app, ["validate", "--db", str(tmp_path / db)])
     assert result.exit_code == 2
+
+
+STREAM = '{"id":1,"pending":0,"basetime":"2025-01-01T00:00:00Z","data":[{"t":0.5,"v":"1"}]}'
+
+
+def test_21_send_and_callresulterror_are_checked_not_flagged(tmp_path: Path) -> None:
+    """2.1's SEND (6) is checked against its action's schema, its CALLRESULTERROR (5) counted
+    like a CALLERROR; in a 2.0.1 session neither is OCPP-J."""
+    frames = [
+        *CLEAN_21[:2],
+        (Direction.TO_CSMS, f'[6,"s1","NotifyPeriodicEventStream",{STREAM}]'),
+        (Direction.TO_CSMS, '[6,"s2","NotifyPeriodicEventStream",{"id":"one"}]'),
+        (Direction.TO_CP, '[2,"c1","Reset",{"type":"Immediate"}]'),
+        (Direction.TO_CSMS, '[5,"c1","InternalError","reset failed",{}]'),
+        (Direction.TO_CSMS, '[6.0,"s3","NotifyPeriodicEventStream",{}]'),
+    ]
+    make_capture(tmp_path / "c.db", frames, subprotocol="ocpp2.1")
+    result = runner.invoke(app, ["validate", "--db", str(tmp_path / "c.db"), "--json"])
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.stdout)
+    found = {(v["seq"], v["action"], v["message_kind"], v["path"]) for v in data["violations"]}
+    assert found == {
+        (4, "NotifyPeriodicEventStream", "send", ""),  # pending, basetime, data required
+        (4, "NotifyPeriodicEventStream", "send", "id"),  # not an integer
+        (7, "?", "frame", ""),  # a float message type is no SEND
+    }
+    assert data["summary"]["frames_checked"] == 5 and data["summary"]["call_errors"] == 1
+    make_capture(tmp_path / "d.db", frames[:3], subprotocol="ocpp2.0.1")
+    result = runner.invoke(app, ["validate", "--db", str(tmp_path / "d.db"), "--json"])
+    assert [v["message_kind"] for v in json.loads(result.stdout)["violations"]] == ["frame"]

@@ -30,7 +30,7 @@ class Finding:
     seq: int
     side: str  # charger | backend: who sent the frame
     action: str
-    message_kind: str  # request | response | frame
+    message_kind: str  # request | response | send (2.1) | frame
     path: str
     message: str
 
@@ -65,6 +65,19 @@ def check_frames(
     for f in frames:
         tally.frames += 1
         side = side_of(f.direction)
+        if f.parse_error is not None and version == "2.1" and f.raw is not None:
+            frame_21 = _frame_21(f.raw)
+            if frame_21 is not None:
+                action, payload = frame_21
+                if action is None:  # a CALLRESULTERROR: no payload schema, as a CALLERROR
+                    tally.call_errors += 1
+                    continue
+                tally.checked += 1
+                for v in schemas.validate(version, action, payload, response=False):
+                    found.append(
+                        Finding(session_id, charge_point_id, f.seq, side, action, "send", v.path, v.message)
+                    )
+                continue
         if f.parse_error is not None or f.raw is None:
             reason = f.parse_error or "binary frame (OCPP-J uses text frames)"
             found.append(
@@ -106,6 +119,24 @@ def check_frames(
                 )
             )
     return found
+
+
+def _frame_21(raw: str) -> tuple[str | None, dict[str, Any]] | None:
+    """2.1's two new message types, which the capture records as not OCPP-J: a SEND
+    ``[6, id, action, payload]`` gives (action, payload), a CALLRESULTERROR
+    ``[5, id, code, description, details]`` gives (None, details). None for anything else."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if type(data) is not list or not data or type(data[0]) is not int:  # 6.0 is not a SEND
+        return None
+    match data:
+        case [6, str(), str(action), dict(payload)]:
+            return action, payload
+        case [5, str(), str(), str(), dict(details)]:
+            return None, details
+    return None
 
 
 @dataclass(frozen=True, slots=True)
