@@ -190,7 +190,8 @@ def main() -> int:
             time.sleep(max(0.0, at - time.time()))
             samples[name] = pproc.memory_info().rss / 2**20
             samples[name + " fds"] = pproc.num_fds()
-        results = [json.loads(w.communicate(timeout=args.ramp + args.hold + args.storm + 600)[0]) for w in workers]
+        limit = args.ramp + args.hold + args.storm + 600
+        results = [json.loads(w.communicate(timeout=limit)[0]) for w in workers]
         cpu = sum(pproc.cpu_times()[:2]) - cpu0
         wall = time.time() - t0
     finally:
@@ -209,8 +210,9 @@ def main() -> int:
         sessions = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
         lost = conn.execute("SELECT coalesce(sum(frames_lost), 0) FROM sessions").fetchone()[0]
     ms = 1000.0
-    print(f"chargers {args.chargers} over {args.workers} workers; ramp {args.ramp:.0f} s, hold {args.hold:.0f} s, "
-          f"heartbeat every {args.heartbeat:.0f} s, storm within {args.storm:.0f} s")  # fmt: skip
+    print(f"chargers {args.chargers} over {args.workers} workers; ramp {args.ramp:.0f} s, "
+          f"hold {args.hold:.0f} s, heartbeat every {args.heartbeat:.0f} s, "
+          f"storm within {args.storm:.0f} s")  # fmt: skip
     print(f"handshakes in the ramp: {len(ramp)} ok, p50 {pct(ramp, 50) * ms:.2f} ms, "
           f"p99 {pct(ramp, 99) * ms:.2f} ms, max {max(ramp, default=0) * ms:.2f} ms")  # fmt: skip
     print(f"handshakes in the storm: {len(storm)} ok, p50 {pct(storm, 50) * ms:.2f} ms, "
@@ -221,7 +223,8 @@ def main() -> int:
         print("  ", f)
     connected = samples["all connected"]
     print(f"proxy RSS: {rss0:.1f} MiB idle, {connected:.1f} MiB with every charger connected "
-          f"({samples['all connected fds']:.0f} fds), {samples['after the storm']:.1f} MiB after the storm")  # fmt: skip
+          f"({samples['all connected fds']:.0f} fds), "
+          f"{samples['after the storm']:.1f} MiB after the storm")  # fmt: skip
     print(f"memory per open connection: {(connected - rss0) * 1024 / args.chargers:.1f} KiB")
     print(f"proxy CPU {cpu:.1f} s over {wall:.0f} s ({100 * cpu / wall:.1f} % of a core), "
           f"{calls} CALLs answered")  # fmt: skip

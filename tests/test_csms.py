@@ -565,3 +565,29 @@ async def test_v21_station_of_the_ocpp_package_against_both_profiles(
         assert record.version == "2.1" and record.configuration
         assert csms.backend.transactions["tx-21"].id_tag == DEFAULT_ID_TAGS[0]
     assert frames_valid("2.1", recording.sent, recording.received) >= 2 * (len(API_21) + 7)
+
+
+async def test_csms_command_stops_cleanly_on_sigterm() -> None:
+    """`docker stop` sends SIGTERM; as a container's process 1 the CSMS would ignore it unless handled."""
+    import signal
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ocpp_replay.cli", "csms", "--port", str(port),
+        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        async with asyncio.timeout(30):
+            while b"listening on" not in await proc.stderr.readline():
+                pass
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

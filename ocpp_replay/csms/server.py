@@ -22,6 +22,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import signal
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
@@ -358,18 +359,26 @@ async def serve_forever(
     ready: Callable[[str], None] | None = None,
     **options: Any,
 ) -> None:
-    """Run the reference CSMS until cancelled. ``ready`` gets the URL once listening.
+    """Run the reference CSMS until cancelled or sent SIGTERM. ``ready`` gets the URL once listening.
 
+    SIGTERM stops it cleanly (a container's ``docker stop``: as process 1 it would otherwise
+    ignore the signal and be killed after the grace period).
     Options are :class:`CsmsConfig` fields (remote_stop_after, exercise, password, ...).
     Raises ConfigError for a bad option or an address that cannot be bound.
     """
     csms = ReferenceCsms(profile, **options)
     url = await csms.start(host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:
         if ready is not None:
             ready(url)
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
         await csms.stop()
 
 
