@@ -435,7 +435,7 @@ def csms(
         str | None, typer.Option(help="Charger id pattern (e.g. 'ALF-*') to send a tour of backend commands.")
     ] = None,
 ) -> None:
-    """Run the embedded reference CSMS (OCPP 1.6 and 2.0.1) until Ctrl-C."""
+    """Run the embedded reference CSMS (OCPP 1.6, 2.0.1 and 2.1) until Ctrl-C."""
     from ocpp_replay.csms import run_csms
 
     options: dict[str, object] = {"password": password, "exercise": exercise}
