@@ -3,7 +3,8 @@
 
 The CSMS assigns a remoteStartId (RequestStartTransaction) and a tariff id (SetDefaultTariff,
 2.1 only) that the charger quotes back in its TransactionEvents; a replay against a fresh CSMS
-that assigns other values must correlate both, and find no difference.
+that assigns other values must correlate both, and find no difference. Last, `compare` of a
+2.1 capture between the reference CSMS's two profiles finds exactly what differs between them.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from ocpp_replay.capture.proxy import ProxyServer
 from ocpp_replay.cli import app
+from ocpp_replay.csms import ReferenceCsms
 from ocpp_replay.replay import run_replay, store_run
 from ocpp_replay.report.html import CHARGER_TO_CSMS, CSMS_TO_CHARGER, coverage, html_report
+from ocpp_replay.simulate import run_fleet
 from ocpp_replay.store import Store
 from tests.peers import Recording
 
@@ -335,3 +338,41 @@ async def test_21_capture_of_unknown_version_is_exit_2(tmp_path: Path) -> None:
     assert "subprotocol 'ocpp2.2'" in result.stdout and "no schema violations" not in result.stdout
     assert result.stderr.startswith("error: 1 session not checked")
     assert (await asyncio.to_thread(validate, db, "--version", "2.1")).exit_code == 0
+
+
+async def test_compare_v1_v2_on_21_finds_exactly_the_profile_differences(tmp_path: Path) -> None:
+    """Virtual 2.1 chargers captured against the reference CSMS, then compared v1 against v2:
+    the heartbeat interval and the card v2 blocks, nothing else; the HTML has the 2.1 column."""
+    db = tmp_path / "cmp21.db"
+    async with ReferenceCsms("v1") as csms, ProxyServer(csms.url, db) as proxy:
+        fleet = await run_fleet(
+            proxy.url, chargers=3, version="2.1", scenario="session", time_scale=0.002, seed=1
+        )
+    assert not fleet.problems, fleet.problems
+    report, page = tmp_path / "r.json", tmp_path / "r.html"
+    fast = ["--max-gap", "0.05", "--timeout", "2", "--grace", "0.3"]
+    async with ReferenceCsms("v1") as v1, ReferenceCsms("v2") as v2:
+        args = ["compare", "--db", str(db), "--baseline", v1.url, "--candidate", v2.url, *fast]
+        res = await asyncio.to_thread(
+            CliRunner().invoke, app, [*args, "--report", str(report), "--html", str(page)]
+        )
+    assert res.exit_code == 1, res.output
+    doc = json.loads(report.read_text())
+    got = {
+        s["charge_point_id"]: [(d["action"], d["path"], d["actual"]) for d in s["diffs"]]
+        for s in doc["sessions"]
+    }
+    interval = ("BootNotification", "interval", 900)
+    blocked = ("idTokenInfo.status", "Blocked")
+    assert got == {
+        "ALF-0001": [interval],
+        "ALF-0002": [interval],
+        "ALF-0003": [
+            interval,
+            ("Authorize", *blocked),
+            ("TransactionEvent", *blocked),
+            ("TransactionEvent", *blocked),
+        ],
+    }
+    assert doc["summary"]["vs_recording"] == {"baseline": 0, "candidate": 6}
+    assert '<th class="n">OCPP 2.1</th>' in page.read_text()
