@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from typer.testing import CliRunner
 
 from ocpp_replay.cli import app
 from ocpp_replay.core.frames import Direction
+from ocpp_replay.core.validate import check_sessions
+from ocpp_replay.errors import ConfigError
 from ocpp_replay.store import CaptureWriter
 
 ALFEN = (
@@ -217,3 +220,70 @@ def test_21_send_and_callresulterror_are_checked_not_flagged(tmp_path: Path) -> 
     make_capture(tmp_path / "d.db", frames[:3], subprotocol="ocpp2.0.1")
     result = runner.invoke(app, ["validate", "--db", str(tmp_path / "d.db"), "--json"])
     assert [v["message_kind"] for v in json.loads(result.stdout)["violations"]] == ["frame"]
+
+
+@dataclass(frozen=True)
+class S:
+    """A session as the core reads it (SessionLike), without a store."""
+
+    id: int
+    subprotocol: str | None
+    error: str | None = None
+    charge_point_id: str = "CP"
+    query: str | None = None
+    auth_user: str | None = None
+    started_at: str = ""
+    ended_at: str | None = None
+    close_code: int | None = None
+    closed_by: str | None = None
+
+
+@dataclass(frozen=True)
+class F:
+    """A frame as the core reads it (FrameLike)."""
+
+    seq: int
+    direction: Direction
+    raw: str
+    message_type: int | None
+    action: str | None
+    parse_error: str | None = None
+    elapsed: float = 0.0
+    unique_id: str | None = None
+    raw_bytes: bytes | None = None
+
+
+def frames_of(rows: list[tuple[Direction, str]]) -> list[F]:
+    actions: dict[str, str] = {}
+    out = []
+    for seq, (direction, raw) in enumerate(rows, 1):
+        data = json.loads(raw)
+        if data[0] == 2:
+            actions[data[1]] = data[2]
+        out.append(F(seq, direction, raw, data[0], data[2] if data[0] == 2 else actions.get(data[1])))
+    return out
+
+
+def test_report_counts_and_exit_codes_pure() -> None:
+    clean = frames_of(CLEAN)
+    report = check_sessions(
+        [
+            (S(1, "ocpp1.6"), clean),
+            (S(2, None, error="upstream refused: 503"), []),  # never opened: nothing to check
+            (S(3, "ocpp2.1"), frames_of(CLEAN_21)),
+        ]
+    )
+    assert (report.sessions, report.unopened, report.skipped) == (2, 1, [])
+    assert (report.tally.frames, report.tally.checked, report.tally.call_errors) == (10, 9, 1)
+    assert dict(report.versions) == {"1.6": 1, "2.1": 1}
+    assert report.exit_code() == 0
+    skipping = check_sessions([(S(1, "ocpp1.6"), clean), (S(2, "mqtt"), clean)])
+    assert [(s.session_id, s.frames) for s in skipping.skipped] == [(2, 4)]
+    assert skipping.exit_code() == 2 and skipping.exit_code(allow_skip=True) == 0
+    assert check_sessions([(S(2, None, error="refused"), [])]).exit_code(allow_skip=True) == 2
+    bad = frames_of([(Direction.TO_CSMS, '[2,"1","Heartbeat",{"x":1}]'), (Direction.TO_CP, '[3,"1",{}]')])
+    found = check_sessions([(S(1, "ocpp2.1"), bad), (S(2, None), clean)])
+    assert found.exit_code() == 1  # a violation outranks a skipped session
+    assert [(f.seq, f.message_kind) for f in found.findings] == [(1, "request"), (2, "response")]
+    with pytest.raises(ConfigError, match="unknown OCPP version"):
+        check_sessions([(S(1, None), clean)], default_version="3.0")
