@@ -350,6 +350,62 @@ async def test_unanswered_command_times_out_and_next_one_goes_out(http: aiohttp.
         assert first[2] == "TriggerMessage" and second[2] == "UnlockConnector"
 
 
+async def test_an_answer_followed_at_once_by_a_close_reaches_the_api(http: aiohttp.ClientSession) -> None:
+    """A charger that answers a command and closes in the same breath: the caller gets the answer
+    (it used to get a 504 after twice call_timeout, the writer cancelled before delivering it)."""
+    async with ReferenceCsms(get_configuration_on_boot=False) as csms:
+        ws = await http.ws_connect(csms.url + "/CP1", protocols=("ocpp1.6",))
+        await ws.send_str(json.dumps([2, "1", "BootNotification", BOOT_16]))
+        await recv(ws)
+
+        async def answer_and_close() -> None:
+            reset = await recv(ws)
+            await ws.send_str(json.dumps([3, reset[1], {"status": "Accepted"}]))
+            await ws.close()
+
+        charger = asyncio.create_task(answer_and_close())
+        async with asyncio.timeout(10):  # call_timeout is 30 s: an answer, not a timeout
+            async with http.post(api(csms, "/api/chargers/CP1/reset"), json={"type": "Hard"}) as resp:
+                assert resp.status == 200
+                assert await resp.json() == {"answer": {"status": "Accepted"}}
+        await charger
+        assert csms.backend.chargers["CP1"].answers["Reset:Accepted"] == 1
+
+
+async def test_a_close_without_an_answer_fails_the_command_at_once(http: aiohttp.ClientSession) -> None:
+    async with ReferenceCsms(get_configuration_on_boot=False) as csms:
+        ws = await http.ws_connect(csms.url + "/CP1", protocols=("ocpp1.6",))
+
+        async def close_on_command() -> None:
+            await recv(ws)
+            await ws.close()
+
+        charger = asyncio.create_task(close_on_command())
+        async with asyncio.timeout(10):
+            async with http.post(api(csms, "/api/chargers/CP1/reset"), json={"type": "Soft"}) as resp:
+                assert resp.status == 504
+                assert "CP1 disconnected before answering Reset" in await resp.text()
+        await charger
+
+
+async def test_a_command_waits_call_timeout_for_each_command_ahead(http: aiohttp.ClientSession) -> None:
+    async with (
+        ReferenceCsms(call_timeout=0.3, get_configuration_on_boot=False) as csms,
+        http.ws_connect(csms.url + "/CP1", protocols=("ocpp1.6",)) as ws,
+    ):
+        with pytest.raises(CommandFailed, match=r"no answer to Reset from CP1 in 0 s"):
+            await csms.send_command("CP1", "reset", {"type": "Soft"})
+        assert (await recv(ws))[2] == "Reset"
+        first = asyncio.create_task(csms.send_command("CP1", "unlock", {"connectorId": 1}))
+        second = asyncio.create_task(csms.send_command("CP1", "unlock", {"connectorId": 2}))
+        assert (await recv(ws))[3] == {"connectorId": 1}  # unanswered: the second waits its turn
+        second_call = await recv(ws)
+        await ws.send_str(json.dumps([3, second_call[1], {"status": "Unlocked"}]))
+        with pytest.raises(CommandFailed, match="no answer"):
+            await first
+        assert (await second).payload == {"status": "Unlocked"}  # type: ignore[union-attr]
+
+
 async def test_a_new_connection_replaces_the_old_one(http: aiohttp.ClientSession) -> None:
     async with ReferenceCsms() as csms:
         old = await http.ws_connect(csms.url + "/CP1", protocols=("ocpp1.6",))

@@ -25,7 +25,7 @@ import logging
 import signal
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
@@ -58,8 +58,23 @@ def _printable(text: str, limit: int = 2000) -> str:
     return out + ("…" if len(text) > limit else "")
 
 
+@dataclass(slots=True)
+class _Outstanding:
+    """The one backend CALL a charger has not answered yet."""
+
+    uid: str
+    command: Command
+    waiter: asyncio.Future[CallResult | CallError] | None
+    answered: asyncio.Future[None]
+
+
 class _Connection:
-    """One charger websocket: sends serialised, one outstanding backend CALL at a time."""
+    """One charger websocket: sends serialised, one outstanding backend CALL at a time.
+
+    An answer is delivered by the reader the moment it arrives (:meth:`answer`), not by the
+    writer: a charger that answers and closes at once still gets its answer to the caller,
+    although the writer is cancelled with the connection before it could run again.
+    """
 
     def __init__(self, ws: web.WebSocketResponse, session: ChargerSession, call_timeout: float) -> None:
         self.ws = ws
@@ -68,8 +83,13 @@ class _Connection:
         self.queue: asyncio.Queue[tuple[Command, asyncio.Future[CallResult | CallError] | None]] = (
             asyncio.Queue()
         )
-        self.outstanding: tuple[str, asyncio.Future[CallResult | CallError]] | None = None
+        self.outstanding: _Outstanding | None = None
         self._send_lock = asyncio.Lock()
+
+    @property
+    def commands_ahead(self) -> int:
+        """Commands that go out before one queued now: the queue and the one awaiting its answer."""
+        return self.queue.qsize() + (self.outstanding is not None)
 
     async def send(self, text: str) -> None:
         if log.isEnabledFor(logging.DEBUG):
@@ -79,49 +99,53 @@ class _Connection:
 
     async def writer(self) -> None:
         loop = asyncio.get_running_loop()
+        charger_id = self.session.record.id
         while True:
             command, waiter = await self.queue.get()
-            uid = str(uuid.uuid4())
-            answer_future: asyncio.Future[CallResult | CallError] = loop.create_future()
-            self.outstanding = (uid, answer_future)
+            out = _Outstanding(str(uuid.uuid4()), command, waiter, loop.create_future())
+            self.outstanding = out
             try:
-                await self.send(dump(Call(uid, command.action, command.payload)))
+                log.info("%s <- %s (%s)", charger_id, command.action, command.reason or "on request")
+                await self.send(dump(Call(out.uid, command.action, command.payload)))
                 async with asyncio.timeout(self.call_timeout):
-                    answer = await answer_future
+                    await out.answered
             except TimeoutError:
-                log.info(
-                    "%s did not answer %s in %.0f s",
-                    self.session.record.id,
-                    command.action,
-                    self.call_timeout,
+                log.info("%s did not answer %s in %.0f s", charger_id, command.action, self.call_timeout)
+                _fail(
+                    waiter,
+                    f"no answer to {command.action} from {charger_id} in {self.call_timeout:.0f} s",
                 )
-                if waiter is not None and not waiter.done():
-                    waiter.set_exception(
-                        CommandFailed(f"no answer to {command.action} in {self.call_timeout} s")
-                    )
-                continue
             except ConnectionError as exc:
-                if waiter is not None and not waiter.done():
-                    waiter.set_exception(CommandFailed(f"connection lost: {exc}"))
-                continue
+                _fail(waiter, f"connection to {charger_id} lost: {exc}")
             finally:
                 self.outstanding = None
-            self.session.handle_answer(command, answer)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(answer)
 
     def answer(self, frame: CallResult | CallError) -> None:
-        if self.outstanding is not None and self.outstanding[0] == frame.unique_id:
-            if not self.outstanding[1].done():
-                self.outstanding[1].set_result(frame)
-        else:
+        out = self.outstanding
+        if out is None or out.uid != frame.unique_id or out.answered.done():
             log.info("%s answered unknown call %s", self.session.record.id, _printable(frame.unique_id, 80))
+            return
+        out.answered.set_result(None)
+        self.session.handle_answer(out.command, frame)
+        outcome = frame.error_code if isinstance(frame, CallError) else frame.payload.get("status", "ok")
+        log.info("%s -> %s answer: %s", self.session.record.id, out.command.action, _printable(str(outcome)))
+        if out.waiter is not None and not out.waiter.done():
+            out.waiter.set_result(frame)
 
     def fail_waiting(self) -> None:
+        """The charger disconnected: fail the command awaiting its answer and every queued one."""
+        charger_id = self.session.record.id
+        out = self.outstanding
+        if out is not None:
+            _fail(out.waiter, f"{charger_id} disconnected before answering {out.command.action}")
         while not self.queue.empty():
-            _, waiter = self.queue.get_nowait()
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(CommandFailed("charger disconnected"))
+            command, waiter = self.queue.get_nowait()
+            _fail(waiter, f"{charger_id} disconnected before {command.action} was sent")
+
+
+def _fail(waiter: asyncio.Future[CallResult | CallError] | None, message: str) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_exception(CommandFailed(message))
 
 
 class ReferenceCsms:
@@ -212,14 +236,15 @@ class ReferenceCsms:
             raise CommandFailed(f"charger {charger_id!r} is not connected")
         command = conn.session.command(name, params or {})
         waiter: asyncio.Future[CallResult | CallError] = asyncio.get_running_loop().create_future()
-        conn.queue.put_nowait((command, waiter))
         limit = answer_within
-        if limit is None:
-            limit = self.config.call_timeout * (conn.queue.qsize() + 1)
+        if limit is None:  # call_timeout for each command that goes out before this one, and this one
+            limit = self.config.call_timeout * (conn.commands_ahead + 1)
+        conn.queue.put_nowait((command, waiter))
         try:
             async with asyncio.timeout(limit):
                 return await waiter
         except TimeoutError:
+            waiter.cancel()
             raise CommandFailed(f"no answer to {command.action} from {charger_id} in {limit:.0f} s") from None
 
     # -- websocket --------------------------------------------------------------------------
@@ -271,10 +296,10 @@ class ReferenceCsms:
                 elif msg.type is WSMsgType.ERROR:
                     log.info("%s websocket error: %s", charger_id, ws.exception())
         finally:
+            conn.fail_waiting()  # before the writer goes: cancelling it forgets what it awaits
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
-            conn.fail_waiting()
             if self._connections.get(charger_id) is conn:
                 del self._connections[charger_id]
                 session.disconnected()
