@@ -14,7 +14,7 @@ except ImportError:  # not installed where it is not a dependency (Windows, PyPy
     uvloop = None  # type: ignore[assignment]
 
 #: Test modules whose every async test runs once per event loop.
-BOTH_LOOPS = {"test_proxy.py", "test_proxy_tls.py"}
+BOTH_LOOPS = {"test_proxy.py", "test_proxy_tls.py", "test_proxy_wire.py"}
 
 
 def pytest_asyncio_loop_factories(

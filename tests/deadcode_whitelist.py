@@ -14,6 +14,7 @@ _.websocket_message
 _.websocket_end
 # asyncio.Protocol callbacks (the event loop calls them)
 _.eof_received
+_.connection_made
 _.pause_writing
 _.resume_writing
 # typer commands (registered by decorator, called by typer)
@@ -25,6 +26,7 @@ demo
 # sqlite-utils migrations (registered by decorator, applied by Migrations)
 m001_capture
 m002_runs
+m003_wire
 # RFC 6455 opcodes, named for completeness of the table
 PING
 PONG
@@ -49,5 +51,7 @@ _.undelivered
 _.failed_expectations
 remote_addr
 upstream_url
+offered_subprotocols
+handshake_note
 batches
 _.batches

@@ -269,21 +269,62 @@ async def test_basic_auth_passes_upstream_and_password_is_never_stored(tmp_path:
         assert base64.b64encode(f"ALF-7:{password}".encode()) not in blob, path
 
 
-async def test_upstream_down_gives_502_and_is_recorded(tmp_path: Path) -> None:
+async def http_get(port: int, path: str) -> tuple[bytes, bytes]:
+    """A plain HTTP GET on the proxy's port: (status line and headers, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def test_the_proxy_starts_while_its_upstream_is_down_and_answers_as_its_absence_would(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Chargers see their connection drop (no HTTP answer, as with no CSMS), the outage is
+    logged once however many chargers try, /healthz shows it, and it ends when the CSMS is back."""
     import socket
 
+    caplog.set_level("INFO", logger="ocpp_replay.capture.proxy")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once the socket is closed
     db = tmp_path / "c.db"
-    async with ProxyServer(f"ws://127.0.0.1:{port}/ocpp", db, connect_timeout=2) as proxy:
-        with pytest.raises(websockets.InvalidStatus) as info:
-            async with connect(f"{proxy.url}/DOWN", subprotocols=["ocpp1.6"]):  # type: ignore[list-item]
-                pass
-        assert info.value.response.status_code == 502
-        await settle(proxy)
-    [session] = Store.open(db).sessions()
-    assert session.charge_point_id == "DOWN" and "unreachable" in (session.error or "")
+    upstream = f"ws://127.0.0.1:{port}/ocpp"
+    async with ProxyServer(upstream, db, connect_timeout=2, check_upstream=True) as proxy:
+        for n in range(3):
+            with pytest.raises((websockets.InvalidMessage, OSError, EOFError)):
+                async with connect(f"{proxy.url}/DOWN{n}", subprotocols=["ocpp1.6"]):  # type: ignore[list-item]
+                    pass
+        head, body = await http_get(proxy.port, "/healthz")
+        assert head.startswith(b"HTTP/1.1 200")
+        health = json.loads(body)
+        assert health["upstream"] == "down" and health["upstream_failures"] == 4  # start-up probe + 3
+        assert health["upstream_down_since"].endswith("Z")
+
+        # The CSMS comes back on its port: the next charger gets through.
+        async def csms(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(await read_upgrade(reader) + b"Sec-WebSocket-Protocol: ocpp1.6\r\n\r\n")
+            await reader.read()
+            writer.close()
+
+        server = await asyncio.start_server(csms, "127.0.0.1", port)
+        async with server:
+            async with connect(f"{proxy.url}/BACK", subprotocols=["ocpp1.6"], close_timeout=0.5) as ws:
+                assert ws.subprotocol == "ocpp1.6"
+            _, body = await http_get(proxy.port, "/healthz")
+            assert json.loads(body)["upstream"] == "up"
+            await settle(proxy)
+    lines = [r.getMessage() for r in caplog.records if r.levelname != "DEBUG"]
+    outage = [line for line in lines if "unreachable" in line]
+    assert len(outage) == 2, outage  # once per outage (and at start-up), not per attempt
+    assert "is not answering" in outage[1]
+    assert len([r for r in caplog.records if "reachable again" in r.getMessage()]) == 1
+    sessions = Store.open(db).sessions()
+    assert [s.charge_point_id for s in sessions] == ["DOWN0", "DOWN1", "DOWN2", "BACK"]
+    for s in sessions[:3]:
+        assert "unreachable" in (s.error or "") and s.upstream_status is None and s.closed_by == "upstream"
 
 
 async def test_upstream_drop_mid_session_drops_the_charger(tmp_path: Path) -> None:
@@ -685,12 +726,16 @@ async def raw_charger(port: int, path: str = "/ocpp/CP1", extra: bytes = b"") ->
 async def test_a_charger_whose_csms_answers_during_shutdown_gets_503_and_stop_finishes(
     tmp_path: Path,
 ) -> None:
+    finished = asyncio.Event()
+
     async def slow_csms(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         answer = await read_upgrade(reader)
         await asyncio.sleep(0.5)  # still answering when the proxy is told to stop
-        writer.write(answer + b"\r\n")
-        await reader.read()
+        with contextlib.suppress(ConnectionError):  # the proxy may have gone already
+            writer.write(answer + b"\r\n")
+            await reader.read()
         writer.close()
+        finished.set()
 
     server = await asyncio.start_server(slow_csms, "127.0.0.1", 0)
     async with server:
@@ -702,6 +747,7 @@ async def test_a_charger_whose_csms_answers_during_shutdown_gets_503_and_stop_fi
             await proxy.stop()
             _, writer, head = await pending
             writer.close()
+            await finished.wait()
     assert head.startswith(b"HTTP/1.1 503")
     assert proxy.writer is not None and not proxy.writer._thread.is_alive()  # flushed and closed
     [session] = Store.open(tmp_path / "c.db").sessions()

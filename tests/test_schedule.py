@@ -19,6 +19,7 @@ class S:
     charge_point_id: str = "CP-1"
     subprotocol: str | None = "ocpp1.6"
     query: str | None = None
+    path_suffix: str | None = None
     auth_user: str | None = None
     started_at: str = T0
     ended_at: str | None = None

@@ -210,16 +210,17 @@ def test_upgrade_request_and_response_round_trip() -> None:
     ).encode()
     response = parse_response_head(head)
     assert (response.status, response.protocol) == (101, "ocpp2.0.1")
-    response.check(key, ("ocpp1.6", "ocpp2.0.1"), None)
-    with pytest.raises(HandshakeError, match="not offered"):
-        response.check(key, ("ocpp1.6",), None)
-    with pytest.raises(HandshakeError, match="Accept"):
-        response.check("b3RoZXIga2V5IGhlcmUhIQ==", ("ocpp2.0.1",), None)
+    assert response.off_spec(key, ("ocpp1.6", "ocpp2.0.1")) == []
+    response.check_extensions(None)
+    assert response.off_spec(key, ("ocpp1.6",)) == ["subprotocol 'ocpp2.0.1' was not offered"]
+    [note] = response.off_spec(key, ())
+    assert note == "subprotocol 'ocpp2.0.1' was not offered (the charger offered none)"
+    assert response.off_spec("b3RoZXIga2V5IGhlcmUhIQ==", ("ocpp2.0.1",)) == ["wrong Sec-WebSocket-Accept"]
     deflated = UpgradeResponse(
         101, "", CIMultiDict({**response.headers, "Sec-WebSocket-Extensions": "x-foo"})
     )
     with pytest.raises(HandshakeError, match="x-foo"):
-        deflated.check(key, ("ocpp2.0.1",), "permessage-deflate")
+        deflated.check_extensions("permessage-deflate")
     assert parse_response_head(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic").status == 401
     for bad in (b"SSH-2.0-OpenSSH", b"HTTP/1.1 101 OK\r\nno colon here"):
         with pytest.raises(HandshakeError):

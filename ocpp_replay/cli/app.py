@@ -21,7 +21,13 @@ from rich.table import Table
 from rich.text import Text
 
 from ocpp_replay import __version__
-from ocpp_replay.capture.proxy import DEFAULT_MAX_MESSAGE_SIZE, ProxyServer, TlsOptions
+from ocpp_replay.capture.proxy import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ProxyServer,
+    TlsOptions,
+)
 from ocpp_replay.cli.common import (
     DEFAULT_DB,
     DbOption,
@@ -85,13 +91,9 @@ async def _serve_proxy(proxy: ProxyServer) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    url = await proxy.start()
+    await proxy.start()
     _settle_gc()
-    try:
-        console.print(
-            f"proxy: chargers connect to {url}/<chargePointId>, upstream {proxy.upstream}, "
-            f"capture {proxy.db_path}"
-        )
+    try:  # its start-up lines (what it does with a charger's path, its limits) are logged
         await stop.wait()
         console.print("proxy: stopping (closing connections, flushing the capture)")
     finally:
@@ -138,6 +140,32 @@ def proxy(
     flush_interval: Annotated[
         float, typer.Option(help="Seconds between capture writes (frames reach disk within this).")
     ] = 0.05,
+    path_prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="Path chargers dial before the part forwarded upstream (default: the upstream URL's "
+            "path, else all but the last segment)."
+        ),
+    ] = None,
+    id_from: Annotated[
+        str, typer.Option(help="Charge point id: the last or first segment of the forwarded path, or suffix.")
+    ] = "last",
+    forwarded: Annotated[
+        bool,
+        typer.Option(
+            help="Tell the CSMS the charger's address and scheme (Forwarded, X-Forwarded-For/-Proto). "
+            "Off: the proxy stays invisible."
+        ),
+    ] = False,
+    handshake_timeout: Annotated[
+        float, typer.Option(help="Seconds a charger has for its whole websocket upgrade.")
+    ] = DEFAULT_HANDSHAKE_TIMEOUT,
+    max_handshakes: Annotated[
+        int, typer.Option(help="Unfinished handshakes held at once; past it the oldest is dropped.")
+    ] = DEFAULT_MAX_HANDSHAKES,
+    max_connections_per_address: Annotated[
+        int, typer.Option(help="Connections from one remote address (0: no limit; sites behind NAT).")
+    ] = 0,
     event_loop: Annotated[
         str,
         typer.Option(
@@ -166,6 +194,12 @@ def proxy(
             tls=tls,
             max_message_size=max_message_size,
             flush_interval=flush_interval,
+            handshake_timeout=handshake_timeout,
+            max_handshakes=max_handshakes,
+            max_connections_per_address=max_connections_per_address,
+            path_prefix=path_prefix,
+            id_from=id_from,
+            forwarded=forwarded,
             check_upstream=True,
         )
         with asyncio.Runner(loop_factory=_loop_factory(event_loop)) as runner:

@@ -91,6 +91,7 @@ class SessionPlan:
     steps: tuple[Step, ...]
     backend_calls: tuple[BackendCall, ...]
     other_frames: int  # recorded frames neither sent nor expected (answers of unknown calls, ...)
+    path_suffix: str | None = None  # the path after the CSMS's, as the charger dialled it
 
 
 class Timeline:
@@ -303,6 +304,7 @@ def _plan_one(
         steps=tuple(steps),
         backend_calls=tuple(backend),
         other_frames=other,
+        path_suffix=info.path_suffix,
     )
 
 

@@ -32,10 +32,11 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from aiohttp import WSMsgType
+from yarl import URL
 
 from ocpp_replay.capture.reach import probe
 from ocpp_replay.core.compare import compare_result
@@ -276,9 +277,12 @@ class _SessionRun:
 
     # -- connection -------------------------------------------------------------------
 
-    def _url(self) -> str:
-        """``<target>/<chargePointId>``; a query of the target and the recorded one both kept."""
-        return session_url(self.ctx.target, self.plan.charge_point_id, self.plan.query)
+    def _url(self) -> URL:
+        """``<target><suffix as dialled>``; a query of the target and the recorded one both kept.
+        Sent byte for byte: the URL is not re-quoted."""
+        plan = self.plan
+        url = session_url(self.ctx.target, plan.charge_point_id, plan.query, plan.path_suffix)
+        return URL(url, encoded=True)
 
     def _headers(self) -> dict[str, str]:
         auth = self.ctx.auth
@@ -679,16 +683,21 @@ class _SessionRun:
 # ----------------------------------------------------------------------------- the run
 
 
-def session_url(target: str, charge_point_id: str, query: str | None = None) -> str:
-    """The URL a session connects to: the charge point id appended to the target's path.
+def session_url(
+    target: str, charge_point_id: str, query: str | None = None, suffix: str | None = None
+) -> str:
+    """The URL a session connects to: the recorded path suffix (as the charger dialled it) or,
+    for captures that lack one, the quoted charge point id, appended to the target's path.
 
     A query string of the target (``ws://csms/ocpp?tenant=3``) stays a query, followed by the
-    recorded one; it never swallows the charge point id.
+    recorded one exactly as recorded; it never swallows the charge point id.
     """
     parts = urlsplit(target)
-    path = f"{parts.path.rstrip('/')}/{quote(charge_point_id, safe='')}"
-    queries = "&".join(q for q in (parts.query, query) if q)
-    return urlunsplit((parts.scheme, parts.netloc, path, queries, ""))
+    tail = suffix if suffix is not None else f"/{quote(charge_point_id, safe='')}"
+    path = parts.path.rstrip("/") + tail
+    queries = [q for q in (parts.query, query) if q]
+    joined = "&".join(queries) if queries else query
+    return f"{parts.scheme}://{parts.netloc}{path}" + (f"?{joined}" if joined is not None else "")
 
 
 _gc_users = 0

@@ -33,6 +33,9 @@ class SessionInfo:
     close_reason: str | None
     closed_by: str | None
     error: str | None
+    offered_subprotocols: str | None
+    path_suffix: str | None
+    handshake_note: str | None
     frames: int
     frames_lost: int
 
@@ -64,7 +67,8 @@ class FrameRecord:
 
 _SESSION_COLUMNS = (
     "id, charge_point_id, subprotocol, path, query, remote_addr, auth_user, upstream_url, "
-    "upstream_status, started_at, ended_at, close_code, close_reason, closed_by, error"
+    "upstream_status, started_at, ended_at, close_code, close_reason, closed_by, error, "
+    "offered_subprotocols, path_suffix, handshake_note"
 )
 
 

@@ -133,6 +133,15 @@ def m002_runs(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m003_wire(db: sqlite_utils.Database) -> None:
+    """The handshake as dialled: the path suffix forwarded upstream (``path`` and ``query`` hold
+    the raw request-target from now on), and what was off-spec in a CSMS's 101 passed on."""
+    sessions = db["sessions"]
+    sessions.add_column("path_suffix", str)  # type: ignore[union-attr]
+    sessions.add_column("handshake_note", str)  # type: ignore[union-attr]
+
+
 _second_cache: list[Any] = [None, ""]
 
 
