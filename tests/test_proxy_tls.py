@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from pathlib import Path
 
@@ -79,3 +81,23 @@ def test_bad_tls_options_are_config_errors(tmp_path: Path) -> None:
         TlsOptions(cert=tmp_path / "missing.pem").server_context()
     with pytest.raises(ConfigError, match="--upstream-client-key needs"):
         TlsOptions(upstream_client_key=tmp_path / "k.pem").client_context()
+
+
+async def test_a_tls_handshake_that_never_comes_is_dropped_at_the_deadline(tmp_path: Path) -> None:
+    """A socket that connects to the wss listener and says nothing is closed by the proxy
+    within the handshake deadline (the TLS handshake has the same bound)."""
+    ca = trustme.CA()
+    cert_pem, key_pem = write_pems(tmp_path, ca, ca.issue_cert("127.0.0.1"), "proxy")
+    tls = TlsOptions(cert=cert_pem, key=key_pem)
+    async with (
+        run_csms() as csms,
+        ProxyServer(csms.url, tmp_path / "c.db", tls=tls, handshake_timeout=0.5) as proxy,
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionResetError):  # dropped: as good as closed
+                assert await reader.read() == b""
+        writer.close()
+    assert loop.time() - started < 5

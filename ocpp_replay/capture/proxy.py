@@ -655,16 +655,18 @@ class ProxyServer:
     def describe(self) -> list[str]:
         """What the proxy does with a charger's path, in words (printed and logged at start)."""
         listen = self.url.removesuffix(self.path_prefix or self._upstream_path)
+        upstream = self._upstream_origin + self._upstream_path
+        query = f" (the query after {self._upstream_query!r})" if self._upstream_query else ""
         if self.path_prefix is not None:
             rule = (
-                f"forwarding {listen}{self.path_prefix}/<rest> to {self.upstream}/<rest> "
-                "(<rest> and the query exactly as dialled); any other path: 404"
+                f"forwarding {listen}{self.path_prefix}/<rest> to {upstream}/<rest> "
+                f"(<rest> and the query exactly as dialled){query}; any other path: 404"
             )
         else:
             rule = (
-                f"forwarding {listen}{self._upstream_path}/<rest> to {self.upstream}/<rest> "
-                "(<rest> and the query exactly as dialled); any other path /a/b/<last>[/] "
-                f"to {self.upstream}/<last>[/]"
+                f"forwarding {listen}{self._upstream_path}/<rest> to {upstream}/<rest> "
+                f"(<rest> and the query exactly as dialled){query}; any other path /a/b/<last>[/] "
+                f"to {upstream}/<last>[/]"
             )
         which = {"last": "the last segment", "first": "the first segment", "suffix": "all"}[self.id_from]
         lines = [
