@@ -23,6 +23,12 @@ reads back as the same double. The trailer makes a truncated file an error inste
 shorter capture. Runs (replay/compare results) are not exported.
 
 An import is one transaction: an error leaves the target capture as it was.
+
+Import files come from elsewhere and are read as hostile: a JSONL line is read only up to
+:data:`MAX_LINE` characters, a record is a flat object of JSON scalars (nesting is refused, not
+recursed into), integers must fit SQLite's 64 bits; a flow file's length prefixes are checked
+against what is left of the file before anything is read, and nesting deeper than the
+interpreter's recursion limit is refused. Every failure is one :class:`CaptureError`.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, BinaryIO, Literal
 
 import sqlite_utils
 
@@ -53,6 +59,11 @@ log = logging.getLogger(__name__)
 
 FORMAT = "ocpp-replay-capture"
 VERSION = 1
+#: The longest JSONL line read (characters): a 16 MiB frame, every byte escaped as ``\\u00XX``.
+MAX_LINE = 100 * 2**20
+_INT64 = (-(2**63), 2**63 - 1)
+#: Digits of a tnetstring length prefix (mitmproxy's own reader allows 12).
+_MAX_PREFIX = 12
 
 Kind = Literal["session", "frame", "event"]
 Record = tuple[Kind, dict[str, Any]]
@@ -376,6 +387,35 @@ def export_jsonl(
     return counts
 
 
+def bounded_lines(fh: IO[str], name: str, limit: int = MAX_LINE) -> Iterator[str]:
+    """The lines of ``fh``, each read only up to ``limit`` characters; a longer one is an error."""
+    n = 0
+    while True:
+        try:
+            line = fh.readline(limit + 1)
+        except UnicodeDecodeError as exc:
+            raise CaptureError(f"{name} is not UTF-8 text (line {n + 1})") from exc
+        if not line:
+            return
+        n += 1
+        if len(line) > limit:
+            raise CaptureError(f"{name} line {n}: longer than {limit} characters")
+        yield line
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_scalars(obj: dict[str, Any], where: str) -> None:
+    """A record is a flat row: strings, numbers, booleans and nulls, integers within 64 bits."""
+    for key, value in obj.items():
+        if isinstance(value, dict | list):
+            raise CaptureError(f"{where}: {key!r} holds a nested {type(value).__name__}, not a value")
+        if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+            raise CaptureError(f"{where}: {key!r} is out of the 64-bit integer range")
+
+
 def parse_jsonl(lines: Iterable[str], name: str = "input") -> Iterator[Record]:
     """Records from the lines of a JSONL export. Raises CaptureError naming the bad line."""
     header_seen = False
@@ -388,11 +428,15 @@ def parse_jsonl(lines: Iterable[str], name: str = "input") -> Iterator[Record]:
         if ended:
             raise CaptureError(f"{where}: data after the end line")
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, parse_constant=_reject_constant)
         except ValueError as exc:
             raise CaptureError(f"{where}: not JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise CaptureError(f"{where}: nested too deeply") from exc
         if not isinstance(obj, dict):
             raise CaptureError(f"{where}: not a JSON object")
+        if header_seen:
+            _check_scalars(obj, where)
         if not header_seen:
             if obj.get("format") != FORMAT:
                 raise CaptureError(f"{name} is not an ocpp-replay export (no {FORMAT} header)")
@@ -445,7 +489,7 @@ def import_jsonl(path: str | os.PathLike[str], db_path: str | os.PathLike[str]) 
             raise CaptureError(f"cannot read {p}: {exc.strerror}") from exc
         with fh, CaptureSink(db, (lambda old: old) if keep else None) as sink:
             try:
-                for kind, row in parse_jsonl(fh, str(p)):
+                for kind, row in parse_jsonl(bounded_lines(fh, str(p)), str(p)):
                     sink.write(kind, row)
             except sqlite3.DatabaseError as exc:
                 raise CaptureError(f"cannot import {p}: {exc}") from exc
@@ -487,8 +531,6 @@ def import_flows(
     """
     try:
         from mitmproxy import http
-        from mitmproxy.exceptions import FlowReadException
-        from mitmproxy.io import FlowReader
 
         from ocpp_replay.capture import mitm
     except ImportError as exc:
@@ -504,7 +546,7 @@ def import_flows(
     def flows() -> Iterator[http.HTTPFlow]:
         try:
             with open(p, "rb") as fh:
-                for f in FlowReader(fh).stream():
+                for f in read_flows(fh, p):
                     if (
                         isinstance(f, http.HTTPFlow)
                         and mitm.is_websocket_upgrade(f)
@@ -512,8 +554,6 @@ def import_flows(
                         and wanted.wants(f)
                     ):
                         yield f
-        except FlowReadException as exc:
-            raise CaptureError(f"cannot read mitmproxy flows from {p}: {exc}") from exc
         except OSError as exc:
             raise CaptureError(f"cannot read {p}: {exc.strerror}") from exc
 
@@ -526,6 +566,57 @@ def import_flows(
             for kind, row in flow_records(f, i):
                 sink.write(kind, row)
         return sink.result
+
+
+def read_flows(fh: BinaryIO, name: Path) -> Iterator[Any]:
+    """The flows of a mitmproxy flow file (``mitmdump -w``), read as hostile input.
+
+    Each top-level item's length is checked against the file before it is read (mitmproxy's
+    own reader allocates whatever a prefix says), must be a dictionary, and may nest only as
+    deep as the recursion limit allows; whatever mitmproxy cannot make a flow of is one
+    CaptureError, not a traceback.
+    """
+    from mitmproxy import flow as mflow
+    from mitmproxy.io import compat, tnetstring
+
+    fh.seek(0, os.SEEK_END)
+    total = fh.tell()
+    fh.seek(0)
+    n = 0
+    while True:
+        start = fh.tell()
+        head = fh.read(_MAX_PREFIX + 1)
+        if not head:
+            return
+        n += 1
+        where = f"cannot read mitmproxy flows from {name}: item {n} (byte {start})"
+        digits, colon, _ = head.partition(b":")
+        if not colon or not digits.isdigit() or len(digits) > _MAX_PREFIX:
+            raise CaptureError(f"{where}: no tnetstring length prefix")
+        length = int(digits)
+        body = start + len(digits) + 1
+        if body + length + 1 > total:
+            raise CaptureError(
+                f"{where}: {length} bytes announced, {max(total - body - 1, 0)} left in the file"
+            )
+        fh.seek(body + length)
+        if fh.read(1) != b"}":
+            raise CaptureError(f"{where}: not a flow (a flow is a tnetstring dictionary)")
+        fh.seek(start)
+        try:
+            state = tnetstring.load(fh)
+            if not isinstance(state, dict):
+                raise ValueError("not a dictionary")
+            flow = mflow.Flow.from_state(compat.migrate_flow(state))
+        except RecursionError as exc:
+            raise CaptureError(f"{where}: nested too deeply") from exc
+        except MemoryError as exc:
+            raise CaptureError(f"{where}: too large to read") from exc
+        except Exception as exc:  # mitmproxy raises anything on a malformed flow
+            detail = str(exc)
+            detail = detail if len(detail) <= 200 else detail[:197] + "..."
+            raise CaptureError(f"{where}: {type(exc).__name__}: {detail}") from exc
+        yield flow
 
 
 def flow_records(flow: Any, key: int) -> Iterator[Record]:

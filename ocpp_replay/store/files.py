@@ -10,6 +10,9 @@ from typing import IO
 from ocpp_replay.core.rules import RuleSet, parse_rules
 from ocpp_replay.errors import ConfigError
 
+#: The longest rules file read (characters); a hand-written or learned one is a few kilobytes.
+MAX_RULES_FILE = 4 * 2**20
+
 
 def open_private_text(path: str | os.PathLike[str]) -> IO[str]:
     """Open PATH for writing text, truncated, readable and writable by its owner only (0600).
@@ -37,7 +40,13 @@ def load_rules(path: str | os.PathLike[str] | None) -> RuleSet:
         return RuleSet.default()
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, encoding="utf-8") as fh:
+            text = fh.read(MAX_RULES_FILE + 1)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read rules file {p}: {getattr(exc, 'strerror', None) or exc}") from exc
-    return parse_rules(text, source=str(p))
+    if len(text) > MAX_RULES_FILE:
+        raise ConfigError(f"rules file {p} is longer than {MAX_RULES_FILE} characters")
+    try:
+        return parse_rules(text, source=str(p))
+    except RecursionError as exc:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(f"rules file {p}: nested too deeply") from exc
