@@ -160,6 +160,10 @@ def proxy(
     handshake_timeout: Annotated[
         float, typer.Option(help="Seconds a charger has for its whole websocket upgrade.")
     ] = DEFAULT_HANDSHAKE_TIMEOUT,
+    connect_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds for the CSMS to accept the connection, and again to answer the upgrade."),
+    ] = 10.0,
     max_handshakes: Annotated[
         int, typer.Option(help="Unfinished handshakes held at once; past it the oldest is dropped.")
     ] = DEFAULT_MAX_HANDSHAKES,
@@ -195,6 +199,7 @@ def proxy(
             max_message_size=max_message_size,
             flush_interval=flush_interval,
             handshake_timeout=handshake_timeout,
+            connect_timeout=connect_timeout,
             max_handshakes=max_handshakes,
             max_connections_per_address=max_connections_per_address,
             path_prefix=path_prefix,
