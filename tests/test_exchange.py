@@ -139,6 +139,7 @@ def test_export_import_round_trip_is_lossless(tmp_path: Path) -> None:
     assert "exported 3 sessions" in result.stdout
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     lines = out.read_text(encoding="utf-8").splitlines()
+    assert all(line.isprintable() for line in lines)  # DEL, C1, bidi overrides as \u escapes
     header = json.loads(lines[0])
     assert header["format"] == "ocpp-replay-capture" and header["version"] == 1
     assert json.loads(lines[-1]) == {"type": "end", "sessions": 3, "frames": 14, "events": 1}

@@ -33,7 +33,6 @@ a rules file that ``--rules`` reads.
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -45,6 +44,7 @@ from ocpp_replay.core.frames import Call, CallError, CallResult, MessageType, pa
 from ocpp_replay.core.paths import format_path, parse_path
 from ocpp_replay.core.results import COMPARE_SIDE, LiveFrame, NoiseField, RunResult, SessionResult
 from ocpp_replay.core.rules import RuleSet
+from ocpp_replay.core.text import toml_string
 from ocpp_replay.errors import InvalidFrame
 
 __all__ = [
@@ -369,8 +369,8 @@ def compare_result(
 
 
 def _toml_str(text: str) -> str:
-    """A TOML basic string: JSON's escapes are TOML's, except that TOML also forbids DEL."""
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+    """A TOML basic string; DEL, bidi overrides and other invisible characters escaped."""
+    return toml_string(text)
 
 
 def noise_rules_toml(noise: Iterable[NoiseField], *, runs: int | None = None) -> str:

@@ -25,6 +25,7 @@ import json
 from typing import Any
 
 from ocpp_replay.core.results import RunResult
+from ocpp_replay.core.text import escape_json
 
 __all__ = ["json_report", "report_dict"]
 
@@ -62,5 +63,6 @@ def report_dict(result: RunResult) -> dict[str, Any]:
 
 
 def json_report(result: RunResult) -> str:
-    """The JSON report as text (UTF-8, indented, one trailing newline)."""
-    return json.dumps(report_dict(result), indent=2, ensure_ascii=False, default=str) + "\n"
+    """The JSON report as text (UTF-8, indented, one trailing newline). Letters stay readable;
+    bidi overrides, C1 controls and other invisible characters are ``\\u`` escapes."""
+    return escape_json(json.dumps(report_dict(result), indent=2, ensure_ascii=False, default=str)) + "\n"

@@ -11,6 +11,7 @@ import json
 import xml.etree.ElementTree as ET
 
 from ocpp_replay.core.results import RunResult, SessionResult
+from ocpp_replay.core.text import escape_controls
 
 __all__ = ["junit_xml"]
 
@@ -27,8 +28,11 @@ def _line(value: object) -> str:
 
 
 def _clean(text: str) -> str:
-    """XML 1.0 cannot carry most control characters: escape them."""
-    return "".join(ch if ch in "\t\n\r" or ord(ch) >= 32 else f"\\x{ord(ch):02x}" for ch in text)
+    """Text from traffic as the terminal shows it: XML 1.0 cannot carry most control characters,
+    and bidi overrides would let a CI page show a spoofed, reversed name. Every character that is
+    not printable becomes a Python escape (``\\x1b``, ``\\u202e``); line breaks between the lines of
+    a failure's text stay."""
+    return "\n".join(escape_controls(line) for line in text.split("\n"))
 
 
 def junit_xml(result: RunResult, *, suite: str = "ocpp-replay") -> str:
@@ -49,7 +53,7 @@ def junit_xml(result: RunResult, *, suite: str = "ocpp-replay") -> str:
         failures=str(failures),
         errors="0",
         skipped="0",
-        timestamp=result.started_at,
+        timestamp=_clean(result.started_at),
     )
     for s in result.sessions:
         case = ET.SubElement(

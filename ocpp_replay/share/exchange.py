@@ -51,6 +51,7 @@ import sqlite_utils
 from ocpp_replay import __version__
 from ocpp_replay.core.frames import Direction, peek
 from ocpp_replay.core.pairing import Pairer
+from ocpp_replay.core.text import escape_json
 from ocpp_replay.errors import CaptureError, ConfigError, UnknownSession
 from ocpp_replay.store import Store, WriterLock, migrations, open_database, session_filter, utc_iso
 from ocpp_replay.store.files import open_private_text
@@ -317,7 +318,8 @@ def _target(path: str | os.PathLike[str]) -> Iterator[sqlite_utils.Database]:
 
 
 def _dumps(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    # Invisible characters (bidi overrides, C1) as \u escapes: the line reads back the same.
+    return escape_json(json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
 
 
 def jsonl_lines(store: Store, records: Iterable[Record]) -> Iterator[str]:

@@ -1,0 +1,142 @@
+"""The report files of a run made from hostile traffic: every output escapes what the terminal does.
+
+A capture whose charge point id, action names and payloads carry bidi overrides (U+202E), C1
+controls and separators is replayed through the real command against a real websocket backend
+on 127.0.0.1 that answers with more of the same; the JUnit, JSON and HTML files must show every
+invisible character as an escape, stay well-formed and still mean the same text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tomllib
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+from websockets.asyncio.server import ServerConnection, serve
+
+from ocpp_replay.cli.replay import register
+from ocpp_replay.core.frames import Direction
+from ocpp_replay.core.text import escape_json, toml_string
+from ocpp_replay.store import CaptureWriter
+
+pytestmark = pytest.mark.timeout(60)
+
+RLO = "\u202e"
+CP = f"CP-{RLO}exe.gnp"  # shows as "CP-png.exe" where bidi overrides are honoured
+EVIL = f"ok{RLO}gnp.exe\u0085\u009b31m\u2028"
+T0 = 1_764_000_000.0
+
+
+def hostile_capture(path: Path) -> Path:
+    writer = CaptureWriter(path)
+    sid = writer.open_session(T0, charge_point_id=CP, path=f"/ocpp/{CP}", subprotocol="ocpp1.6")
+    frames = [
+        (Direction.TO_CSMS, json.dumps([2, "1", "DataTransfer", {"vendorId": f"V{RLO}X", "data": EVIL}])),
+        (Direction.TO_CP, json.dumps([3, "1", {"status": "Accepted", "data": f"fine{RLO}"}])),
+        (Direction.TO_CSMS, json.dumps([2, "2", f"Heart{RLO}beat", {}])),
+        (Direction.TO_CP, json.dumps([3, "2", {"currentTime": "2026-01-01T00:00:00Z"}])),
+    ]
+    for seq, (direction, raw) in enumerate(frames, 1):
+        writer.frame(sid, seq, T0 + seq * 0.01, seq * 0.01, direction, raw)
+    writer.close_session(sid, T0 + 1, close_code=1000, closed_by="cp", frames=len(frames))
+    writer.close()
+    return path
+
+
+@asynccontextmanager
+async def hostile_backend() -> AsyncIterator[str]:
+    """Answers every CALL with a payload full of bidi overrides and C1 controls."""
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            frame = json.loads(message)
+            if frame[0] == 2:
+                await ws.send(json.dumps([3, frame[1], {"status": f"Re{RLO}jected", "data": EVIL}]))
+
+    async with serve(handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as server:  # type: ignore[list-item]
+        port = server.sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/ocpp"
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def _invisible(text: str) -> set[str]:
+    return {c for c in text if not c.isprintable() and c != "\n"}
+
+
+async def test_hostile_traffic_through_junit_json_and_html(tmp_path: Path) -> None:
+    db = hostile_capture(tmp_path / "hostile.db")
+    junit, report, html = tmp_path / "j.xml", tmp_path / "r.json", tmp_path / "r.html"
+    async with hostile_backend() as url:
+        args = ["replay", "--db", str(db), "--target", url, "--timeout", "2", "--grace", "0.1"]
+        args += ["--junit", str(junit), "--report", str(report), "--html", str(html)]
+        res: Any = await asyncio.to_thread(CliRunner().invoke, _cli(), args, catch_exceptions=False)
+    assert res.exit_code == 1, (res.stdout, res.stderr)
+
+    # JUnit: well-formed, nothing invisible in the file, the names and failure text escaped.
+    text = junit.read_text(encoding="utf-8")
+    assert _invisible(text) == set()
+    root = ET.fromstring(text)
+    (case,) = root.iter("testcase")
+    assert case.get("classname") == "ocpp-replay.CP-\\u202eexe.gnp"
+    assert case.get("name") == "session 1 (CP-\\u202eexe.gnp)"
+    failure = case.find("failure")
+    assert failure is not None and failure.text is not None
+    assert "Heart\\u202ebeat" in failure.text and "Re\\u202ejected" in failure.text
+    assert "\\x85" in failure.text and "\\u2028" in failure.text
+    assert len(failure.text.splitlines()) == len(json.loads(report.read_text())["sessions"][0]["diffs"])
+
+    # JSON: nothing invisible in the file, but it decodes to exactly the traffic's text.
+    raw = report.read_text(encoding="utf-8")
+    assert _invisible(raw) == set() and "\\u202e" in raw
+    doc = json.loads(raw)
+    (session,) = doc["sessions"]
+    assert session["charge_point_id"] == CP
+    actual = {(d["action"], d["path"]): d["actual"] for d in session["diffs"]}
+    assert actual[("DataTransfer", "data")] == EVIL
+    assert "Re\\u202ejected" in str(actual[("DataTransfer", "status")])  # a schema violation, repr
+    assert any(d["action"] == f"Heart{RLO}beat" for d in session["diffs"])
+
+    # HTML: as before, nothing invisible.
+    assert _invisible(html.read_text(encoding="utf-8")) == set()
+
+
+# ----------------------------------------------------------------------------- the escaping helpers
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(value=_values, indent=st.sampled_from([None, 2]))
+def test_escape_json_is_printable_and_means_the_same(value: Any, indent: int | None) -> None:
+    text = escape_json(json.dumps(value, ensure_ascii=False, indent=indent))
+    assert _invisible(text) == set()
+    assert json.loads(text) == value
+
+
+@given(text=st.text(st.characters(exclude_categories=["Cs"])))
+def test_toml_string_is_printable_and_means_the_same(text: str) -> None:
+    written = toml_string(text)
+    assert _invisible(written) == set()
+    assert tomllib.loads(f"a = {written}\n")["a"] == text
+
+
+def test_toml_string_of_a_lone_surrogate_is_a_replacement_character() -> None:
+    assert tomllib.loads(f"a = {toml_string('x' + chr(0xD800))}\n")["a"] == "x\ufffd"
