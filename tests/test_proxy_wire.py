@@ -441,3 +441,25 @@ async def test_sessions_json_has_every_session_column(tmp_path: Path) -> None:
     assert set(columns) <= set(row)
     assert row["offered_subprotocols"] == "ocpp1.6,ocpp2.0.1"
     assert (row["path_suffix"], row["query"]) == ("/J", "x=1")
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "error"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", None, "invalid handshake"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n\r\n", 101, "cannot follow"),
+    ],
+)  # fmt: skip
+async def test_what_the_proxy_cannot_pass_on_is_502_and_the_csmss_own_status_is_recorded(
+    tmp_path: Path, answer: bytes, status: int | None, error: str
+) -> None:
+    async with raw_csms(lambda _: answer) as (url, _), ProxyServer(url, tmp_path / "c.db") as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(upgrade("/ocpp/ODD", "dGhlIHNhbXBsZSBub25jZQ=="))
+        got = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        await settle(proxy)
+    assert got.startswith(b"HTTP/1.1 502 Bad Gateway\r\n") and error.encode() in got
+    [session] = Store.open(tmp_path / "c.db").sessions()
+    assert session.upstream_status == status and error in (session.error or "")

@@ -959,7 +959,7 @@ class ProxyServer:
         except _Refused as refused:
             # While the CSMS is known to be down each charger's attempt is not worth a line.
             quiet = refused.answer is None and self.upstream_down_since is not None
-            self._refuse(relay, refused.error, refused.answer, upstream_status=refused.status, quiet=quiet)
+            self._refuse(relay, refused.error, refused.answer, quiet=quiet)
             return False
         if self._stopping:
             self._refuse(relay, "proxy shutting down", own_answer(503, "proxy shutting down"), by="proxy")
@@ -1083,14 +1083,14 @@ class ProxyServer:
                 )
         except ssl.SSLError as exc:  # reached, but TLS failed: the proxy's setup, not an outage
             self._upstream_answered()
-            raise _Refused(502, f"upstream TLS handshake failed: {exc}") from exc
+            raise _Refused(f"upstream TLS handshake failed: {exc}") from exc
         except (OSError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
                 reason = f"no connection within {self.connect_timeout:g} s"
             else:
                 reason = (exc.strerror or "").lower() or str(exc) or type(exc).__name__
             self._upstream_failed(reason)
-            raise _Refused(None, f"upstream unreachable: {reason}", drop=True) from exc
+            raise _Refused(f"upstream unreachable: {reason}", drop=True) from exc
         self._upstream_answered()
         assert leg.transport is not None
         leg.transport.write(upgrade_request(target, self._upstream_host, key, headers))
@@ -1099,20 +1099,20 @@ class ProxyServer:
                 head, blank = await leg.read_head()
         except TimeoutError as exc:
             error = f"upstream did not answer the handshake within {self.connect_timeout:g} s"
-            raise _Refused(None, error, drop=True) from exc
+            raise _Refused(error, drop=True) from exc
         except ConnectionError as exc:
             if self._client_ssl is not None:  # TLS 1.3 refuses a client certificate so: the
                 error = "upstream closed the TLS connection without answering"  # proxy's setup
-                raise _Refused(502, f"{error} (was the proxy's client certificate refused?)") from exc
-            raise _Refused(None, "upstream closed the connection without answering", drop=True) from exc
+                raise _Refused(f"{error} (was the proxy's client certificate refused?)") from exc
+            raise _Refused("upstream closed the connection without answering", drop=True) from exc
         except HandshakeError as exc:
-            raise _Refused(502, f"upstream answered with an invalid handshake: {exc}") from exc
+            raise _Refused(f"upstream answered with an invalid handshake: {exc}") from exc
         if leg.transport is not None:
             leg.transport.pause_reading()  # what follows the 101 waits for the relay
         try:
             return parse_response_head(head), key, blank
         except HandshakeError as exc:
-            raise _Refused(502, f"upstream answered with an invalid handshake: {exc}") from exc
+            raise _Refused(f"upstream answered with an invalid handshake: {exc}") from exc
 
     async def _refusal_body(self, relay: _Relay, response: UpgradeResponse) -> bytes:
         """The body of the CSMS's refusal, as sent (Content-Length, chunked, or to its close)."""
@@ -1170,10 +1170,10 @@ class ProxyServer:
 
 
 class _Refused(Exception):
-    """The CSMS side could not be opened: what the charger is answered (None: dropped)."""
+    """The CSMS side could not be opened, and it gave no HTTP status: the charger gets 502 with
+    the reason, or with ``drop`` its connection drops (as when no CSMS is there)."""
 
-    def __init__(self, status: int | None, error: str, *, drop: bool = False) -> None:
+    def __init__(self, error: str, *, drop: bool = False) -> None:
         super().__init__(error)
-        self.status = status if not drop else None
         self.error = error
         self.answer = None if drop else own_answer(502, error)
