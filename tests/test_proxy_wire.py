@@ -276,6 +276,19 @@ def test_the_path_rule() -> None:
     assert charge_point_id("/", "last") == ""
 
 
+def test_replay_dials_the_recorded_suffix_and_query_as_recorded() -> None:
+    from ocpp_replay.replay.runner import session_url
+
+    raw = "name=a%20b%26c&u=%C3%A9"
+    assert (
+        session_url("ws://h:9/ocpp/", "CP+1/", raw, "/site1/CP+1%2F/")
+        == f"ws://h:9/ocpp/site1/CP+1%2F/?{raw}"
+    )
+    assert session_url("ws://h:9/o?t=3", "CP", "", "/CP") == "ws://h:9/o/CP?t=3"
+    assert session_url("ws://h:9/o", "CP", "", "/CP") == "ws://h:9/o/CP?"  # a bare '?' as dialled
+    assert session_url("ws://h:9/o", "CP 1", None, None) == "ws://h:9/o/CP%201"  # an older capture
+
+
 async def test_path_and_query_pass_and_are_kept_byte_for_byte_and_replayed_so(tmp_path: Path) -> None:
     """A charger dials an encoded id, extra segments, a trailing slash and an encoded query:
     the CSMS sees exactly that, the capture keeps it raw (the id decoded beside it), and a

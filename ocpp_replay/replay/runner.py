@@ -279,10 +279,11 @@ class _SessionRun:
 
     def _url(self) -> URL:
         """``<target><suffix as dialled>``; a query of the target and the recorded one both kept.
-        Sent byte for byte: the URL is not re-quoted."""
+        Sent byte for byte (not re-quoted) when the capture has the suffix: its query is raw too.
+        Older captures hold the query decoded: quoted as before."""
         plan = self.plan
         url = session_url(self.ctx.target, plan.charge_point_id, plan.query, plan.path_suffix)
-        return URL(url, encoded=True)
+        return URL(url, encoded=plan.path_suffix is not None)
 
     def _headers(self) -> dict[str, str]:
         auth = self.ctx.auth
