@@ -191,7 +191,8 @@ def _write_reports(result: RunResult, out_dir: Path) -> dict[str, Path]:
         "junit": out_dir / "demo-junit.xml",
         "html": out_dir / "demo-report.html",
     }
-    write_json(result, paths["json"])
-    write_junit(result, paths["junit"])
-    write_html(result, paths["html"])
+    # The demo's own files in its own directory: each run replaces the last (as its capture).
+    write_json(result, paths["json"], force=True)
+    write_junit(result, paths["junit"], force=True)
+    write_html(result, paths["html"], force=True)
     return paths

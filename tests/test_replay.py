@@ -507,7 +507,7 @@ async def test_report_that_fails_after_the_replay_keeps_the_result(
     from ocpp_replay.cli import replay as cli_replay
     from ocpp_replay.errors import ConfigError
 
-    def full(_result: object, path: object) -> None:
+    def full(_result: object, path: object, **_: object) -> None:
         raise ConfigError(f"cannot write HTML report {path}: No space left on device")
 
     monkeypatch.setattr(cli_replay, "write_html", full)

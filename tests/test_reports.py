@@ -140,3 +140,55 @@ def test_toml_string_is_printable_and_means_the_same(text: str) -> None:
 
 def test_toml_string_of_a_lone_surrogate_is_a_replacement_character() -> None:
     assert tomllib.loads(f"a = {toml_string('x' + chr(0xD800))}\n")["a"] == "x\ufffd"
+
+
+# ----------------------------------------------------------------------------- one overwrite rule
+
+
+def _stored_run(db: Path) -> int:
+    from ocpp_replay.core.diff import Difference, DiffKind
+    from ocpp_replay.core.results import RunResult, SessionResult
+    from ocpp_replay.replay import store_run
+    from ocpp_replay.store import Store
+
+    hostile_capture(db)
+    d = Difference(1, CP, 2, "DataTransfer", DiffKind.CHANGED, "status", "Accepted", "Rejected")
+    s = SessionResult(1, CP, "ocpp1.6", None, None, (d,), {"DataTransfer": 1})
+    result = RunResult("ws://t/ocpp", "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", (s,))
+    with Store.open(db) as store:
+        run_id = store_run(store, result).run_id
+    assert run_id is not None
+    return run_id
+
+
+def _run(*args: str | Path) -> Any:
+    return CliRunner().invoke(_cli(), [str(a) for a in args], catch_exceptions=False)
+
+
+def test_reports_refuse_to_overwrite_without_force(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    run_id = _stored_run(db)
+    files = {"--json": tmp_path / "r.json", "--junit": tmp_path / "j.xml", "--html": tmp_path / "r.html"}
+    for option, path in files.items():
+        path.write_text("mine\n")
+        res = _run("report", str(run_id), "--db", db, option, path)
+        assert res.exit_code == 2 and res.stderr.startswith(f"error: {option}: {path} exists;"), res.stderr
+        assert "--force" in res.stderr and path.read_text() == "mine\n"
+        res = _run("report", str(run_id), "--db", db, option, path, "--force")
+        assert res.exit_code == 0, res.stderr
+        assert path.read_text() != "mine\n"
+    # A replay refuses before it connects anywhere (nothing listens on port 9) or stores a run.
+    for option in ("--report", "--junit", "--html"):
+        path = files["--json" if option == "--report" else option]
+        res = _run("replay", "--db", db, "--target", "ws://127.0.0.1:9/ocpp", option, path)
+        assert res.exit_code == 2 and f"{path} exists" in res.stderr, res.stderr
+    res = _run(
+        "compare", "--db", db, "--baseline", "ws://127.0.0.1:9/a", "--candidate", "ws://127.0.0.1:9/b",
+        "--save-rules", files["--json"],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "--save-rules" in res.stderr and "exists" in res.stderr
+    from ocpp_replay.replay import list_runs
+    from ocpp_replay.store import Store
+
+    with Store.open(db) as store:
+        assert [r["id"] for r in list_runs(store)] == [run_id]

@@ -50,7 +50,7 @@ from ocpp_replay.replay import (
 from ocpp_replay.report import report_dict, write_html, write_json, write_junit
 from ocpp_replay.report.terminal import differences_table, noise_table, summary_line, summary_table
 from ocpp_replay.store import Store
-from ocpp_replay.store.files import load_rules
+from ocpp_replay.store.files import load_rules, write_new_text
 
 __all__ = ["register"]
 
@@ -176,8 +176,9 @@ def _print_result(result: RunResult) -> None:
     console.print(summary_line(result), markup=False)
 
 
-def _check_outputs(**paths: Path | None) -> None:
-    """Refuse at once what could not be written after a replay that may take hours.
+def _check_outputs(force: bool, **paths: Path | None) -> None:
+    """Refuse at once what could not be written after a replay that may take hours, and files
+    that exist (unless ``force``: the rule for every file the tool writes).
 
     ``paths`` maps option names (``report``, ``save_rules``, ...) to the files asked for.
     """
@@ -187,6 +188,8 @@ def _check_outputs(**paths: Path | None) -> None:
         option = "--" + name.replace("_", "-")
         if path.is_dir():
             raise ConfigError(f"{option}: {path} is a directory")
+        if not force and (path.exists() or path.is_symlink()):
+            raise ConfigError(f"{option}: {path} exists; choose another file or pass --force")
         parent = path.parent
         if not parent.is_dir():
             raise ConfigError(f"{option}: cannot write {path}: no directory {parent}")
@@ -200,6 +203,8 @@ def _finish(
     junit: Path | None,
     html: Path | None,
     extra: Callable[[], None] | None = None,
+    *,
+    force: bool = False,
 ) -> NoReturn:
     """Print the result, write the files asked for, exit with the run's status.
 
@@ -209,7 +214,7 @@ def _finish(
     if report is None or str(report) != "-":
         _print_result(result)
     try:
-        _write_reports(result, report, junit, html)
+        _write_reports(result, report, junit, html, force=force)
         if extra is not None:
             extra()
     except OcppReplayError as exc:
@@ -220,16 +225,18 @@ def _finish(
     raise typer.Exit(result.exit_code)
 
 
-def _write_reports(result: RunResult, report: Path | None, junit: Path | None, html: Path | None) -> None:
+def _write_reports(
+    result: RunResult, report: Path | None, junit: Path | None, html: Path | None, *, force: bool = False
+) -> None:
     if report is not None:
         if str(report) == "-":
             print_json(report_dict(result))
         else:
-            write_json(result, report)
+            write_json(result, report, force=force)
     if junit is not None:
-        write_junit(result, junit)
+        write_junit(result, junit, force=force)
     if html is not None:
-        write_html(result, html)
+        write_html(result, html, force=force)
 
 
 SessionOption = Annotated[list[int] | None, typer.Option("--session", help="Only this session (repeatable).")]
@@ -246,6 +253,9 @@ ReportOption = Annotated[
 ]
 JunitOption = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here.")]
 HtmlOption = Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Overwrite report (and rules) files that exist; refused by default.")
+]
 AuthOption = Annotated[
     Path | None, typer.Option("--auth-file", help="Basic auth passwords: CHARGE_POINT_ID:PASSWORD lines.")
 ]
@@ -362,6 +372,7 @@ def replay(
     keep_timestamps: KeepOption = False,
     timeout: TimeoutOption = 10.0,
     grace: GraceOption = 5.0,
+    force: ForceOption = False,
 ) -> None:
     """Replay captured sessions against TARGET and report where its answers differ.
 
@@ -372,7 +383,7 @@ def replay(
         _check_options(speed, max_gap, timeout, grace)
         rule_set, auth = _load_inputs(rules, auth_file)
         selection = _selection(session, charge_point, since, until)
-        _check_outputs(report=report, junit=junit, html=html)
+        _check_outputs(force, report=report, junit=junit, html=html)
         display = _Display(console.is_terminal)
 
         async def run(store: Store) -> RunResult:
@@ -394,7 +405,7 @@ def replay(
 
         return display, run
 
-    _finish(_run_and_store(db, prepare), report, junit, html)
+    _finish(_run_and_store(db, prepare), report, junit, html, force=force)
 
 
 def compare(
@@ -425,6 +436,7 @@ def compare(
         bool,
         typer.Option("--sequential", help="Replay the baseline, then the candidate (default: at once)."),
     ] = False,
+    force: ForceOption = False,
 ) -> None:
     """Replay the same sessions against BASELINE and CANDIDATE and report where B answers unlike A.
 
@@ -436,7 +448,7 @@ def compare(
         _check_options(speed, max_gap, timeout, grace, noise_runs)
         rule_set, auth = _load_inputs(rules, auth_file)
         selection = _selection(session, charge_point, since, until)
-        _check_outputs(report=report, junit=junit, html=html, save_rules=save_rules)
+        _check_outputs(force, report=report, junit=junit, html=html, save_rules=save_rules)
         display = _CompareDisplay(console.is_terminal)
 
         async def run(store: Store) -> RunResult:
@@ -464,14 +476,11 @@ def compare(
     result = _run_and_store(db, prepare)
 
     def write_rules() -> None:
-        if save_rules is None:
-            return
-        try:
-            save_rules.write_text(noise_rules_toml(result.noise, runs=noise_runs), encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot write rules file {save_rules}: {exc.strerror}") from exc
+        if save_rules is not None:
+            text = noise_rules_toml(result.noise, runs=noise_runs)
+            write_new_text(save_rules, text, "rules file", force=force)
 
-    _finish(result, report, junit, html, write_rules)
+    _finish(result, report, junit, html, write_rules, force=force)
 
 
 def report(
@@ -482,13 +491,14 @@ def report(
         Path | None, typer.Option("--json", help="Write the JSON report here ('-': stdout).")
     ] = None,
     junit: JunitOption = None,
+    force: ForceOption = False,
 ) -> None:
     """Render a stored replay or compare run: a summary by action, and HTML, JSON or JUnit files."""
     try:
-        _check_outputs(json=json_file, junit=junit, html=html)
+        _check_outputs(force, json=json_file, junit=junit, html=html)
         with Store.open(db) as store:
             result = load_run(store, run_id)
-        _write_reports(result, json_file, junit, html)
+        _write_reports(result, json_file, junit, html, force=force)
     except OcppReplayError as exc:
         fail(exc)
     if json_file is None or str(json_file) != "-":

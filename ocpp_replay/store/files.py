@@ -14,12 +14,14 @@ from ocpp_replay.errors import ConfigError
 MAX_RULES_FILE = 4 * 2**20
 
 
-def open_private_text(path: str | os.PathLike[str]) -> IO[str]:
+def open_private_text(path: str | os.PathLike[str], *, exclusive: bool = False) -> IO[str]:
     """Open PATH for writing text, truncated, readable and writable by its owner only (0600).
 
+    With ``exclusive`` an existing PATH (a symlink included) is not touched: FileExistsError.
     Raises OSError as ``open`` would.
     """
-    fd = os.open(Path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(Path(path), flags, 0o600)
     try:
         os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: set it
         return open(fd, "w", encoding="utf-8", newline="\n")
@@ -28,10 +30,21 @@ def open_private_text(path: str | os.PathLike[str]) -> IO[str]:
         raise
 
 
-def write_private_text(path: str | os.PathLike[str], text: str) -> None:
+def write_private_text(path: str | os.PathLike[str], text: str, *, exclusive: bool = False) -> None:
     """Write TEXT to PATH with :func:`open_private_text`."""
-    with open_private_text(path) as f:
+    with open_private_text(path, exclusive=exclusive) as f:
         f.write(text)
+
+
+def write_new_text(path: str | os.PathLike[str], text: str, what: str, *, force: bool = False) -> None:
+    """Write a file the tool produces (a report, a rules file), owner-only, by the one rule for
+    every file it writes: an existing file is refused unless ``force``. Raises ConfigError."""
+    try:
+        write_private_text(path, text, exclusive=not force)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists; choose another file or pass --force") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {what} {path}: {exc.strerror}") from exc
 
 
 def load_rules(path: str | os.PathLike[str] | None) -> RuleSet:
