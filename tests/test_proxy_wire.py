@@ -476,3 +476,28 @@ async def test_what_the_proxy_cannot_pass_on_is_502_and_the_csmss_own_status_is_
     assert got.startswith(b"HTTP/1.1 502 Bad Gateway\r\n") and error.encode() in got
     [session] = Store.open(tmp_path / "c.db").sessions()
     assert session.upstream_status == status and error in (session.error or "")
+
+
+async def test_a_csms_that_accepts_and_never_answers_is_an_outage_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="ocpp_replay.capture.proxy")
+
+    async def mute(head: bytes) -> bytes:
+        await asyncio.sleep(30)  # a hung CSMS: the TCP connection is accepted, nothing more
+        return b""
+
+    async with raw_csms(mute) as (url, _), ProxyServer(url, tmp_path / "c.db", connect_timeout=0.5) as proxy:
+        for n in range(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(upgrade(f"/ocpp/HUNG{n}", "dGhlIHNhbXBsZSBub25jZQ=="))
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(reader.read(), 5) == b""  # dropped, no HTTP answer
+            writer.close()
+        assert proxy.upstream_down_since is not None
+        assert proxy.upstream_error == "did not answer the handshake within 0.5 s"
+        await settle(proxy)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "unreachable" in warnings[0]
+    sessions = Store.open(tmp_path / "c.db").sessions()
+    assert [s.error for s in sessions] == ["upstream did not answer the handshake within 0.5 s"] * 2

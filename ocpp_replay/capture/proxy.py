@@ -1091,22 +1091,26 @@ class ProxyServer:
                 reason = (exc.strerror or "").lower() or str(exc) or type(exc).__name__
             self._upstream_failed(reason)
             raise _Refused(f"upstream unreachable: {reason}", drop=True) from exc
-        self._upstream_answered()
         assert leg.transport is not None
         leg.transport.write(upgrade_request(target, self._upstream_host, key, headers))
         try:
             async with asyncio.timeout(self.connect_timeout):
                 head, blank = await leg.read_head()
-        except TimeoutError as exc:
-            error = f"upstream did not answer the handshake within {self.connect_timeout:g} s"
-            raise _Refused(error, drop=True) from exc
+        except TimeoutError as exc:  # a CSMS that accepts and says nothing is as absent
+            error = f"did not answer the handshake within {self.connect_timeout:g} s"
+            self._upstream_failed(error)
+            raise _Refused(f"upstream {error}", drop=True) from exc
         except ConnectionError as exc:
             if self._client_ssl is not None:  # TLS 1.3 refuses a client certificate so: the
-                error = "upstream closed the TLS connection without answering"  # proxy's setup
+                self._upstream_answered()  # proxy's setup, not an outage
+                error = "upstream closed the TLS connection without answering"
                 raise _Refused(f"{error} (was the proxy's client certificate refused?)") from exc
+            self._upstream_failed("closed the connection without answering")
             raise _Refused("upstream closed the connection without answering", drop=True) from exc
         except HandshakeError as exc:
+            self._upstream_answered()
             raise _Refused(f"upstream answered with an invalid handshake: {exc}") from exc
+        self._upstream_answered()
         if leg.transport is not None:
             leg.transport.pause_reading()  # what follows the 101 waits for the relay
         try:
