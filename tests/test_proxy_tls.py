@@ -101,3 +101,20 @@ async def test_a_tls_handshake_that_never_comes_is_dropped_at_the_deadline(tmp_p
                 assert await reader.read() == b""
         writer.close()
     assert loop.time() - started < 5
+
+
+async def test_forwarded_says_https_when_chargers_came_over_wss(tmp_path: Path) -> None:
+    """Behind a proxy that terminates wss and dials ws, a CSMS that allows Basic auth only over
+    TLS (SteVe) learns from X-Forwarded-Proto that the charger used TLS."""
+    ca = trustme.CA()
+    cert_pem, key_pem = write_pems(tmp_path, ca, ca.issue_cert("127.0.0.1"), "proxy")
+    charger_ssl = ssl.create_default_context()
+    ca.configure_trust(charger_ssl)
+    tls = TlsOptions(cert=cert_pem, key=key_pem)
+    async with run_csms() as csms, ProxyServer(csms.url, tmp_path / "c.db", tls=tls, forwarded=True) as proxy:
+        async with charger(proxy.url, "SP2-1", ssl=charger_ssl) as cp:
+            await session16(cp, meter_values=0)  # type: ignore[arg-type]
+    headers = csms.handshakes[0].headers
+    assert headers["X-Forwarded-Proto"] == "https"
+    assert headers["Forwarded"].startswith("for=127.0.0.1;proto=https;")
+    assert headers["X-Forwarded-For"] == "127.0.0.1"
