@@ -157,8 +157,14 @@ def test_export_import_round_trip_is_lossless(tmp_path: Path) -> None:
     assert [(f.direction, f.raw if f.raw is not None else f.raw_bytes) for f in frames] == expected
     assert any("9223372036854775807" in (f.raw or "") for f in frames)
 
-    # A second import goes after the sessions already there, renumbered in file order.
-    result = run("import", out, "--db", dst)
+    # The same file again is refused (the sessions are there, same content): nothing imported.
+    before = dump(dst)
+    line = error_line(run("import", out, "--db", dst))
+    assert "holds 3 sessions already in" in line and "(same content as its sessions 1, 3, 2)" in line
+    assert "--allow-duplicates" in line
+    assert dump(dst) == before
+    # Asked for, it goes after the sessions already there, renumbered in file order.
+    result = run("import", out, "--db", dst, "--allow-duplicates")
     assert result.exit_code == 0
     assert "session ids: 1→4, 3→5, 2→6" in result.stdout
     with Store.open(dst) as store:
@@ -369,6 +375,32 @@ def test_flow_file_websockets_become_sessions(tmp_path: Path) -> None:
     assert run("import", flows, "--db", db2, "--subprotocol", "").exit_code == 0
     with Store.open(db2) as store:
         assert sorted(s.charge_point_id for s in store.sessions()) == ["CP-10", "CP-9", "chat"]
+    # The same flow file twice: refused, whole; a JSONL export of the same sessions too.
+    assert "holds 2 sessions already in" in error_line(run("import", flows, "--db", db))
+    export = tmp_path / "flows.jsonl"
+    assert run("export", "--db", db, "--out", export).exit_code == 0
+    assert "holds 2 sessions already in" in error_line(run("import", export, "--db", db))
+    with Store.open(db) as store:
+        assert len(list(store.sessions())) == 2
+
+
+def test_one_duplicate_session_refuses_the_whole_file(tmp_path: Path) -> None:
+    """A file holding one session already there and one new: nothing imported; the new one
+    differs only by one frame's text, which the content hash sees."""
+    first = make_capture(tmp_path / "a.db", [{"frames": TRICKY[:2]}, {"start": T0 + 9, "frames": TRICKY[:2]}])
+    second = make_capture(
+        tmp_path / "b.db",
+        [{"frames": TRICKY[:2]}, {"start": T0 + 9, "frames": [TRICKY[0], (Direction.TO_CP, '[3,"1",{}]')]}],
+    )
+    out = tmp_path / "b.jsonl"
+    assert run("export", "--db", second, "--out", out).exit_code == 0
+    before = dump(first)
+    line = error_line(run("import", out, "--db", first))
+    assert "holds 1 session already in" in line and "(same content as its session 1)" in line
+    assert dump(first) == before
+    assert run("import", out, "--db", first, "--allow-duplicates").exit_code == 0
+    with Store.open(first) as store:
+        assert [s.id for s in store.sessions()] == [1, 3, 2, 4]
 
 
 def test_every_capture_tool_command_is_documented() -> None:
@@ -377,3 +409,18 @@ def test_every_capture_tool_command_is_documented() -> None:
     assert sorted(names) == ["export", "import", "merge", "mitm", "redact"]  # type: ignore[type-var]
     for name in names:
         assert f"ocpp-replay {name} " in docs, name
+
+
+def test_the_same_session_twice_in_one_file_is_refused(tmp_path: Path) -> None:
+    src = make_capture(tmp_path / "a.db", [{"frames": TRICKY[:2]}])
+    out = tmp_path / "a.jsonl"
+    assert run("export", "--db", src, "--out", out).exit_code == 0
+    header, *body, _end = out.read_text().splitlines()
+    again = [json.dumps(dict(json.loads(line), **({"id": 2} if '"session"' in line else {"session_id": 2})))
+             for line in body]  # fmt: skip
+    twice = tmp_path / "twice.jsonl"
+    end = {"type": "end", "sessions": 2, "frames": 4, "events": 0}
+    twice.write_text("\n".join([header, *body, *again, json.dumps(end)]) + "\n")
+    line = error_line(run("import", twice, "--db", tmp_path / "new.db"))
+    assert "holds 1 session twice in the file" in line
+    assert run("import", twice, "--db", tmp_path / "new.db", "--allow-duplicates").exit_code == 0

@@ -106,12 +106,20 @@ def import_(
     db: DbOption = DEFAULT_DB,
     subprotocol: SubprotocolOption = "ocpp",
     path: PathOption = "",
+    allow_duplicates: Annotated[
+        bool,
+        typer.Option(
+            "--allow-duplicates", help="Import sessions already in --db (same content); refused by default."
+        ),
+    ] = False,
 ) -> None:
     """Import sessions from a JSONL export or a mitmproxy flow file into --db (created if missing)."""
     from ocpp_replay.share.exchange import import_file
 
     try:
-        kind, result = import_file(file, db, subprotocol=subprotocol, path_regex=path)
+        kind, result = import_file(
+            file, db, subprotocol=subprotocol, path_regex=path, allow_duplicates=allow_duplicates
+        )
     except OcppReplayError as exc:
         fail(exc)
     what = "JSONL export" if kind == "jsonl" else "mitmproxy flow file"

@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -76,6 +77,7 @@ __all__ = [
     "ImportResult",
     "create_output",
     "detect_format",
+    "duplicates",
     "export_jsonl",
     "import_file",
     "import_flows",
@@ -84,6 +86,7 @@ __all__ = [
     "jsonl_lines",
     "orphan_events",
     "parse_jsonl",
+    "session_digest",
 ]
 
 
@@ -259,6 +262,10 @@ class CaptureSink:
         )
         self.result.events += 1
 
+    def flush(self) -> None:
+        """Write the frames still batched (before reading the target back)."""
+        self._flush()
+
     def _flush(self) -> None:
         if not self._frames:
             return
@@ -275,6 +282,77 @@ class CaptureSink:
             except sqlite3.IntegrityError as exc:
                 raise CaptureError(f"duplicate or invalid frame: {exc}") from exc
         self.result.frames += len(frames)
+
+
+def session_digest(conn: sqlite3.Connection, session_id: int) -> str:
+    """The content hash of a session: its charge point, start, end and every frame (seq,
+    direction, time, exact text or bytes). The same recording imported twice hashes the same
+    whatever id it got; two real sessions never do (their timestamps differ)."""
+    h = hashlib.sha256()
+    row = conn.execute(
+        "SELECT charge_point_id, started_at, ended_at FROM sessions WHERE id = ?", [session_id]
+    ).fetchone()
+    h.update(json.dumps(list(row)).encode())
+    for seq, direction, timestamp, raw, raw_bytes in conn.execute(
+        "SELECT seq, direction, timestamp, raw, raw_bytes FROM frames WHERE session_id = ? ORDER BY seq",
+        [session_id],
+    ):
+        h.update(json.dumps([seq, direction, timestamp, raw is None]).encode())
+        h.update(raw.encode("utf-8", "surrogatepass") if raw is not None else bytes(raw_bytes or b""))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def duplicates(conn: sqlite3.Connection, new_ids: Iterable[int]) -> list[tuple[int, int]]:
+    """``(new, earlier)`` for each session of ``new_ids`` whose content hash equals that of a
+    session with a smaller id (one already there, or imported just before it). Only sessions of
+    the same charge point and start are hashed."""
+    found: list[tuple[int, int]] = []
+    cache: dict[int, str] = {}
+
+    def digest(session_id: int) -> str:
+        if session_id not in cache:
+            cache[session_id] = session_digest(conn, session_id)
+        return cache[session_id]
+
+    wanted = set(new_ids)
+    # One pass over the sessions (no index needed): groups of the same charge point and start.
+    groups = conn.execute(
+        "SELECT group_concat(id) FROM sessions GROUP BY charge_point_id, started_at HAVING count(*) > 1"
+    )
+    for (ids,) in groups.fetchall():
+        members = sorted(int(i) for i in ids.split(","))
+        for k, new in enumerate(members):
+            if new not in wanted:
+                continue
+            for old in members[:k]:
+                if digest(old) == digest(new):
+                    found.append((new, old))
+                    break
+    found.sort()
+    return found
+
+
+def _refuse_duplicates(sink: CaptureSink, name: Path, db_path: str | os.PathLike[str]) -> None:
+    sink.flush()
+    new_ids = set(sink.result.id_map.values())
+    pairs = duplicates(sink.conn, new_ids)
+    if not pairs:
+        return
+    there = [old for _, old in pairs if old not in new_ids]
+    twice = len(pairs) - len(there)
+    parts = []
+    if there:
+        shown = ", ".join(map(str, there[:10])) + (f", … ({len(there)} in all)" if len(there) > 10 else "")
+        parts.append(
+            f"{len(there)} session{'s' if len(there) != 1 else ''} already in {db_path} "
+            f"(same content as its session{'s' if len(there) != 1 else ''} {shown})"
+        )
+    if twice:
+        parts.append(f"{twice} session{'s' if twice != 1 else ''} twice in the file")
+    raise CaptureError(
+        f"{name} holds {' and '.join(parts)}; nothing imported (--allow-duplicates imports them anyway)"
+    )
 
 
 def create_output(path: str | os.PathLike[str], *, force: bool = False) -> sqlite_utils.Database:
@@ -476,11 +554,14 @@ def parse_jsonl(lines: Iterable[str], name: str = "input") -> Iterator[Record]:
         raise CaptureError(f"{name} is truncated: no end line")
 
 
-def import_jsonl(path: str | os.PathLike[str], db_path: str | os.PathLike[str]) -> ImportResult:
+def import_jsonl(
+    path: str | os.PathLike[str], db_path: str | os.PathLike[str], *, allow_duplicates: bool = False
+) -> ImportResult:
     """Import a JSONL export into a capture (created if missing), in one transaction.
 
     Into a capture without sessions the ids are kept; into one with sessions the imported
-    sessions are numbered after its last one, in file order.
+    sessions are numbered after its last one, in file order. A session whose content is
+    already in the capture (see :func:`session_digest`) is refused unless ``allow_duplicates``.
     """
     p = Path(path)
     with _target(db_path) as db:
@@ -497,6 +578,8 @@ def import_jsonl(path: str | os.PathLike[str], db_path: str | os.PathLike[str]) 
                 raise CaptureError(f"cannot import {p}: {exc}") from exc
             except UnicodeDecodeError as exc:
                 raise CaptureError(f"{p} is not UTF-8 text") from exc
+            if not allow_duplicates:
+                _refuse_duplicates(sink, p, db_path)
         return sink.result
 
 
@@ -526,10 +609,12 @@ def import_flows(
     *,
     subprotocol: str = "ocpp",
     path_regex: str = "",
+    allow_duplicates: bool = False,
 ) -> ImportResult:
     """Import the websocket flows of a mitmproxy flow file (``mitmdump -w``) as sessions.
 
-    Sessions are numbered after the capture's last one, in handshake order. Needs mitmproxy.
+    Sessions are numbered after the capture's last one, in handshake order; one already in
+    the capture is refused unless ``allow_duplicates``. Needs mitmproxy.
     """
     try:
         from mitmproxy import http
@@ -567,6 +652,8 @@ def import_flows(
         for i, f in enumerate(flows()):
             for kind, row in flow_records(f, i):
                 sink.write(kind, row)
+        if not allow_duplicates:
+            _refuse_duplicates(sink, p, db_path)
         return sink.result
 
 
@@ -692,9 +779,12 @@ def import_file(
     *,
     subprotocol: str = "ocpp",
     path_regex: str = "",
+    allow_duplicates: bool = False,
 ) -> tuple[str, ImportResult]:
     """Import a JSONL export or a mitmproxy flow file, whichever ``path`` holds."""
     kind = detect_format(path)
     if kind == "jsonl":
-        return kind, import_jsonl(path, db_path)
-    return kind, import_flows(path, db_path, subprotocol=subprotocol, path_regex=path_regex)
+        return kind, import_jsonl(path, db_path, allow_duplicates=allow_duplicates)
+    return kind, import_flows(
+        path, db_path, subprotocol=subprotocol, path_regex=path_regex, allow_duplicates=allow_duplicates
+    )
