@@ -392,19 +392,22 @@ async def serve_forever(
     Raises ConfigError for a bad option or an address that cannot be bound.
     """
     csms = ReferenceCsms(profile, **options)
-    url = await csms.start(host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before listening: a SIGTERM while it starts (it logs "listening" first) stops it cleanly too.
     with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
         loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        if ready is not None:
-            ready(url)
-        await stop.wait()
+        url = await csms.start(host, port)
+        try:
+            if ready is not None:
+                ready(url)
+            await stop.wait()
+        finally:
+            await csms.stop()
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGTERM)
-        await csms.stop()
 
 
 def run_csms(host: str = "127.0.0.1", port: int = 9000, profile: str = "v1", **options: Any) -> int:
@@ -417,9 +420,12 @@ def run_csms(host: str = "127.0.0.1", port: int = 9000, profile: str = "v1", **o
     console = Console(stderr=True, highlight=False)
     info = PROFILES[profile].description if profile in PROFILES else ""
 
-    def announce(url: str) -> None:
-        console.print(f"reference CSMS, profile [bold]{profile}[/] ({info}), listening on [bold]{url}[/]")
-        console.print(f"control API on http://{url.removeprefix('ws://').removesuffix('/ocpp')}/api/chargers")
+    def announce(url: str) -> None:  # soft_wrap: one line each in a log, however wide
+        console.print(
+            f"reference CSMS, profile [bold]{profile}[/] ({info}), listening on [bold]{url}[/]", soft_wrap=True
+        )
+        api = f"http://{url.removeprefix('ws://').removesuffix('/ocpp')}/api/chargers"
+        console.print(f"control API on {api}", soft_wrap=True)
         console.print("Ctrl-C to stop")
 
     with contextlib.suppress(KeyboardInterrupt):
