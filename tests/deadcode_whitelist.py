@@ -23,6 +23,10 @@ show
 tail
 simulate
 demo
+# rich.Console.height: a property setter, set by cli/common.py's console for rich
+_.height
+# module __getattr__ (PEP 562: Python calls it for a name the module does not define)
+__getattr__
 # sqlite-utils migrations (registered by decorator, applied by Migrations)
 m001_capture
 m002_runs

@@ -504,13 +504,13 @@ async def test_report_that_fails_after_the_replay_keeps_the_result(
 ) -> None:
     """The disk fills up while the replay runs: the result is printed, the run is stored, and
     the error says how to get the report again."""
-    from ocpp_replay.cli import replay as cli_replay
+    from ocpp_replay import report
     from ocpp_replay.errors import ConfigError
 
     def full(_result: object, path: object, **_: object) -> None:
         raise ConfigError(f"cannot write HTML report {path}: No space left on device")
 
-    monkeypatch.setattr(cli_replay, "write_html", full)
+    monkeypatch.setattr(report, "write_html", full)  # the CLI imports it when it writes
     db = _copy(capture16, tmp_path)
     async with csms("1.6", Behaviour(tx_base=900)) as (url, _seen):
         res = await _invoke(

@@ -132,7 +132,10 @@ def test_unknown_version_option_is_exit_2(tmp_path: Path, version: str) -> None:
     make_capture(tmp_path / "c.db", CLEAN)
     result = runner.invoke(app, ["validate", "--db", str(tmp_path / "c.db"), "--version", version])
     assert result.exit_code == 2
-    assert result.stderr == f"error: unknown OCPP version {version!r} (expected 1.6, 2.0.1, 2.1)\n"
+    assert result.stderr == (
+        f"error: Invalid value for '--version': {version!r} is not one of '1.6', '2.0.1', '2.1' "
+        "(see ocpp-replay validate --help)\n"
+    )
 
 
 def test_an_empty_selection_checks_nothing_and_is_exit_2(tmp_path: Path) -> None:

@@ -2,48 +2,67 @@
 
 Each command parses its options, calls one library function and maps an
 :class:`~ocpp_replay.errors.OcppReplayError` to one line on stderr and exit status 2.
+Heavy libraries (aiohttp, deepdiff, the store) are imported inside the commands that use them:
+``ocpp-replay --help`` and ``sessions`` start in a fraction of the time (docs/performance.md).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gc
-import logging
-import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from ocpp_replay import __version__
-from ocpp_replay.capture.proxy import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    ProxyServer,
-    TlsOptions,
-)
 from ocpp_replay.cli.common import (
+    DB_ENV,
     DEFAULT_DB,
+    SCENARIO_METAVAR,
+    VERSION_LIST_METAVAR,
+    CsvFlag,
     DbOption,
+    DirectionName,
     JsonFlag,
+    LogLevelOption,
+    OneLineErrors,
+    Profile,
+    Version,
     console,
+    err_console,
     fail,
+    iso_option,
+    output_format,
+    pretty_payload,
+    print_csv,
     print_json,
+    print_json_line,
     printable,
+    real_console,
+    scenario_choice,
+    version_list,
 )
-from ocpp_replay.core.frames import Direction
-from ocpp_replay.errors import ConfigError, OcppReplayError
-from ocpp_replay.store import FrameRecord, Store
+from ocpp_replay.errors import OcppReplayError
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ocpp_replay.capture.proxy import ProxyServer
+    from ocpp_replay.core.filters import FrameFilter
+    from ocpp_replay.store import FrameRecord, Store
+
+#: capture.proxy's defaults, written out so that --help need not import aiohttp
+#: (tests/test_cli_capture.py checks they agree).
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+DEFAULT_HANDSHAKE_TIMEOUT = 20.0
+DEFAULT_MAX_HANDSHAKES = 1000
 
 app = typer.Typer(
     name="ocpp-replay",
     help="Capture, replay, diff and simulate OCPP-J traffic between chargers and a CSMS.",
+    cls=OneLineErrors,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -52,7 +71,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        console.print(f"ocpp-replay {__version__}")
+        print(f"ocpp-replay {__version__}")
         raise typer.Exit()
 
 
@@ -62,10 +81,15 @@ def _main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
-    """Capture, replay, diff and simulate OCPP-J traffic between chargers and a CSMS."""
+    """Capture, replay, diff and simulate OCPP-J traffic between chargers and a CSMS.
+
+    Every command that reads a capture takes --db, or $OCPP_REPLAY_DB when --db is not given.
+    """
 
 
 def setup_logging(level: str) -> None:
+    import logging
+
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -81,12 +105,17 @@ def _settle_gc() -> None:
     bounded over weeks. Measured under flood (50 chargers, closed loop): the worst round trip
     through the proxy 48-55 ms -> 12-18 ms, the same throughput (docs/performance.md).
     """
+    import gc
+
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
 
 
 async def _serve_proxy(proxy: ProxyServer) -> None:
+    import asyncio
+    import signal
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,8 +136,6 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     which has none; the replay keeps asyncio's loop for its schedule."""
     if name == "asyncio":
         return None
-    if name != "uvloop":
-        raise ConfigError(f"--event-loop must be uvloop or asyncio, not {name!r}")
     try:
         import uvloop
     except ImportError:
@@ -171,15 +198,19 @@ def proxy(
         int, typer.Option(help="Connections from one remote address (0: no limit; sites behind NAT).")
     ] = 0,
     event_loop: Annotated[
-        str,
+        Literal["uvloop", "asyncio"],
         typer.Option(
             help="uvloop (the default where it is installed; less CPU per frame, see "
-            "docs/performance.md) or asyncio."
+            "docs/performance.md) or asyncio.",
         ),
     ] = "uvloop",
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_level: LogLevelOption = "INFO",
 ) -> None:
     """Run the capture proxy between chargers and a CSMS, recording every frame."""
+    import asyncio
+
+    from ocpp_replay.capture.proxy import ProxyServer, TlsOptions
+
     setup_logging(log_level)
     tls = TlsOptions(
         cert=tls_cert,
@@ -216,38 +247,124 @@ def proxy(
 
 
 def _open(db: Path) -> Store:
+    from ocpp_replay.store.reader import Store
+
     try:
         return Store.open(db)
     except OcppReplayError as exc:
+        if not db.exists() and db == DEFAULT_DB:
+            fail(f"{exc} (give --db, or set {DB_ENV})")
         fail(exc)
+
+
+# -- inspecting a capture: sessions, show, tail ----------------------------------------------------
+
+ActionFilter = Annotated[
+    list[str] | None,
+    typer.Option("--action", help="Only frames of this action; an answer has its CALL's (repeatable)."),
+]
+DirectionFilter = Annotated[
+    DirectionName | None,
+    typer.Option(
+        "--direction",
+        help="Only frames in this direction: to_csms (charger to CSMS) or to_cp.",
+    ),
+]
+GrepFilter = Annotated[str | None, typer.Option("--grep", help="Only frames whose text contains TEXT.")]
+PrettyFlag = Annotated[bool, typer.Option("--pretty", help="Print each frame's JSON indented.")]
+ChargePointFilter = Annotated[
+    list[str] | None, typer.Option("--charge-point", help="Only this charge point (repeatable).")
+]
+
+
+def _frame_filter(
+    action: list[str] | None,
+    direction: str | None,
+    grep: str | None,
+    since: str | None = None,
+    until: str | None = None,
+) -> FrameFilter:
+    from ocpp_replay.core.filters import FrameFilter
+    from ocpp_replay.core.frames import Direction
+
+    return FrameFilter(
+        actions=frozenset(action or ()),
+        direction=Direction(direction) if direction else None,
+        since=iso_option(since, "--since"),
+        until=iso_option(until, "--until"),
+        grep=grep,
+    )
+
+
+def _matches(rule: FrameFilter, frame: FrameRecord) -> bool:
+    return rule.matches(
+        action=frame.action, direction=frame.direction, timestamp=frame.timestamp, raw=frame.raw
+    )
+
+
+def _table(title: str, columns: Iterable[str], right: Iterable[str] = ()) -> Any:
+    """A rich table whose columns fold long values on a terminal instead of cutting them."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(title), title_justify="left")
+    aligned = set(right)
+    for col in columns:
+        table.add_column(col, justify="right" if col in aligned else "left", overflow="fold")
+    return table
+
+
+SESSION_COLUMNS = (
+    "id", "charge_point_id", "subprotocol", "started_at", "ended_at", "frames", "frames_lost",
+    "close_code", "close_reason", "closed_by", "error", "upstream_status", "remote_addr", "path",
+)  # fmt: skip
 
 
 @app.command()
 def sessions(
     db: DbOption = DEFAULT_DB,
-    charge_point: Annotated[
-        list[str] | None, typer.Option("--charge-point", help="Only this charge point (repeatable).")
-    ] = None,
+    charge_point: ChargePointFilter = None,
+    since: Annotated[str | None, typer.Option(help="Sessions started at or after this ISO time.")] = None,
+    until: Annotated[str | None, typer.Option(help="Sessions started at or before this ISO time.")] = None,
+    action: ActionFilter = None,
+    direction: DirectionFilter = None,
+    grep: GrepFilter = None,
     json_: JsonFlag = False,
+    csv_: CsvFlag = False,
 ) -> None:
-    """List the sessions (websocket connections) of a capture."""
-    store = _open(db)
+    """List the sessions (websocket connections) of a capture.
+
+    With --action, --direction or --grep: only the sessions with a frame that matches.
+    """
+    from rich.text import Text
+
     try:
-        rows = store.sessions(charge_points=charge_point or ())
+        fmt = output_format(json_, csv_)
+        rule = _frame_filter(action, direction, grep)
+        window = iso_option(since, "--since"), iso_option(until, "--until")
+        store = _open(db)
+        rows = store.sessions(charge_points=charge_point or (), since=window[0], until=window[1])
+        if not rule.empty:
+            rows = [r for r in rows if any(_matches(rule, f) for f in store.frames(r.id))]
     except OcppReplayError as exc:
         fail(exc)
-    if json_:
+    if fmt == "json":
         print_json([r.as_dict() for r in rows])
         return
-    table = Table(title=f"{len(rows)} sessions in {db}")
-    for col in ("id", "charge point", "subprotocol", "started", "ended", "frames", "close", "by"):
-        table.add_column(col, justify="right" if col in ("id", "frames") else "left")
+    if fmt == "csv":
+        print_csv((r.as_dict() for r in rows), SESSION_COLUMNS)
+        return
+    table = _table(
+        f"{len(rows)} sessions in {printable(str(db))}",
+        ("id", "charge point", "subprotocol", "started", "ended", "frames", "close", "by"),
+        right=("id", "frames"),
+    )
     for r in rows:
         close = "" if r.close_code is None else str(r.close_code)
         if r.upstream_status:
             close = f"refused {r.upstream_status}"
         elif r.error:
-            close = printable(r.error)[:40]
+            close = printable(r.error)
         lost = f" ({r.frames_lost} lost)" if r.frames_lost else ""
         table.add_row(
             str(r.id),
@@ -263,37 +380,67 @@ def sessions(
 
 
 def _describe(frame: FrameRecord) -> str:
-    arrow = "CP → CSMS" if frame.direction is Direction.TO_CSMS else "CSMS → CP"
+    arrow = "CP → CSMS" if frame.direction == "to_csms" else "CSMS → CP"
     kind = {2: "CALL", 3: "RESULT", 4: "ERROR"}.get(frame.message_type or 0, "?")
     return f"{arrow}  {kind:<6} {printable(frame.action or '-'):<28} id={printable(frame.unique_id or '-')}"
+
+
+def _body(frame: FrameRecord, pretty: bool) -> str:
+    """A frame's text for a terminal: escaped, on one line, or indented over several (--pretty)."""
+    if frame.raw is None:
+        return f"<binary {len(frame.raw_bytes or b'')} bytes>"
+    if not pretty:
+        return printable(frame.raw)
+    # indented JSON has no raw newline inside a string: each line is escaped on its own
+    return "\n".join(printable(line) for line in pretty_payload(frame.raw).split("\n"))
+
+
+FRAME_COLUMNS = (
+    "session_id", "seq", "timestamp", "elapsed", "direction", "message_type", "unique_id", "action",
+    "raw", "parse_error",
+)  # fmt: skip
 
 
 @app.command()
 def show(
     session_id: Annotated[int, typer.Argument(help="Session id (see `ocpp-replay sessions`).")],
     db: DbOption = DEFAULT_DB,
+    action: ActionFilter = None,
+    direction: DirectionFilter = None,
+    since: Annotated[str | None, typer.Option(help="Frames at or after this ISO time.")] = None,
+    until: Annotated[str | None, typer.Option(help="Frames at or before this ISO time.")] = None,
+    grep: GrepFilter = None,
+    pretty: PrettyFlag = False,
     json_: JsonFlag = False,
+    csv_: CsvFlag = False,
 ) -> None:
     """Show the frames of one session as a timeline."""
     store = _open(db)
     try:
+        fmt = output_format(json_, csv_)
+        rule = _frame_filter(action, direction, grep, since, until)
         info = store.session(session_id)
-        frames = list(store.frames(session_id))
+        frames = [f for f in store.frames(session_id) if _matches(rule, f)]
     except OcppReplayError as exc:
         fail(exc)
-    if json_:
+    if fmt == "json":
         print_json([f.as_dict() for f in frames])
         return
+    if fmt == "csv":
+        print_csv((f.as_dict() for f in frames), FRAME_COLUMNS)
+        return
     console.print(
-        f"session {info.id}  {printable(info.charge_point_id)}  {info.subprotocol or '-'}  "
+        f"session {info.id}  {printable(info.charge_point_id)}  {printable(info.subprotocol) or '-'}  "
         f"{info.started_at} → {info.ended_at or '(open)'}  close={info.close_code} by={info.closed_by}",
         markup=False,
     )
     for f in frames:
-        body = printable(f.raw) if f.raw is not None else f"<binary {len(f.raw_bytes or b'')} bytes>"
-        err = f"  !! {f.parse_error}" if f.parse_error else ""
+        err = f"  !! {printable(f.parse_error)}" if f.parse_error else ""
         console.print(f"{f.seq:>5} +{f.elapsed:10.3f}s  {_describe(f)}{err}", markup=False)
-        console.print(f"      {body}", markup=False, soft_wrap=True)
+        body = _body(f, pretty)
+        console.print("      " + body.replace("\n", "\n      "), markup=False, soft_wrap=True)
+    if not rule.empty:
+        console.print(f"({len(frames)} frames match)", markup=False)
 
 
 @app.command()
@@ -301,29 +448,46 @@ def tail(
     db: DbOption = DEFAULT_DB,
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.2,
     from_start: Annotated[bool, typer.Option(help="Print the frames already recorded first.")] = False,
-    json_: JsonFlag = False,
+    charge_point: ChargePointFilter = None,
+    action: ActionFilter = None,
+    direction: DirectionFilter = None,
+    since: Annotated[str | None, typer.Option(help="Frames at or after this ISO time.")] = None,
+    until: Annotated[str | None, typer.Option(help="Frames at or before this ISO time.")] = None,
+    grep: GrepFilter = None,
+    pretty: PrettyFlag = False,
+    json_: Annotated[bool, typer.Option("--json", help="One JSON object per line (NDJSON).")] = False,
 ) -> None:
     """Follow frames live as the proxy records them (Ctrl-C stops)."""
     store = _open(db)
     last = 0
     try:
+        rule = _frame_filter(action, direction, grep, since, until)
         if not from_start:
             row = store.db.execute("SELECT coalesce(max(rowid), 0) FROM frames").fetchone()
             last = row[0]
+        # On stderr, so that scripts reading stdout get frames only; tests wait for it.
+        err_console.print(
+            f"tail: following {printable(str(db))} after frame {last} (Ctrl-C stops)", markup=False
+        )
+        wanted = set(charge_point or ())
         cp_ids: dict[int, str] = {}
         while True:
             batch = store.frames_since(last)
             for rowid, f in batch:
                 last = rowid
-                if json_:
-                    print_json(f.as_dict())
-                    continue
                 cp = cp_ids.get(f.session_id)
                 if cp is None:
                     cp = cp_ids[f.session_id] = store.charge_point_of(f.session_id)
+                if (wanted and cp not in wanted) or not _matches(rule, f):
+                    continue
+                if json_:
+                    print_json_line({"charge_point_id": cp, **f.as_dict()})
+                    continue
+                body = _body(f, pretty)
+                sep = "\n      " if pretty else "  "
                 console.print(
-                    f"{f.timestamp} {printable(cp)} s{f.session_id}#{f.seq} {_describe(f)}  "
-                    f"{printable(f.raw) if f.raw is not None else '<binary>'}",
+                    f"{f.timestamp} {printable(cp)} s{f.session_id}#{f.seq} {_describe(f)}{sep}"
+                    + body.replace("\n", "\n      "),
                     markup=False,
                     soft_wrap=True,
                 )
@@ -341,12 +505,9 @@ def validate(
     session: Annotated[
         list[int] | None, typer.Option("--session", help="Only this session (repeatable).")
     ] = None,
-    charge_point: Annotated[
-        list[str] | None, typer.Option("--charge-point", help="Only this charge point (repeatable).")
-    ] = None,
+    charge_point: ChargePointFilter = None,
     version: Annotated[
-        str | None,
-        typer.Option(help="OCPP version (1.6, 2.0.1 or 2.1) for sessions without a known subprotocol."),
+        Version | None, typer.Option(help="OCPP version for sessions without a known subprotocol.")
     ] = None,
     allow_skip: Annotated[
         bool,
@@ -356,8 +517,12 @@ def validate(
     ] = False,
     json_: JsonFlag = False,
 ) -> None:
-    """Check every captured frame against the official OCPP JSON schemas (exit 1 on violations,
-    2 if a session could not be checked or nothing was)."""
+    """Check every captured frame against the official OCPP JSON schemas.
+
+    Exit status: 0 no violations, 1 violations, 2 a session could not be checked or nothing was.
+    """
+    from rich.text import Text
+
     from ocpp_replay.core.validate import check_sessions, summarize
 
     store = _open(db)
@@ -381,9 +546,11 @@ def validate(
                 f"skipped {printable(str(skipped))} ({skipped.frames} frames)", markup=False, soft_wrap=True
             )
         if findings:
-            table = Table(title=f"{len(findings)} schema violations")
-            for col in ("side", "action", "message", "path", "count"):
-                table.add_column(col, justify="right" if col == "count" else "left")
+            table = _table(
+                f"{len(findings)} schema violations",
+                ("side", "action", "message", "path", "count"),
+                ("count",),
+            )
             for side, action, kind, path, n in summarize(findings):
                 table.add_row(
                     side, Text(printable(action)), kind, Text(printable(path) or "(payload)"), str(n)
@@ -413,6 +580,9 @@ def validate(
     raise typer.Exit(code)
 
 
+# -- simulate, csms, demo ----------------------------------------------------------------------
+
+
 @app.command()
 def simulate(
     target: Annotated[str, typer.Option(help="ws:// URL of the CSMS (or of the proxy, to capture).")],
@@ -420,10 +590,19 @@ def simulate(
     id_prefix: Annotated[str, typer.Option(help="Charge point ids are PREFIX0001, PREFIX0002, ...")] = "ALF-",
     version: Annotated[
         str,
-        typer.Option(help="OCPP version: 1.6, 2.0.1 or 2.1; several comma separated spread the chargers."),
+        typer.Option(
+            parser=version_list,
+            metavar=VERSION_LIST_METAVAR,
+            help="OCPP version; several comma separated spread the chargers over them.",
+        ),
     ] = "1.6",
     scenario: Annotated[
-        str, typer.Option(help="session, reconnect, commands, faulty, fleet-day, or a scenario TOML file.")
+        str,
+        typer.Option(
+            parser=scenario_choice,
+            metavar=SCENARIO_METAVAR,
+            help="A built-in scenario or a scenario TOML file.",
+        ),
     ] = "session",
     cycles: Annotated[int, typer.Option(help="How many times each charger repeats its session cycle.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same fleet.")] = 0,
@@ -433,28 +612,43 @@ def simulate(
     password: Annotated[
         str | None, typer.Option(help="Basic auth password (the user is the charge point id).")
     ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress", help="A live display on stderr (default: when it is a terminal)."
+        ),
+    ] = None,
 ) -> None:
     """Run virtual Alfen chargers against a CSMS (exit 1 if a charger could not play its scenario)."""
-    from ocpp_replay.simulate import run_simulate
+    import asyncio
 
+    from ocpp_replay.cli.live import FleetDisplay
+    from ocpp_replay.simulate import print_summary, run_fleet
+
+    live = err_console.is_terminal if progress is None else progress
     try:
-        code = run_simulate(
-            target,
-            chargers=chargers,
-            id_prefix=id_prefix,
-            version=version,
-            scenario=scenario,
-            cycles=cycles,
-            seed=seed,
-            time_scale=time_scale,
-            password=password,
-            console=console,
-        )
+        # the display is gone before the summary prints: stdout and stderr share the terminal
+        with FleetDisplay(real_console(err_console), chargers, live) as display:
+            result = asyncio.run(
+                run_fleet(
+                    target,
+                    chargers=chargers,
+                    id_prefix=id_prefix,
+                    version=version,
+                    scenario=scenario,
+                    cycles=cycles,
+                    seed=seed,
+                    time_scale=time_scale,
+                    password=password,
+                    progress=display.update if live else None,
+                )
+            )
     except OcppReplayError as exc:
         fail(exc)
     except KeyboardInterrupt:
         fail("interrupted", code=130)
-    raise typer.Exit(code)
+    print_summary(result, real_console(console))
+    raise typer.Exit(1 if result.broken else 0)
 
 
 @app.command()
@@ -462,7 +656,7 @@ def csms(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
     profile: Annotated[
-        str, typer.Option(help="v1, or v2: blocks one card, other heartbeat interval.")
+        Profile, typer.Option(help="v1, or v2: blocks one card, other heartbeat interval.")
     ] = "v1",
     password: Annotated[
         str | None, typer.Option(help="Require Basic auth with this password (user: charge point id).")
@@ -473,10 +667,16 @@ def csms(
     exercise: Annotated[
         str | None, typer.Option(help="Charger id pattern (e.g. 'ALF-*') to send a tour of backend commands.")
     ] = None,
+    log_level: LogLevelOption = "INFO",
 ) -> None:
-    """Run the embedded reference CSMS (OCPP 1.6, 2.0.1 and 2.1) until Ctrl-C."""
+    """Run the embedded reference CSMS (OCPP 1.6, 2.0.1 and 2.1) until Ctrl-C.
+
+    Logs every connection and every command it sends (with the charger's answer) at INFO on
+    stderr; DEBUG adds every frame; WARNING keeps it quiet.
+    """
     from ocpp_replay.csms import run_csms
 
+    setup_logging(log_level)
     options: dict[str, object] = {"password": password, "exercise": exercise}
     if remote_stop_after is not None:
         options["remote_stop_after"] = {"*": remote_stop_after}
@@ -491,6 +691,9 @@ def demo(
     out: Annotated[Path, typer.Option(help="Where the demo capture and reports go.")] = Path("captures"),
 ) -> None:
     """Show the whole loop on this machine: reference CSMS, proxy, virtual chargers, replay, diff."""
+    import asyncio
+    import shlex
+
     from ocpp_replay.demo import run_demo
 
     def say(line: str) -> None:
@@ -506,9 +709,18 @@ def demo(
 
     console.print(summary_table(result.changed))
     console.print(differences_table(result.changed.differences, limit=20))
+    db = shlex.quote(str(result.db))
+    run_id = result.changed.run_id
     console.print(
-        f"Next: ocpp-replay sessions --db {result.db} | ocpp-replay runs --db {result.db} | "
-        f"ocpp-replay replay --db {result.db} --target ws://your-csms/ocpp",
+        "\nNext, each line as printed (the export spares the --db):\n"
+        f"  export {DB_ENV}={db}\n"
+        "  ocpp-replay sessions\n"
+        "  ocpp-replay runs\n"
+        + (f"  ocpp-replay report {run_id} --html report.html\n" if run_id is not None else "")
+        + "  ocpp-replay csms --port 9100 --profile v2 --exercise ALF-16-0004 --log-level WARNING &\n"
+        "  ocpp-replay replay --target ws://127.0.0.1:9100/ocpp --speed 4 --timeout 2 --grace 1"
+        "    # or your CSMS's URL\n"
+        "  kill %1",
         markup=False,
     )
 
@@ -526,7 +738,7 @@ _register_commands()
 
 def main() -> None:
     with contextlib.suppress(BrokenPipeError):
-        app()
+        app(prog_name="ocpp-replay")  # also as python -m ocpp_replay.cli
 
 
 if __name__ == "__main__":

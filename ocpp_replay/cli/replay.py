@@ -7,81 +7,60 @@ map errors to one line and exit 2. Exit 0 when nothing differs, 1 when something
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
 
 from ocpp_replay.cli.common import (
     DEFAULT_DB,
+    CsvFlag,
     DbOption,
     JsonFlag,
     console,
     err_console,
     fail,
+    iso_option,
+    output_format,
+    print_csv,
     print_json,
     printable,
+    real_console,
 )
-from ocpp_replay.core.results import RunResult
-from ocpp_replay.core.rules import RuleSet
 from ocpp_replay.errors import ConfigError, OcppReplayError
-from ocpp_replay.replay import (
-    Progress as ReplayProgress,
-)
-from ocpp_replay.replay import (
-    Selection,
-    list_runs,
-    load_auth_file,
-    load_run,
-    run_compare,
-    run_replay,
-    store_run,
-)
-from ocpp_replay.report import report_dict, write_html, write_json, write_junit
-from ocpp_replay.report.terminal import differences_table, noise_table, summary_line, summary_table
-from ocpp_replay.store import Store
-from ocpp_replay.store.files import load_rules, write_new_text
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from rich.progress import Progress, TaskID
+
+    from ocpp_replay.core.results import RunResult
+    from ocpp_replay.core.rules import RuleSet
+    from ocpp_replay.replay import Progress as ReplayProgress
+    from ocpp_replay.replay import Selection
+    from ocpp_replay.store import Store
 
 __all__ = ["register"]
 
 
-def _iso_option(value: str | None, name: str) -> str | None:
-    """An ISO 8601 time from the command line as the capture writes it (UTC, microseconds)."""
-    if value is None:
-        return None
-    try:
-        dt = datetime.fromisoformat(value.strip().replace("z", "Z"))
-    except ValueError as exc:
-        raise ConfigError(f"{name}: not an ISO 8601 time: {value!r}") from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    try:
-        dt = dt.astimezone(UTC)
-    except OverflowError as exc:  # 9999-12-31T23:59-01:00 is in year 10000 in UTC
-        raise ConfigError(f"{name}: out of range: {value!r}") from exc
-    # isoformat pads the year to four digits (strftime does not on every platform)
-    return dt.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+_iso_option = iso_option  # the name tests and older callers use
 
 
 def _progress_bar(label: str) -> Progress:
     """The live bar of a replay on stderr; ``label`` is its first column."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     return Progress(
         TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("sessions · {task.fields[frames]} frames sent · {task.fields[diffs]} differences"),
         TimeElapsedColumn(),
-        console=err_console,
+        console=real_console(err_console),
         transient=True,
     )
 
@@ -163,6 +142,8 @@ class _CompareDisplay:
 
 
 def _print_result(result: RunResult) -> None:
+    from ocpp_replay.report.terminal import differences_table, noise_table, summary_line, summary_table
+
     if result.by_action():
         console.print(summary_table(result))
     if result.gating:
@@ -228,6 +209,8 @@ def _finish(
 def _write_reports(
     result: RunResult, report: Path | None, junit: Path | None, html: Path | None, *, force: bool = False
 ) -> None:
+    from ocpp_replay.report import report_dict, write_html, write_json, write_junit
+
     if report is not None:
         if str(report) == "-":
             print_json(report_dict(result))
@@ -286,6 +269,9 @@ def _check_options(
 async def _stop_on_ctrl_c() -> AsyncIterator[asyncio.Event]:
     """An event the first Ctrl-C sets (the replay then ends and its result is stored); a
     second Ctrl-C interrupts at once, storing nothing."""
+    import asyncio
+    import signal
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -319,6 +305,11 @@ def _run_and_store(
     ``prepare`` checks and loads the options before the capture is opened and returns the
     progress display and the run to start on the store. An error is one line and exit 2.
     """
+    import asyncio
+
+    from ocpp_replay.replay import store_run
+    from ocpp_replay.store import Store
+
     store: Store | None = None
     try:
         display, run = prepare()
@@ -337,17 +328,22 @@ def _run_and_store(
 
 def _load_inputs(rules: Path | None, auth_file: Path | None) -> tuple[RuleSet, dict[str, str]]:
     """The rules file and the auth file, each read before any replay starts."""
+    from ocpp_replay.replay import load_auth_file
+    from ocpp_replay.store.files import load_rules
+
     return load_rules(rules), load_auth_file(auth_file) if auth_file is not None else {}
 
 
 def _selection(
     session: list[int] | None, charge_point: list[str] | None, since: str | None, until: str | None
 ) -> Selection:
+    from ocpp_replay.replay import Selection
+
     return Selection(
         session_ids=tuple(session or ()),
         charge_points=tuple(charge_point or ()),
-        since=_iso_option(since, "--since"),
-        until=_iso_option(until, "--until"),
+        since=iso_option(since, "--since"),
+        until=iso_option(until, "--until"),
     )
 
 
@@ -365,7 +361,7 @@ def replay(
     speed: SpeedOption = 1.0,
     max_gap: MaxGapOption = None,
     rules: RulesOption = None,
-    report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
+    report: ReportOption = None,
     junit: JunitOption = None,
     html: HtmlOption = None,
     auth_file: AuthOption = None,
@@ -380,6 +376,8 @@ def replay(
     """
 
     def prepare() -> tuple[_Display, Callable[[Store], Coroutine[Any, Any, RunResult]]]:
+        from ocpp_replay.replay import run_replay
+
         _check_options(speed, max_gap, timeout, grace)
         rule_set, auth = _load_inputs(rules, auth_file)
         selection = _selection(session, charge_point, since, until)
@@ -445,6 +443,8 @@ def compare(
     from ocpp_replay.core.compare import noise_rules_toml
 
     def prepare() -> tuple[_CompareDisplay, Callable[[Store], Coroutine[Any, Any, RunResult]]]:
+        from ocpp_replay.replay import run_compare
+
         _check_options(speed, max_gap, timeout, grace, noise_runs)
         rule_set, auth = _load_inputs(rules, auth_file)
         selection = _selection(session, charge_point, since, until)
@@ -476,6 +476,8 @@ def compare(
     result = _run_and_store(db, prepare)
 
     def write_rules() -> None:
+        from ocpp_replay.store.files import write_new_text
+
         if save_rules is not None:
             text = noise_rules_toml(result.noise, runs=noise_runs)
             write_new_text(save_rules, text, "rules file", force=force)
@@ -488,14 +490,22 @@ def report(
     db: DbOption = DEFAULT_DB,
     html: HtmlOption = None,
     json_file: Annotated[
-        Path | None, typer.Option("--json", help="Write the JSON report here ('-': stdout).")
+        Path | None,
+        typer.Option(
+            "--report",
+            "--json",
+            help="Write the JSON report here ('-': stdout); --json is the older spelling.",
+        ),
     ] = None,
     junit: JunitOption = None,
     force: ForceOption = False,
 ) -> None:
     """Render a stored replay or compare run: a summary by action, and HTML, JSON or JUnit files."""
+    from ocpp_replay.replay import load_run
+    from ocpp_replay.store import Store
+
     try:
-        _check_outputs(force, json=json_file, junit=junit, html=html)
+        _check_outputs(force, report=json_file, junit=junit, html=html)
         with Store.open(db) as store:
             result = load_run(store, run_id)
         _write_reports(result, json_file, junit, html, force=force)
@@ -505,22 +515,40 @@ def report(
         _print_result(result)
 
 
-def runs(db: DbOption = DEFAULT_DB, json_: JsonFlag = False) -> None:
+RUN_COLUMNS = (
+    "id", "kind", "started_at", "ended_at", "target", "baseline", "candidate", "sessions", "messages",
+    "diffs", "exit_code", "p99_late_ms",
+)  # fmt: skip
+
+
+def runs(db: DbOption = DEFAULT_DB, json_: JsonFlag = False, csv_: CsvFlag = False) -> None:
     """List the replay runs stored in the capture."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from ocpp_replay.replay import list_runs
+    from ocpp_replay.store import Store
+
     try:
+        fmt = output_format(json_, csv_)
         with Store.open(db) as store:
             rows = list_runs(store)
     except OcppReplayError as exc:
         fail(exc)
-    if json_:
+    if fmt == "json":
         print_json(rows)
+        return
+    for r in rows:
+        r["p99_late_ms"] = ((r.get("timing") or {}).get("lateness_ms") or {}).get("p99")
+    if fmt == "csv":
+        print_csv(rows, RUN_COLUMNS)
         return
     table = Table(title=Text(f"Runs in {printable(str(db))}"), title_justify="left")
     for name in ("id", "kind", "started", "target", "sessions", "messages", "diffs", "exit", "p99 late ms"):
-        table.add_column(name, justify="right" if name in ("id", "sessions", "messages", "diffs") else "left")
+        right = name in ("id", "sessions", "messages", "diffs")
+        table.add_column(name, justify="right" if right else "left", overflow="fold")
     for r in rows:
-        timing = r.get("timing") or {}
-        p99 = (timing.get("lateness_ms") or {}).get("p99")
+        p99 = r["p99_late_ms"]
         # Text, not markup: a stored URL or kind is read from a capture that may come from anywhere.
         table.add_row(
             str(r["id"]),

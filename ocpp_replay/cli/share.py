@@ -18,7 +18,6 @@ import typer
 
 from ocpp_replay.cli.common import DEFAULT_DB, DbOption, console, err_console, fail
 from ocpp_replay.errors import ConfigError, OcppReplayError
-from ocpp_replay.store import Store
 
 __all__ = ["mitmdump_argv", "mitmdump_executable", "register"]
 
@@ -86,6 +85,8 @@ def mitm(
 
     Example: ocpp-replay mitm --db site.db -- --mode reverse:http://csms:8180 --listen-port 9000
     """
+    from ocpp_replay.store import Store
+
     try:
         exe = mitmdump_executable()
         Store.open(db, create=True).close()  # a bad capture fails here, before mitmdump starts
@@ -138,15 +139,17 @@ def export(
     out: OutOption,
     db: DbOption = DEFAULT_DB,
     session: Annotated[
-        list[int] | None, typer.Option("--session", help="Export this session (repeat).")
+        list[int] | None, typer.Option("--session", help="Export this session (repeatable).")
     ] = None,
     charge_point: Annotated[
-        list[str] | None, typer.Option("--charge-point", help="Export this charge point's sessions (repeat).")
+        list[str] | None,
+        typer.Option("--charge-point", help="Export this charge point's sessions (repeatable)."),
     ] = None,
     force: ForceFlag = False,
 ) -> None:
     """Export sessions (all by default) to a JSONL file, lossless; read back with import."""
     from ocpp_replay.share.exchange import export_jsonl
+    from ocpp_replay.store import Store
 
     try:
         with Store.open(db) as store:
@@ -186,8 +189,10 @@ def redact(
     ] = False,
     force: ForceFlag = False,
 ) -> None:
-    """Write a copy of --db with id tags, serial numbers, ICCID/IMSI, IP addresses (and charge point
-    ids) pseudonymised."""
+    """Write a copy of --db with id tags, serial numbers and addresses pseudonymised.
+
+    Also ICCID/IMSI, and charge point ids with --charge-point-ids.
+    """
     from ocpp_replay.share.redact import DEFAULT_FIELDS, parse_fields, redact_capture
 
     try:

@@ -422,7 +422,8 @@ def run_csms(host: str = "127.0.0.1", port: int = 9000, profile: str = "v1", **o
 
     def announce(url: str) -> None:  # soft_wrap: one line each in a log, however wide
         console.print(
-            f"reference CSMS, profile [bold]{profile}[/] ({info}), listening on [bold]{url}[/]", soft_wrap=True
+            f"reference CSMS, profile [bold]{profile}[/] ({info}), listening on [bold]{url}[/]",
+            soft_wrap=True,
         )
         api = f"http://{url.removeprefix('ws://').removesuffix('/ocpp')}/api/chargers"
         console.print(f"control API on {api}", soft_wrap=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from ocpp_replay.simulate.runner import ChargerResult, FleetResult, Problem, run_fleet
+from ocpp_replay.simulate.runner import ChargerResult, FleetProgress, FleetResult, Problem, run_fleet
 from ocpp_replay.simulate.scenario import SCENARIO_NAMES, Scenario, Step
 
 if TYPE_CHECKING:
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SCENARIO_NAMES",
     "ChargerResult",
+    "FleetProgress",
     "FleetResult",
     "Problem",
     "Scenario",

@@ -83,6 +83,17 @@ class ChargerResult:
     undelivered: int = 0
 
 
+async def _report_progress(
+    runners: list[_Runner],
+    tasks: list[asyncio.Task[ChargerResult]],
+    progress: Callable[[FleetProgress], None],
+) -> None:
+    while not all(t.done() for t in tasks):
+        progress(FleetProgress.of(runners))
+        await asyncio.sleep(0.25)
+    progress(FleetProgress.of(runners))
+
+
 #: Problem kinds that fail a run (``simulate`` exits 1); the others are the backend's answers.
 _RUN_FAILURES = frozenset({"expectation", "connection", "timeout", "crash", "sent-schema"})
 
@@ -142,6 +153,30 @@ class FleetResult:
                 if spoken != c.version:
                     out[f"{c.version} -> {spoken}"] += n
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class FleetProgress:
+    """The fleet as it runs, for a live display: chargers online now, and counts so far."""
+
+    chargers: int
+    online: int
+    transactions: int
+    calls: int
+    backend_commands: int
+    problems: int
+
+    @classmethod
+    def of(cls, runners: list[_Runner]) -> FleetProgress:
+        results = [r.result for r in runners]
+        return cls(
+            chargers=len(runners),
+            online=sum(r.online for r in runners),
+            transactions=sum(c.transactions for c in results),
+            calls=sum(c.sent.total() for c in results),
+            backend_commands=sum(c.received.total() for c in results),
+            problems=sum(len(c.problems) for c in results),
+        )
 
 
 class _Clock:
@@ -647,6 +682,7 @@ async def run_fleet(
     ramp_up: float | None = None,
     answer_timeout: float = 30.0,
     connect_timeout: float = 10.0,
+    progress: Callable[[FleetProgress], None] | None = None,
 ) -> FleetResult:
     """Run CHARGERS virtual Alfen chargers against TARGET (ws://host:port/path) concurrently.
 
@@ -657,6 +693,7 @@ async def run_fleet(
     file. ``time_scale`` is real seconds per virtual second (1.0: real time; 0.001: an hour in
     3.6 s). ``start_time`` is the virtual clock's origin (default now); ``ramp_up`` the virtual
     seconds over which chargers connect (default 0.25 s per charger, at most 120 s).
+    ``progress`` gets a :class:`FleetProgress` four times a second while the fleet runs.
     Raises ConfigError for bad options and UpstreamError if no charger could connect.
     """
     versions = [schemas.normalize_version(v) for v in version.split(",") if v.strip()]
@@ -700,6 +737,8 @@ async def run_fleet(
                 group.create_task(r.run(d), name=f"sim-{r.charger_id}")
                 for r, d in zip(runners, delays, strict=True)
             ]
+            if progress is not None:
+                group.create_task(_report_progress(runners, tasks, progress), name="sim-progress")
     results = [t.result() for t in tasks]
     if all(r.connections == 0 for r in results):
         first = next(
