@@ -258,6 +258,18 @@ def test_json_report_format(tmp_path: Path) -> None:
             },
             {"session_id": 4, "charge_point_id": "CP-\x1b2", "diffs": []},
         ],
+        "groups": [
+            {
+                "action": "Authorize",
+                "kind": "changed",
+                "path": "idTagInfo.status",
+                "expected": "Accepted",
+                "actual": "Blocked",
+                "count": 1,
+                "sessions": [3],
+                "charge_points": ["CP-1"],
+            }
+        ],
     }
     write_json(_result(), tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text()) == doc

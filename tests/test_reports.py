@@ -192,3 +192,98 @@ def test_reports_refuse_to_overwrite_without_force(tmp_path: Path) -> None:
 
     with Store.open(db) as store:
         assert [r["id"] for r in list_runs(store)] == [run_id]
+
+
+# ----------------------------------------------------------------------------- identical differences grouped
+
+
+def _fleet_result() -> Any:
+    """Eight chargers whose BootNotification interval went 300 -> 900, one that also differs
+    on its own, and the same interval as a string in another (a different group)."""
+    from ocpp_replay.core.diff import Difference, DiffKind
+    from ocpp_replay.core.results import RunResult, SessionResult
+
+    sessions = []
+    for sid in range(1, 9):
+        cp = f"ALF-{sid:04d}"
+        diffs = [Difference(sid, cp, 2, "BootNotification", DiffKind.CHANGED, "interval", 300, 900)]
+        if sid == 3:
+            diffs.append(
+                Difference(
+                    sid, cp, 8, "Authorize", DiffKind.CHANGED, "idTagInfo.status", "Accepted", "Blocked"
+                )
+            )
+            diffs.append(
+                Difference(
+                    sid, cp, 12, "Authorize", DiffKind.CHANGED, "idTagInfo.status", "Accepted", "Blocked"
+                )
+            )
+        sessions.append(SessionResult(sid, cp, "ocpp1.6", None, None, tuple(diffs), {"BootNotification": 1}))
+    odd = Difference(9, "ALF-0009", 2, "BootNotification", DiffKind.CHANGED, "interval", 300, "900")
+    sessions.append(SessionResult(9, "ALF-0009", "ocpp1.6", None, None, (odd,), {"BootNotification": 1}))
+    return RunResult("ws://staging/ocpp", "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", tuple(sessions))
+
+
+def test_identical_differences_are_one_group_in_every_report() -> None:
+    from rich.console import Console
+
+    from ocpp_replay.report import html_report, junit_xml, report_dict
+    from ocpp_replay.report.groups import group_differences, session_ranges
+    from ocpp_replay.report.terminal import differences_table
+
+    result = _fleet_result()
+    groups = group_differences(result.gating)
+    assert [(g.action, g.count, g.sessions) for g in groups] == [
+        ("BootNotification", 8, (1, 2, 3, 4, 5, 6, 7, 8)),
+        ("Authorize", 2, (3,)),
+        ("BootNotification", 1, (9,)),  # "900" is not 900
+    ]
+    assert session_ranges([1, 2, 3, 4, 7, 9, 10]) == "1-4, 7, 9-10"
+    assert session_ranges(range(0, 60, 2), limit=3) == "0, 2, 4, … (30 in all)"
+
+    # JSON: the flat list stays, "groups" beside it.
+    doc = report_dict(result)
+    assert sum(len(s["diffs"]) for s in doc["sessions"]) == 11
+    assert doc["groups"][0] == {
+        "action": "BootNotification",
+        "kind": "changed",
+        "path": "interval",
+        "expected": 300,
+        "actual": 900,
+        "count": 8,
+        "sessions": [1, 2, 3, 4, 5, 6, 7, 8],
+        "charge_points": [f"ALF-{i:04d}" for i in range(1, 9)],
+    }
+    assert [g["count"] for g in doc["groups"]] == [8, 2, 1]
+
+    # Terminal: one row per group.
+    console = Console(record=True, width=250, file=__import__("io").StringIO())
+    console.print(differences_table(result.gating))
+    out = console.export_text()
+    assert "Differences (11, identical ones grouped: 3 rows)" in out
+    rows = [line for line in out.splitlines() if "BootNotification" in line]
+    assert len(rows) == 2
+    assert "│     8 │ 1-8 " in rows[0] and "8 charge points" in rows[0] and "900" in rows[0]
+    assert '"900"' in rows[1] and "9 seq 2" in rows[1]
+
+    # JUnit: the suite's system-out has the groups; a session's failure groups its own.
+    root = ET.fromstring(junit_xml(result))
+    system_out = root.find("testsuite/system-out")
+    assert system_out is not None and system_out.text is not None
+    lines = system_out.text.splitlines()
+    assert lines[0] == "11 differences in 3 groups:"
+    assert lines[1] == "8x sessions 1-8 BootNotification changed interval: expected 300, actual 900"
+    case3 = next(c for c in root.iter("testcase") if c.get("name") == "session 3 (ALF-0003)")
+    failure = case3.find("failure")
+    assert failure is not None and failure.get("message") == "3 differences: changed"
+    assert (failure.text or "").splitlines() == [
+        'seq 2 BootNotification changed interval: expected 300, actual 900',
+        '2x seq 8, 12 Authorize changed idTagInfo.status: expected "Accepted", actual "Blocked"',
+    ]  # fmt: skip
+
+    # HTML: the differences table has one row per group.
+    page = html_report(result)
+    table = page.split("<h2 id='differences'>")[1].split("</table>")[0]
+    assert table.count("<tr>") == 1 + 3  # the header and three groups
+    assert "<td class='n'>8</td><td>1-8</td>" in table
+    assert "11 differences; identical ones" in page

@@ -9,7 +9,9 @@ Sections, in order:
    the number of exchanges and differences each. The backend commands a CSMS commonly sends
    (remote start/stop, reset, configuration, charging profiles, ...) are listed even when the
    run did not exercise them, so gaps show.
-3. **Differences**: every deciding difference, expected against actual.
+3. **Differences**: every deciding difference, expected against actual; identical ones (same
+   action, kind, path, expected and actual) on one row with their count, sessions and charge
+   points.
 4. **Learned noise** (compare runs).
 5. **Sessions**: per session a timeline of frames; under a frame with differences, each
    difference side by side, expected against actual. Sessions with differences come first and
@@ -32,6 +34,7 @@ from ocpp_replay.core.diff import Difference, DiffKind
 from ocpp_replay.core.frames import MessageType
 from ocpp_replay.core.results import LiveFrame, RunResult, SessionResult
 from ocpp_replay.core.text import escape_controls
+from ocpp_replay.report.groups import DiffGroup, group_differences, session_ranges
 
 __all__ = ["BACKEND_COMMANDS", "coverage", "html_report"]
 
@@ -276,6 +279,33 @@ def _diff_rows(
     return "".join(out)
 
 
+def _group_rows(groups: Sequence[DiffGroup], result: RunResult) -> str:
+    """Identical differences as one row each: how many, in which sessions and charge points."""
+    exp_label, act_label = _labels(result)
+    out = [
+        "<table class='diff groups'><thead><tr><th class='n'>count</th><th>sessions</th>"
+        "<th>charge points</th><th>action</th><th>kind</th><th>path</th>"
+        f"<th>{_e(exp_label)}</th><th>{_e(act_label)}</th></tr></thead><tbody>"
+    ]
+    for g in groups:
+        first = g.differences[0]
+        expected = _value(g.expected)
+        if g.kind is DiffKind.SCHEMA:
+            expected = "<span class='mute'>valid per the OCPP schema</span>"
+        cps = g.charge_points
+        shown = ", ".join(cps[:8]) + (f", … ({len(cps)} in all)" if len(cps) > 8 else "")
+        seq = f" <span class='mute'>seq {first.seq}</span>" if g.count == 1 and first.seq is not None else ""
+        out.append(
+            f"<tr><td class='n'>{g.count}</td><td>{_e(session_ranges(g.sessions))}{seq}</td>"
+            f"<td>{_e(shown)}</td><td>{_e(g.action or '-')}</td>"
+            f"<td>{_kind(first)}</td><td><code>{_e(g.path or '(message)')}</code></td>"
+            f"<td class='exp'>{expected}</td>"
+            f"<td class='act'>{_value(g.actual, raw=g.kind is DiffKind.SCHEMA)}</td></tr>"
+        )
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
 def _summary_section(result: RunResult) -> str:
     gating = result.gating
     n = len(gating)
@@ -448,14 +478,19 @@ def html_report(result: RunResult) -> str:
     gating = result.gating
     diffs = ""
     if gating:
+        groups = group_differences(gating)
         more = (
-            f"<p class='note'>{len(gating) - MAX_DIFFS} more in the JSON report.</p>"
-            if len(gating) > MAX_DIFFS
+            f"<p class='note'>{len(groups) - MAX_DIFFS} more groups in the JSON report.</p>"
+            if len(groups) > MAX_DIFFS
             else ""
         )
+        n = len(gating)
         diffs = (
             "<h2 id='differences'>Differences</h2>"
-            + _diff_rows(gating[:MAX_DIFFS], result, with_session=True)
+            f"<p class='note'>{n} difference{'s' if n != 1 else ''}; identical ones (same action, kind, "
+            f"path, expected and actual value) on one row: {len(groups)} "
+            f"row{'s' if len(groups) != 1 else ''}. Each session's own are under Sessions.</p>"
+            + _group_rows(groups[:MAX_DIFFS], result)
             + more
         )
     parts = [

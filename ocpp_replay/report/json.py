@@ -6,7 +6,12 @@ Format of a replay::
                  "timing": {"frames": N, "lateness_ms": {"p50": ms, "p99": ms, "max": ms},
                             "held_frames": N}},
      "sessions": [{"session_id": ID, "charge_point_id": "...",
-                   "diffs": [{"seq", "action", "kind", "path", "expected", "actual"}, ...]}, ...]}
+                   "diffs": [{"seq", "action", "kind", "path", "expected", "actual"}, ...]}, ...],
+     "groups": [{"action", "kind", "path", "expected", "actual", "count",
+                 "sessions": [ID, ...], "charge_points": ["...", ...]}, ...]}
+
+``groups`` holds the same differences as the sessions' ``diffs`` (the deciding ones), identical
+ones (same action, kind, path, expected and actual) together, the largest group first.
 
 A compare run adds ``"run": {"id", "kind": "compare", "target", "baseline", "candidate",
 "started_at", "ended_at"}``; its ``summary`` also has ``kind``,
@@ -26,6 +31,7 @@ from typing import Any
 
 from ocpp_replay.core.results import RunResult
 from ocpp_replay.core.text import escape_json
+from ocpp_replay.report.groups import group_differences
 
 __all__ = ["json_report", "report_dict"]
 
@@ -44,7 +50,8 @@ def report_dict(result: RunResult) -> dict[str, Any]:
                 side: [d.as_dict() for d in s.on(side)] for side in ("baseline", "candidate")
             }
         sessions.append(entry)
-    out: dict[str, Any] = {"summary": result.summary(), "sessions": sessions}
+    groups = [g.as_dict() for g in group_differences(result.gating)]
+    out: dict[str, Any] = {"summary": result.summary(), "sessions": sessions, "groups": groups}
     if compare:
         out = {
             "run": {

@@ -1,5 +1,7 @@
 """JUnit XML of a run (``--junit FILE.xml``): one testcase per session, a failure per session
-with differences, one line per difference in the failure's text.
+with differences, one line per difference in the failure's text (identical ones in a session on
+one line, ``3x seq 4, 8, 12 ...``), and the run's differences grouped in the suite's
+``system-out`` (``8x sessions 1-8 BootNotification changed interval: ...``).
 
 For a compare run the differences are the candidate's against the baseline (``expected`` is
 the baseline's value); differences of either backend against the recording are not failures.
@@ -12,6 +14,7 @@ import xml.etree.ElementTree as ET
 
 from ocpp_replay.core.results import RunResult, SessionResult
 from ocpp_replay.core.text import escape_controls
+from ocpp_replay.report.groups import DiffGroup, group_differences, session_ranges
 
 __all__ = ["junit_xml"]
 
@@ -33,6 +36,22 @@ def _clean(text: str) -> str:
     not printable becomes a Python escape (``\\x1b``, ``\\u202e``); line breaks between the lines of
     a failure's text stay."""
     return "\n".join(escape_controls(line) for line in text.split("\n"))
+
+
+def _group_line(g: DiffGroup, *, in_session: bool) -> str:
+    """One line for identical differences: ``3x seq 4, 8, 12 MeterValues changed ...`` in a
+    session's failure, ``8x sessions 1-8 BootNotification changed ...`` for the run."""
+    if in_session:
+        seqs = [str(d.seq) if d.seq is not None else "-" for d in g.differences]
+        shown = ", ".join(seqs[:10]) + (f", … ({len(seqs)} in all)" if len(seqs) > 10 else "")
+        where = f"seq {shown}"
+    else:
+        where = f"session{'s' if len(g.sessions) != 1 else ''} {session_ranges(g.sessions)}"
+    count = f"{g.count}x " if g.count > 1 else ""
+    return (
+        f"{count}{where} {g.action or '-'} {g.kind} {g.path or '(message)'}: "
+        f"expected {_line(g.expected)}, actual {_line(g.actual)}"
+    )
 
 
 def junit_xml(result: RunResult, *, suite: str = "ocpp-replay") -> str:
@@ -73,12 +92,17 @@ def junit_xml(result: RunResult, *, suite: str = "ocpp-replay") -> str:
                 message=_clean(f"{n} difference{'s' if n != 1 else ''}: {', '.join(kinds)}"),
                 type="difference",
             )
-            failure.text = _clean(
-                "\n".join(
-                    f"seq {d.seq if d.seq is not None else '-'} {d.action or '-'} {d.kind} "
-                    f"{d.path or '(message)'}: expected {_line(d.expected)}, actual {_line(d.actual)}"
-                    for d in diffs
-                )
+            lines = [_group_line(g, in_session=True) for g in group_differences(diffs, largest_first=False)]
+            failure.text = _clean("\n".join(lines))
+    groups = group_differences(result.gating)
+    if groups:
+        # The whole run's differences, identical ones once with their count and sessions.
+        out = ET.SubElement(ts, "system-out")
+        out.text = _clean(
+            "\n".join(
+                [f"{len(result.gating)} differences in {len(groups)} groups:"]
+                + [_group_line(g, in_session=False) for g in groups]
             )
+        )
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -1,4 +1,5 @@
-"""Terminal rendering of a run: a summary table by action and the differences (rich).
+"""Terminal rendering of a run: a summary table by action and the differences, identical ones
+grouped (rich).
 
 Pure: builds rich renderables; the CLI prints them. Text from charger traffic is escaped.
 """
@@ -13,6 +14,7 @@ from rich.text import Text
 from ocpp_replay.core.diff import Difference
 from ocpp_replay.core.results import RunResult
 from ocpp_replay.core.text import escape_controls
+from ocpp_replay.report.groups import group_differences, session_ranges
 
 __all__ = ["differences_table", "noise_table", "summary_line", "summary_table"]
 
@@ -43,22 +45,33 @@ def summary_table(result: RunResult) -> Table:
 
 
 def differences_table(diffs: list[Difference] | tuple[Difference, ...], limit: int = 50) -> Table:
-    table = Table(title="Differences", title_justify="left")
-    for name in ("session", "charge point", "seq", "action", "kind", "path", "expected", "actual"):
-        table.add_column(name)
-    for d in diffs[:limit]:
+    """The differences, identical ones (same action, kind, path, expected and actual) on one row
+    with how many there are and the sessions they are in; the largest groups first."""
+    groups = group_differences(diffs)
+    title = "Differences"
+    if len(groups) != len(diffs):
+        title += f" ({len(diffs)}, identical ones grouped: {len(groups)} rows)"
+    table = Table(title=title, title_justify="left")
+    for name in ("count", "sessions", "charge point", "action", "kind", "path", "expected", "actual"):
+        table.add_column(name, justify="right" if name == "count" else "left")
+    for g in groups[:limit]:
+        first = g.differences[0]
+        where = session_ranges(g.sessions)
+        if g.count == 1 and first.seq is not None:
+            where += f" seq {first.seq}"
+        cps = g.charge_points
         table.add_row(
-            str(d.session_id),
-            Text(_safe(d.charge_point_id)),
-            "-" if d.seq is None else str(d.seq),
-            Text(_safe(d.action or "-")),
-            str(d.kind),
-            Text(_safe(d.path or "(message)")),
-            Text(_short(d.expected)),
-            Text(_short(d.actual)),
+            str(g.count),
+            where,
+            Text(_safe(cps[0] if len(cps) == 1 else f"{len(cps)} charge points")),
+            Text(_safe(g.action or "-")),
+            str(g.kind),
+            Text(_safe(g.path or "(message)")),
+            Text(_short(g.expected)),
+            Text(_short(g.actual)),
         )
-    if len(diffs) > limit:
-        table.caption = f"{len(diffs) - limit} more in the report"
+    if len(groups) > limit:
+        table.caption = f"{len(groups) - limit} more rows in the report"
     return table
 
 
