@@ -168,7 +168,7 @@ def _run(*args: str | Path) -> Any:
 def test_reports_refuse_to_overwrite_without_force(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
     run_id = _stored_run(db)
-    files = {"--json": tmp_path / "r.json", "--junit": tmp_path / "j.xml", "--html": tmp_path / "r.html"}
+    files = {"--report": tmp_path / "r.json", "--junit": tmp_path / "j.xml", "--html": tmp_path / "r.html"}
     for option, path in files.items():
         path.write_text("mine\n")
         res = _run("report", str(run_id), "--db", db, option, path)
@@ -179,12 +179,12 @@ def test_reports_refuse_to_overwrite_without_force(tmp_path: Path) -> None:
         assert path.read_text() != "mine\n"
     # A replay refuses before it connects anywhere (nothing listens on port 9) or stores a run.
     for option in ("--report", "--junit", "--html"):
-        path = files["--json" if option == "--report" else option]
+        path = files[option]
         res = _run("replay", "--db", db, "--target", "ws://127.0.0.1:9/ocpp", option, path)
         assert res.exit_code == 2 and f"{path} exists" in res.stderr, res.stderr
     res = _run(
         "compare", "--db", db, "--baseline", "ws://127.0.0.1:9/a", "--candidate", "ws://127.0.0.1:9/b",
-        "--save-rules", files["--json"],
+        "--save-rules", files["--report"],
     )  # fmt: skip
     assert res.exit_code == 2 and "--save-rules" in res.stderr and "exists" in res.stderr
     from ocpp_replay.replay import list_runs
