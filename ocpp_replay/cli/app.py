@@ -112,20 +112,26 @@ def _settle_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-async def _serve_proxy(proxy: ProxyServer) -> None:
+async def _serve_proxy(proxy: ProxyServer, ui: tuple[Path, int] | None = None) -> None:
     import asyncio
     import signal
+
+    from ocpp_replay.ui.process import start_ui_process, stop_ui_process
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await proxy.start()
+    # The web UI runs in a process of its own, reading the capture: nothing of it on the relay path.
+    ui_process = start_ui_process(*ui) if ui is not None else None
     _settle_gc()
     try:  # its start-up lines (what it does with a charger's path, its limits) are logged
         await stop.wait()
         console.print("proxy: stopping (closing connections, flushing the capture)")
     finally:
+        if ui_process is not None:
+            await asyncio.to_thread(stop_ui_process, ui_process)
         await proxy.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -205,6 +211,12 @@ def proxy(
         ),
     ] = "uvloop",
     log_level: LogLevelOption = "INFO",
+    ui: Annotated[
+        int | None,
+        typer.Option(
+            "--ui", help="Also serve the web UI on this port of 127.0.0.1, in its own process (docs/ui.md)."
+        ),
+    ] = None,
 ) -> None:
     """Run the capture proxy between chargers and a CSMS, recording every frame."""
     import asyncio
@@ -239,7 +251,7 @@ def proxy(
             check_upstream=True,
         )
         with asyncio.Runner(loop_factory=_loop_factory(event_loop)) as runner:
-            runner.run(_serve_proxy(server))
+            runner.run(_serve_proxy(server, (db, ui) if ui is not None else None))
     except OcppReplayError as exc:
         fail(exc)
     except KeyboardInterrupt:
@@ -727,10 +739,11 @@ def demo(
 
 def _register_commands() -> None:
     """Commands that live in their own modules, each adding itself to the app."""
-    from ocpp_replay.cli import replay, share
+    from ocpp_replay.cli import replay, share, ui
 
     replay.register(app)
     share.register(app)
+    ui.register(app)
 
 
 _register_commands()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["escape_controls", "escape_json", "toml_string"]
+__all__ = ["escape_controls", "escape_json", "pretty_json", "toml_string"]
 
 
 def escape_controls(text: str) -> str:
@@ -51,3 +51,52 @@ def toml_string(text: str) -> str:
     if out.isprintable():
         return out
     return "".join(c if c.isprintable() else _toml_escape(c) for c in out)
+
+
+def pretty_json(raw: str, indent: int = 2) -> str | None:
+    """RAW, a JSON text, re-indented without touching a single token; None if it is not JSON.
+
+    Only the whitespace between tokens changes: numbers, strings and their escapes stay exactly
+    as sent (``json.loads`` then ``json.dumps`` would turn 9223372036854775807.0 into 9.2e18 and
+    re-escape strings), so what a reader sees is what the charger sent, laid out.
+    """
+    try:
+        json.loads(raw)
+    except ValueError:
+        return None
+    out: list[str] = []
+    depth = 0
+    i, n = 0, len(raw)
+    while i < n:
+        c = raw[i]
+        if c == '"':
+            j = i + 1
+            while j < n and raw[j] != '"':
+                j += 2 if raw[j] == "\\" else 1
+            out.append(raw[i : j + 1])
+            i = j + 1
+            continue
+        if c in " \t\r\n":
+            i += 1
+            continue
+        if c in "{[":
+            k = i + 1
+            while k < n and raw[k] in " \t\r\n":
+                k += 1
+            if k < n and raw[k] == ("}" if c == "{" else "]"):  # empty: keep it on the line
+                out.append(c + raw[k])
+                i = k + 1
+                continue
+            depth += 1
+            out.append(c + "\n" + " " * (indent * depth))
+        elif c in "}]":
+            depth -= 1
+            out.append("\n" + " " * (indent * depth) + c)
+        elif c == ",":
+            out.append(",\n" + " " * (indent * depth))
+        elif c == ":":
+            out.append(": ")
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
