@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -20,15 +19,10 @@ from typing import Any
 
 from ocpp_replay.core.paths import format_path, parse_path
 from ocpp_replay.core.rules import parse_rules
-from ocpp_replay.core.text import escape_controls
+from ocpp_replay.core.text import escape_controls, toml_string
 from ocpp_replay.errors import ConfigError
 
 __all__ = ["preview", "rule_text", "save"]
-
-
-def _toml_str(text: str) -> str:
-    """A TOML basic string: JSON's escapes are TOML's, except that TOML also forbids DEL."""
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def rule_text(group: dict[str, Any], *, run_id: int | None) -> str:
@@ -46,12 +40,12 @@ def rule_text(group: dict[str, Any], *, run_id: int | None) -> str:
     lines = [
         f"# Marked as expected noise in the ocpp-replay UI (run {run_id}): {what}",
         "[[rule]]",
-        f"action = {_toml_str(group['action'])}",
-        f"message = {_toml_str(group['message'])}",
+        f"action = {toml_string(group['action'])}",
+        f"message = {toml_string(group['message'])}",
     ]
     if len(versions) == 1:
-        lines.append(f"ocpp = {_toml_str(versions[0])}")
-    lines.append(f"ignore = [{_toml_str(path)}]")
+        lines.append(f"ocpp = {toml_string(versions[0])}")
+    lines.append(f"ignore = [{toml_string(path)}]")
     return "\n".join(lines) + "\n"
 
 
