@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sqlite3
 import stat
 from pathlib import Path
@@ -15,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ocpp_replay.capture.proxy import ProxyServer
+from ocpp_replay.core.frames import Direction
 from ocpp_replay.core.rules import parse_rules
 from ocpp_replay.errors import ConfigError
 from ocpp_replay.replay import run_replay
@@ -317,3 +319,193 @@ async def test_redacted_capture_replays_with_the_same_results(tmp_path: Path, ve
     conn = sqlite3.connect(redacted)
     assert conn.execute("SELECT count(*) FROM frames WHERE raw LIKE ?", [f"%{TAG}%"]).fetchone()[0] == 0
     conn.close()
+
+
+# ----------------------------------------------------------------------------- personal data in free text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mail jan.jansen@example.nl now", [("email", "jan.jansen@example.nl")]),
+        ("VIN WVWZZZ1JZXW000001.", [("vin", "WVWZZZ1JZXW000001")]),  # European: no check digit
+        ("1M8GDM9AXKP042788", [("vin", "1M8GDM9AXKP042788")]),  # North American, check digit X
+        ("1M8GDM9A1KP042788", []),  # North American with a wrong check digit
+        ("ABCDEFGHJKLMNPRST", []),  # ISO 3779 ends with four digits
+        ("call +31 20 123 4567", [("phone", "+31 20 123 4567")]),
+        ("or 0049 (30) 1234-567", [("phone", "0049 (30) 1234-567")]),
+        ("IBAN DE89 3704 0044 0532 0130 00 ok", [("iban", "DE89 3704 0044 0532 0130 00")]),
+        ("NL91ABNA0417164300", [("iban", "NL91ABNA0417164300")]),
+        ("NL91ABNA0417164301", []),  # checksum wrong
+        ("mac 00:1A:2B:3C:4D:5E", [("mac", "00:1A:2B:3C:4D:5E")]),
+        ("mac 001a.2b3c.4d5e", [("mac", "001a.2b3c.4d5e")]),
+        ("uid 04A2B3C4D5E680", [("rfid_uid", "04A2B3C4D5E680")]),
+        ("uid 04:A2:B3:C4", [("rfid_uid", "04:A2:B3:C4")]),
+        ("card=04E91C5A;", [("rfid_uid", "04E91C5A")]),
+        # OCPP's own values stay: timestamps, UUIDs, meter readings, versions, counters, hex words
+        ("2026-01-01T00:00:00.000+01:00", []),
+        ("550e8400-e29b-41d4-a716-446655440000", []),
+        ("12345678", []),
+        ("2145278.50", []),
+        ("4.15.7-4054", []),
+        ("0012345678", []),
+        ("DEADBEEF", []),
+        ("ACE0177305-x", []),
+    ],
+)
+def test_detectors(text: str, expected: list[tuple[str, str]]) -> None:
+    from ocpp_replay.share.detect import find
+
+    assert list(find(text)) == expected
+
+
+def test_vin_check_digit_and_iban_checksum() -> None:
+    from ocpp_replay.share.detect import iban_valid, vin_check_digit
+
+    assert vin_check_digit("1M8GDM9AXKP042788") == "X"
+    assert vin_check_digit("11111111111111111") == "1"
+    assert iban_valid("GB82 WEST 1234 5698 7654 32") and not iban_valid("GB82 WEST 1234 5698 7654 33")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("0123456789ABCDEFabcdef:-. +@()/xyzWVNLGB"), max_size=60) | st.text())
+def test_detectors_return_pieces_of_the_text(text: str) -> None:
+    from ocpp_replay.share.detect import KINDS, find
+
+    for kind, value in find(text):
+        assert kind in KINDS and value and value in text
+
+
+EMAIL = "jan.jansen@example.nl"
+VIN = "WVWZZZ1JZXW000001"
+PHONE = "+31 20 123 4567"
+IBAN = "NL91ABNA0417164300"
+MAC = "00:1A:2B:3C:4D:5E"
+UID = "04A2B3C4D5E680"
+PLANTED = (EMAIL, VIN, PHONE, IBAN, MAC, UID)
+
+
+def planted_capture(path: Path) -> Path:
+    """The planted values in several places: DataTransfer data as free text and as embedded
+    JSON, a status's vendor info, a 2.0.1-style nested array, a CALLERROR's description, a
+    frame that is not JSON, a close reason and a capture event; the UID is also an idTag."""
+    frames: list[tuple[Any, str | bytes]] = [
+        (Direction.TO_CSMS, json.dumps([2, "1", "DataTransfer", {
+            "vendorId": "com.alfen", "messageId": "contact",
+            "data": f"driver {EMAIL} phone {PHONE}, car {VIN}"}])),
+        (Direction.TO_CP, json.dumps([3, "1", {"status": "Accepted", "data": json.dumps({"iban": IBAN})}])),
+        (Direction.TO_CSMS, json.dumps([2, "2", "StatusNotification", {
+            "connectorId": 1, "status": "Faulted", "errorCode": "OtherError",
+            "info": f"modem {MAC}", "vendorErrorCode": "E42", "timestamp": "2026-01-01T00:00:00Z"}])),
+        (Direction.TO_CSMS, json.dumps([2, "3", "Authorize", {"idTag": UID}])),
+        (Direction.TO_CP, json.dumps([3, "3", {"idTagInfo": {"status": "Accepted"}}])),
+        (Direction.TO_CSMS, json.dumps([2, "4", "NotifyReport", {"reportData": [
+            {"variable": {"name": "Contact"}, "variableAttribute": [{"value": EMAIL}]},
+            {"variable": {"name": "Vehicle"}, "variableAttribute": [{"value": VIN}]}]}])),
+        (Direction.TO_CSMS, json.dumps([2, "5", "DataTransfer", {"vendorId": "x", "data": f"card {UID}"}])),
+        (Direction.TO_CP, json.dumps([4, "5", "InternalError", f"no account for {EMAIL}", {}])),
+        (Direction.TO_CSMS, f"garbage {PHONE} {MAC}"),
+        (Direction.TO_CSMS, json.dumps([2, "6", "MeterValues", {"connectorId": 1, "meterValue": [
+            {"timestamp": "2026-01-01T00:00:00Z", "sampledValue": [{"value": "2145278"}]}]}])),
+    ]  # fmt: skip
+    return make_capture(
+        path,
+        [
+            {
+                "fields": {"charge_point_id": "ALF-0001", "remote_addr": "10.0.0.7"},
+                "frames": frames,
+                "event": f"lost frames mentioning {IBAN}",
+                "close": {"close_code": 4000, "close_reason": f"bye {EMAIL}", "closed_by": "cp"},
+            }
+        ],
+    )
+
+
+def test_redact_finds_planted_personal_data_everywhere(tmp_path: Path) -> None:
+    src = planted_capture(tmp_path / "planted.db")
+    out, report = tmp_path / "red.db", tmp_path / "found.json"
+    result = run("redact", "--db", src, "--out", out, "--key", "k1", "--report", report)
+    assert result.exit_code == 0, result.stderr
+    summary = " ".join(result.stdout.split())
+    assert "found: email: 1 value, 4 times;" in summary and "rfid_uid: 1 value, 1 time" in summary
+
+    # Nothing planted is left, in any table, as text or inside a blob; frames still parse.
+    conn = sqlite3.connect(out)
+    text = "\n".join(
+        str(value)
+        for table in ("sessions", "frames", "capture_events")
+        for row in conn.execute(f"SELECT * FROM {table}")
+        for value in row
+    )
+    frames = [r[0] for r in conn.execute("SELECT raw FROM frames ORDER BY seq")]
+    close_reason, detail = conn.execute(
+        "SELECT close_reason, (SELECT detail FROM capture_events) FROM sessions"
+    ).fetchone()
+    conn.close()
+    for value in PLANTED:
+        assert value not in text, value
+        assert value.encode() not in out.read_bytes()
+    # The same value has the same pseudonym everywhere: in free text, in a whole string, in a
+    # CALLERROR, in the close reason; the UID, also an idTag, is a tag- everywhere.
+    email = Redactor(KEY).pseudonym  # (a different key: only the shape is compared here)
+    assert email("email", EMAIL).startswith("email-")
+    pseudonyms = {p for p in re.findall(r"\b(?:email|vin|phone|iban|mac|uid|tag)-[0-9a-f]{12}", text)}
+    by_prefix: dict[str, set[str]] = {}
+    for p in pseudonyms:
+        by_prefix.setdefault(p.split("-")[0], set()).add(p)
+    assert {k: len(v) for k, v in by_prefix.items()} == {
+        "email": 1, "vin": 1, "phone": 1, "iban": 1, "mac": 1, "tag": 1,
+    }  # fmt: skip
+    (email_p,) = by_prefix["email"]
+    (tag_p,) = by_prefix["tag"]
+    assert close_reason == f"bye {email_p}"
+    assert json.loads(frames[0])[3]["data"].startswith(f"driver {email_p} phone ")
+    assert json.loads(frames[5])[3]["reportData"][0]["variableAttribute"][0]["value"] == email_p
+    assert json.loads(frames[7])[3] == f"no account for {email_p}"
+    assert json.loads(frames[3])[3]["idTag"] == tag_p and json.loads(frames[6])[3]["data"] == f"card {tag_p}"
+    assert json.loads(json.loads(frames[1])[2]["data"])["iban"].startswith("iban-")
+    assert detail.startswith("lost frames mentioning iban-")
+    # OCPP's own values are untouched.
+    assert json.loads(frames[9])[3]["meterValue"][0]["sampledValue"][0]["value"] == "2145278"
+    assert json.loads(frames[2])[3]["timestamp"] == "2026-01-01T00:00:00Z"
+
+    # The report says what and where, never a value.
+    doc = json.loads(report.read_text())
+    raw_report = report.read_text()
+    for value in PLANTED:
+        assert value not in raw_report
+    assert doc["kinds"]["email"] == {"values": 1, "occurrences": 4}
+    assert doc["kinds"]["vin"] == {"values": 1, "occurrences": 2}
+    assert doc["kinds"]["idTag"] == {"values": 1, "occurrences": 1}
+    places = {(p["kind"], p["where"]): p["occurrences"] for p in doc["places"]}
+    assert places[("email", "DataTransfer request: data")] == 1
+    assert places[("email", "NotifyReport request: reportData[].variableAttribute[].value")] == 1
+    assert places[("email", "DataTransfer error: errorDescription")] == 1
+    assert places[("email", "sessions.close_reason")] == 1
+    assert places[("iban", "DataTransfer response: data")] == 1
+    assert places[("iban", "capture_events.detail")] == 1
+    assert places[("mac", "StatusNotification request: info")] == 1
+    assert places[("phone", "? frame (not JSON)")] == 1 and places[("mac", "? frame (not JSON)")] == 1
+    assert places[("ip_address", "sessions.remote_addr")] == 1
+    assert all(p["sessions"] == 1 for p in doc["places"])
+
+
+def test_detect_option(tmp_path: Path) -> None:
+    src = planted_capture(tmp_path / "planted.db")
+    none = tmp_path / "none.db"
+    result = run("redact", "--db", src, "--out", none, "--key", "k1", "--detect", "none", "--report", "-")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)  # the report on stdout, the summary on stderr
+    assert set(doc["kinds"]) == {"idTag", "ip_address"}
+    kept = none.read_bytes()
+    assert EMAIL.encode() in kept and VIN.encode() in kept and UID.encode() not in kept  # an idTag
+    only = tmp_path / "only.db"
+    assert run("redact", "--db", src, "--out", only, "--key", "k1", "--detect", "vin,mac").exit_code == 0
+    data = only.read_bytes()
+    assert VIN.encode() not in data and MAC.encode() not in data and EMAIL.encode() in data
+    assert "unknown --detect kind 'ssn'" in error_line(
+        run("redact", "--db", src, "--out", tmp_path / "x.db", "--detect", "ssn")
+    )
+    (tmp_path / "r.json").write_text("{}")
+    line = error_line(run("redact", "--db", src, "--out", tmp_path / "y.db", "--report", tmp_path / "r.json"))
+    assert "r.json exists" in line and not (tmp_path / "y.db").exists()

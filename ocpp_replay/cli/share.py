@@ -7,6 +7,7 @@ Thin: parse options, call one library function, print one summary line; an
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -187,16 +188,39 @@ def redact(
     keep_addresses: Annotated[
         bool, typer.Option("--keep-addresses", help="Keep the chargers' IP addresses (replaced by default).")
     ] = False,
+    detect: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--detect",
+            help="Personal data to find by pattern in free text: email, iban, vin, mac, rfid_uid, phone, "
+            "comma-separated or repeated; 'all' (default) or 'none'.",
+        ),
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Write what was found where (kinds, places, counts; never values) as JSON ('-': stdout).",
+        ),
+    ] = None,
     force: ForceFlag = False,
 ) -> None:
     """Write a copy of --db with id tags, serial numbers and addresses pseudonymised.
 
-    Also ICCID/IMSI, and charge point ids with --charge-point-ids.
+    Also ICCID/IMSI, e-mail addresses, VINs, phone numbers, IBANs, MAC addresses and RFID UIDs
+    found in free text, and charge point ids with --charge-point-ids.
     """
-    from ocpp_replay.share.redact import DEFAULT_FIELDS, parse_fields, redact_capture
+    from ocpp_replay.cli.common import print_json
+    from ocpp_replay.share.detect import KINDS
+    from ocpp_replay.share.redact import DEFAULT_FIELDS, parse_detect, parse_fields, redact_capture
+    from ocpp_replay.store.files import write_new_text
 
+    to_stdout = report is not None and str(report) == "-"
     try:
         chosen = parse_fields(fields) if fields else DEFAULT_FIELDS
+        kinds = parse_detect(detect) if detect else KINDS
+        if report is not None and not to_stdout and not force and (report.exists() or report.is_symlink()):
+            raise ConfigError(f"--report: {report} exists; choose another file or pass --force")
         result = redact_capture(
             db,
             out,
@@ -204,21 +228,42 @@ def redact(
             fields=chosen,
             charge_point_ids=charge_point_ids,
             keep_addresses=keep_addresses,
+            detect=kinds,
             force=force,
         )
+        if report is not None and not to_stdout:
+            write_new_text(report, json.dumps(result.found, indent=2) + "\n", "report", force=force)
     except OcppReplayError as exc:
         fail(exc)
-    console.print(
+    summary = console if not to_stdout else err_console
+    summary.print(
         f"redacted {result.sessions} sessions: {result.frames_changed} of {result.frames} frames changed, "
         f"{result.values} distinct values replaced → {out} (runs not copied)",
         markup=False,
     )
+    found = result.found.get("kinds", {})
+    if found:
+        summary.print(
+            "found: "
+            + "; ".join(
+                f"{kind}: {_times(n['values'], 'value')}, {_times(n['occurrences'], 'time')}"
+                for kind, n in found.items()
+            )
+            + ("" if report is not None else "; --report FILE says where"),
+            markup=False,
+        )
+    if to_stdout:
+        print_json(result.found)
     if result.random_key:
         err_console.print(
             "note: no --key given, a random key was used: these pseudonyms cannot be reproduced "
             "(redact again with the same --key to get matching pseudonyms across captures)",
             markup=False,
         )
+
+
+def _times(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
 
 
 def merge(

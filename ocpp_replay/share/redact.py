@@ -39,14 +39,16 @@ import os
 import re
 import secrets
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from ocpp_replay.errors import CaptureError, ConfigError
+from ocpp_replay.share.detect import KINDS, find
 from ocpp_replay.share.exchange import CaptureSink, Record, create_output, iter_capture
 from ocpp_replay.store import Store
 
@@ -57,6 +59,7 @@ __all__ = [
     "Pseudonyms",
     "RedactResult",
     "Redactor",
+    "parse_detect",
     "parse_fields",
     "redact_capture",
     "string_leaves",
@@ -78,6 +81,15 @@ DEFAULT_FIELDS: Mapping[str, str] = {
 CHARGE_POINT_PREFIX = "cp"
 USER_PREFIX = "user"
 ADDRESS_PREFIX = "ip"
+#: Pseudonym prefixes of the values found by pattern in free text (:mod:`ocpp_replay.share.detect`).
+DETECTED_PREFIX: Mapping[str, str] = {
+    "email": "email",
+    "iban": "iban",
+    "vin": "vin",
+    "mac": "mac",
+    "rfid_uid": "uid",
+    "phone": "phone",
+}
 #: Found values shorter than this are replaced only where a whole string equals them.
 MIN_SWEEP = 6
 HEX_DIGITS = 12
@@ -96,6 +108,7 @@ class Leaf:
     key: str | None  # the object key it is the value of (array items inherit their array's key)
     depth: int  # 1 for the items of the top-level array (the OCPP-J envelope)
     index: int | None  # position in its array, if in one
+    path: tuple[str | int, ...] = ()  # keys and array positions from the top
 
 
 _WS = frozenset(" \t\n\r")
@@ -122,12 +135,14 @@ class _Walker:
             raise ValueError("unexpected end of JSON")
         return self.s[i]
 
-    def value(self, i: int, key: str | None, depth: int, index: int | None) -> int:
+    def value(
+        self, i: int, key: str | None, depth: int, index: int | None, path: tuple[str | int, ...] = ()
+    ) -> int:
         i = self.ws(i)
         c = self.char(i)
         if c == '"':
             text, end = scanstring(self.s, i + 1, True)
-            self.leaves.append(Leaf(i, end, text, key, depth, index))
+            self.leaves.append(Leaf(i, end, text, key, depth, index, path))
             return int(end)
         if c == "{":
             i = self.ws(i + 1)
@@ -140,7 +155,7 @@ class _Walker:
                 i = self.ws(i)
                 if self.char(i) != ":":
                     raise ValueError(f"expected ':' at {i}")
-                i = self.ws(self.value(i + 1, k, depth + 1, None))
+                i = self.ws(self.value(i + 1, k, depth + 1, None, (*path, k)))
                 c = self.char(i)
                 if c == "}":
                     return i + 1
@@ -153,7 +168,7 @@ class _Walker:
                 return i + 1
             item = 0
             while True:
-                i = self.ws(self.value(i, key, depth + 1, item))
+                i = self.ws(self.value(i, key, depth + 1, item, (*path, item)))
                 item += 1
                 c = self.char(i)
                 if c == "]":
@@ -211,6 +226,23 @@ class Pseudonyms:
         return pseudonym
 
 
+def parse_detect(spec: Iterable[str]) -> tuple[str, ...]:
+    """``--detect`` values: kinds, comma-separated or repeated; ``all`` (the default) or ``none``."""
+    kinds: list[str] = []
+    for part in (p.strip() for item in spec for p in item.split(",")):
+        if not part:
+            continue
+        if part == "all":
+            kinds.extend(KINDS)
+        elif part == "none":
+            continue
+        elif part in KINDS:
+            kinds.append(part)
+        else:
+            raise ConfigError(f"unknown --detect kind {part!r}: use {', '.join(KINDS)}, all or none")
+    return tuple(k for k in KINDS if k in kinds)
+
+
 def parse_fields(spec: Iterable[str]) -> dict[str, str]:
     """``--fields`` values: ``key`` or ``key=prefix``, comma-separated; ``default`` adds the defaults."""
     fields: dict[str, str] = {}
@@ -251,13 +283,20 @@ class Redactor:
         *,
         charge_point_ids: bool = False,
         keep_addresses: bool = False,
+        detect: Iterable[str] = KINDS,
     ) -> None:
         self.pseudonym = Pseudonyms(key)
         self.fields = dict(fields)
         self.charge_point_ids = charge_point_ids
         self.keep_addresses = keep_addresses
+        wanted = set(detect)
+        self.detect = tuple(k for k in KINDS if k in wanted)
         self.known: dict[str, str] = {}  # value → pseudonym, everything the rules found
         self._sweep: re.Pattern[str] | None = None
+        # What was found where, for the report: counts and sessions, never the values.
+        self._occurrences: Counter[tuple[str, str]] = Counter()
+        self._sessions: dict[tuple[str, str], set[int]] = {}
+        self._distinct: dict[str, set[str]] = {}
 
     # -- pass 1 ----------------------------------------------------------------------
 
@@ -265,22 +304,99 @@ class Redactor:
         if self.charge_point_ids and cp_id:
             self._know(cp_id, self.pseudonym(CHARGE_POINT_PREFIX, cp_id))
 
-    def learn(self, raw: str | bytes | None) -> None:
+    def _found(self, kind: str, value: str, place: str, session_id: int | None) -> None:
+        self._occurrences[(kind, place)] += 1
+        if session_id is not None:
+            self._sessions.setdefault((kind, place), set()).add(session_id)
+        self._distinct.setdefault(kind, set()).add(value)
+
+    def learn_session(self, row: Mapping[str, Any]) -> None:
+        """Pass 1 for a sessions row: its charge point id, and free text in its error and close
+        reason; counts the addresses and ids that :meth:`session` will replace."""
+        sid = row.get("id")
+        cp = row.get("charge_point_id")
+        if isinstance(cp, str) and cp:
+            self.learn_charge_point(cp)
+            if self.charge_point_ids:
+                self._found("charge_point_id", cp, "sessions.charge_point_id", sid)
+        address = row.get("remote_addr")
+        if isinstance(address, str) and address and not self.keep_addresses:
+            self._found("ip_address", address, "sessions.remote_addr", sid)
+        for column in ("error", "close_reason"):
+            text = row.get(column)
+            if isinstance(text, str):
+                self.learn_text(text, f"sessions.{column}", sid)
+
+    def learn_text(self, text: str, place: str, session_id: int | None = None) -> None:
+        """Pass 1 for free text that is not a frame (a close reason, an event's detail)."""
+        for kind, value in find(text, self.detect):
+            self._detected(kind, value, place, session_id)
+
+    def _detected(self, kind: str, value: str, place: str, session_id: int | None) -> None:
+        self._found(kind, value, place, session_id)
+        if value not in self.known:  # a field rule's or a charge point's pseudonym comes first
+            self._know(value, self.pseudonym(DETECTED_PREFIX[kind], value), rule=False)
+
+    def learn(
+        self,
+        raw: str | bytes | None,
+        *,
+        action: str | None = None,
+        message_type: int | None = None,
+        session_id: int | None = None,
+    ) -> None:
+        """Pass 1 for a frame: values under the field rules' keys, and what the detectors find in
+        every other string (the envelope excepted). ``action`` and ``message_type`` say where,
+        for the report."""
         text = _as_text(raw)
         if text is None:
             return
+        message = _MESSAGE.get(message_type, "frame") if message_type is not None else "frame"
+        where = f"{action or '?'} {message}"
         try:
             leaves = string_leaves(text)
         except ValueError:
+            self.learn_text(text, f"{where} (not JSON)", session_id)
             return
         for leaf in leaves:
+            if _envelope(leaf):
+                continue
             prefix = self.fields.get(leaf.key) if leaf.key is not None else None
             if prefix is not None and leaf.value:
                 self._know(leaf.value, self.pseudonym(prefix, leaf.value))
+                self._found(str(leaf.key), leaf.value, f"{where}: {_path(leaf, message_type)}", session_id)
+                continue
+            if self.detect and leaf.value:
+                for kind, value in find(leaf.value, self.detect):
+                    self._detected(kind, value, f"{where}: {_path(leaf, message_type)}", session_id)
 
-    def _know(self, value: str, pseudonym: str) -> None:
-        # A charge point id keeps its cp- name even where a rule also matched it.
+    def report(self) -> dict[str, Any]:
+        """What was found and where: kinds with their distinct values and occurrences, and each
+        place (a frame's action, message and payload path; a sessions column; event details)
+        with its occurrences and sessions. Never a value."""
+        kinds: dict[str, dict[str, int]] = {}
+        for (kind, _), n in self._occurrences.items():
+            entry = kinds.setdefault(kind, {"values": len(self._distinct.get(kind, ())), "occurrences": 0})
+            entry["occurrences"] += n
+        places = [
+            {
+                "kind": kind,
+                "where": place,
+                "occurrences": n,
+                "sessions": len(self._sessions.get((kind, place), ())),
+            }
+            for (kind, place), n in sorted(
+                self._occurrences.items(), key=lambda kv: (kv[0][0], -kv[1], kv[0][1])
+            )
+        ]
+        return {"kinds": dict(sorted(kinds.items())), "places": places}
+
+    def _know(self, value: str, pseudonym: str, *, rule: bool = True) -> None:
+        # A charge point id keeps its cp- name even where a rule also matched it; a field rule's
+        # name beats a detector's (an RFID UID that is also an idTag is a tag-).
         if self.known.get(value, "").startswith(CHARGE_POINT_PREFIX + "-"):
+            return
+        if not rule and value in self.known:
             return
         self.known[value] = pseudonym
         self._sweep = None
@@ -302,7 +418,7 @@ class Redactor:
         return pattern.sub(lambda m: self.known[m.group(0)], text)
 
     def _replacement(self, leaf: Leaf) -> str | None:
-        if leaf.depth == 1 and leaf.index is not None and leaf.index < 3:
+        if _envelope(leaf):
             return None  # the envelope: message type, unique id, action / error code
         prefix = self.fields.get(leaf.key) if leaf.key is not None else None
         if prefix is not None and leaf.value:
@@ -362,14 +478,16 @@ class Redactor:
     def session(self, row: dict[str, Any]) -> dict[str, Any]:
         """A sessions row with the charger's address and, if asked for, charge point ids (and
         what holds them) replaced; the very same row when there is nothing to replace."""
-        address = row.get("remote_addr") if not self.keep_addresses else None
-        if not self.charge_point_ids and not address:
-            return row
+        original = row
         row = dict(row)
+        for column in ("error", "close_reason"):
+            if row.get(column):
+                row[column] = self.sweep(row[column])
+        address = row.get("remote_addr") if not self.keep_addresses else None
         if address:
             row["remote_addr"] = self.pseudonym(ADDRESS_PREFIX, address)
         if not self.charge_point_ids:
-            return row
+            return original if row == original else row
         cp = row.get("charge_point_id")
         if cp:
             row["charge_point_id"] = self.pseudonym(CHARGE_POINT_PREFIX, cp)
@@ -387,9 +505,6 @@ class Redactor:
         if user:
             known = self.known.get(user)
             row["auth_user"] = known if known is not None else self.pseudonym(USER_PREFIX, user)
-        for column in ("error", "close_reason"):
-            if row.get(column):
-                row[column] = self.sweep(row[column])
         return row
 
     def event(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -402,6 +517,29 @@ class Redactor:
         if kind == "session":
             return self.session(row)
         return self.event(row)
+
+
+_MESSAGE: Mapping[int, str] = {2: "request", 3: "response", 4: "error"}
+
+
+def _envelope(leaf: Leaf) -> bool:
+    """The OCPP-J envelope's strings: message type, unique id, action or error code."""
+    return leaf.depth == 1 and leaf.index is not None and leaf.index < 3
+
+
+_ERROR_PARTS: Mapping[int, str] = {3: "errorDescription", 4: "errorDetails"}
+
+
+def _path(leaf: Leaf, message_type: int | None = None) -> str:
+    """Where a string sits in the payload, array positions as ``[]``:
+    ``meterValue[].sampledValue[].value``; a CALLERROR's ``errorDescription``, ``errorDetails``."""
+    parts = leaf.path[1:] if leaf.path and isinstance(leaf.path[0], int) else leaf.path
+    if message_type == 4 and leaf.path and isinstance(leaf.path[0], int) and leaf.path[0] in _ERROR_PARTS:
+        parts = (_ERROR_PARTS[leaf.path[0]], *parts)
+    out = ""
+    for part in parts:
+        out += "[]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "(payload)"
 
 
 def _as_text(raw: str | bytes | None) -> str | None:
@@ -423,6 +561,7 @@ class RedactResult:
     frames_changed: int
     values: int  # distinct values replaced
     random_key: bool
+    found: Mapping[str, Any] = field(default_factory=dict)  # Redactor.report(): kinds and places
 
 
 def random_key() -> bytes:
@@ -437,6 +576,7 @@ def redact_capture(
     fields: Mapping[str, str] = DEFAULT_FIELDS,
     charge_point_ids: bool = False,
     keep_addresses: bool = False,
+    detect: Iterable[str] = KINDS,
     force: bool = False,
 ) -> RedactResult:
     """Write a redacted copy of the capture ``src`` to the new file ``out`` (mode 0600).
@@ -448,14 +588,30 @@ def redact_capture(
     if Path(out).resolve() == Path(src).resolve():
         raise ConfigError("--out must be a new file, not the capture itself")
     redactor = Redactor(
-        key or random_key(), fields, charge_point_ids=charge_point_ids, keep_addresses=keep_addresses
+        key or random_key(),
+        fields,
+        charge_point_ids=charge_point_ids,
+        keep_addresses=keep_addresses,
+        detect=detect,
     )
     with Store.open(src) as store:
         try:
-            for (cp,) in store.db.execute("SELECT DISTINCT charge_point_id FROM sessions"):
-                redactor.learn_charge_point(cp)
-            for raw, raw_bytes in store.db.execute("SELECT raw, raw_bytes FROM frames"):
-                redactor.learn(raw if raw is not None else raw_bytes)
+            cursor = store.db.execute("SELECT * FROM sessions")
+            names = [d[0] for d in cursor.description]
+            for values in cursor:
+                redactor.learn_session(dict(zip(names, values, strict=True)))
+            for session_id, raw, raw_bytes, action, message_type in store.db.execute(
+                "SELECT session_id, raw, raw_bytes, action, message_type FROM frames"
+            ):
+                redactor.learn(
+                    raw if raw is not None else raw_bytes,
+                    action=action,
+                    message_type=message_type,
+                    session_id=session_id,
+                )
+            for session_id, detail in store.db.execute("SELECT session_id, detail FROM capture_events"):
+                if isinstance(detail, str):
+                    redactor.learn_text(detail, "capture_events.detail", session_id)
         except sqlite3.DatabaseError as exc:
             raise CaptureError(f"cannot read {store.path}: {exc}") from exc
         changed = 0
@@ -485,4 +641,5 @@ def redact_capture(
         frames_changed=changed,
         values=len(redactor.known),
         random_key=key is None,
+        found=redactor.report(),
     )
