@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from ocpp_replay.core.results import RunResult
+    from ocpp_replay.core.rewrite import Hook, Rewriter
     from ocpp_replay.core.rules import RuleSet
     from ocpp_replay.replay import Progress as ReplayProgress
     from ocpp_replay.replay import Selection
@@ -154,6 +155,13 @@ def _print_result(result: RunResult) -> None:
         console.print(table)
     if result.noise:
         console.print(noise_table(result))
+    rewritten = result.options.get("rewritten") or ()
+    if rewritten:
+        console.print(
+            f"{len(rewritten)} charger frames rewritten before sending "
+            "(the JSON and HTML reports show each beside the recorded one)",
+            markup=False,
+        )
     console.print(summary_line(result), markup=False)
 
 
@@ -238,6 +246,14 @@ JunitOption = Annotated[Path | None, typer.Option("--junit", help="Write JUnit X
 HtmlOption = Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")]
 ForceOption = Annotated[
     bool, typer.Option("--force", help="Overwrite report (and rules) files that exist; refused by default.")
+]
+RewriteOption = Annotated[
+    str | None,
+    typer.Option(
+        "--rewrite",
+        metavar="MODULE:FUNCTION",
+        help="Python hook that rewrites each outgoing payload (after the rules file's [[rewrite]]).",
+    ),
 ]
 AuthOption = Annotated[
     Path | None, typer.Option("--auth-file", help="Basic auth passwords: CHARGE_POINT_ID:PASSWORD lines.")
@@ -326,6 +342,37 @@ def _run_and_store(
             store.close()
 
 
+def _load_hook(spec: str) -> Hook:
+    """``module:function``, imported from the working directory or the environment. Raises ConfigError."""
+    import importlib
+    import sys
+
+    module_name, _, function = spec.partition(":")
+    if not module_name or not function.isidentifier():
+        raise ConfigError(f"--rewrite: expected MODULE:FUNCTION, not {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a hook next to the capture, as `python -m` would find it
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(f"--rewrite: cannot import {module_name}: {type(exc).__name__}: {exc}") from exc
+    hook = getattr(module, function, None)
+    if not callable(hook):
+        raise ConfigError(f"--rewrite: {module_name} has no function {function}")
+    return hook  # type: ignore[no-any-return]
+
+
+def _load_rewriter(rules: Path | None, hook: str | None) -> Rewriter | None:
+    """The [[rewrite]] entries of the rules file and the --rewrite hook; None when neither."""
+    from ocpp_replay.core.rewrite import Rewriter
+    from ocpp_replay.store.files import load_rewrites
+
+    entries = load_rewrites(rules)
+    if not entries and hook is None:
+        return None
+    return Rewriter(entries, _load_hook(hook) if hook else None, hook or "")
+
+
 def _load_inputs(rules: Path | None, auth_file: Path | None) -> tuple[RuleSet, dict[str, str]]:
     """The rules file and the auth file, each read before any replay starts."""
     from ocpp_replay.replay import load_auth_file
@@ -361,6 +408,7 @@ def replay(
     speed: SpeedOption = 1.0,
     max_gap: MaxGapOption = None,
     rules: RulesOption = None,
+    rewrite: RewriteOption = None,
     report: ReportOption = None,
     junit: JunitOption = None,
     html: HtmlOption = None,
@@ -380,6 +428,7 @@ def replay(
 
         _check_options(speed, max_gap, timeout, grace)
         rule_set, auth = _load_inputs(rules, auth_file)
+        rewriter = _load_rewriter(rules, rewrite)
         selection = _selection(session, charge_point, since, until)
         _check_outputs(force, report=report, junit=junit, html=html)
         display = _Display(console.is_terminal)
@@ -395,6 +444,7 @@ def replay(
                     rules=rule_set,
                     keep_timestamps=keep_timestamps,
                     auth=auth,
+                    rewrite=rewriter,
                     progress=display,
                     answer_timeout=timeout,
                     grace=grace,
@@ -417,6 +467,7 @@ def compare(
     speed: SpeedOption = 1.0,
     max_gap: MaxGapOption = None,
     rules: RulesOption = None,
+    rewrite: RewriteOption = None,
     noise_runs: Annotated[
         int, typer.Option("--noise-runs", help="Further replays against the baseline to learn noise.")
     ] = 1,
@@ -447,6 +498,7 @@ def compare(
 
         _check_options(speed, max_gap, timeout, grace, noise_runs)
         rule_set, auth = _load_inputs(rules, auth_file)
+        rewriter = _load_rewriter(rules, rewrite)
         selection = _selection(session, charge_point, since, until)
         _check_outputs(force, report=report, junit=junit, html=html, save_rules=save_rules)
         display = _CompareDisplay(console.is_terminal)
@@ -466,6 +518,7 @@ def compare(
                     max_gap=max_gap,
                     keep_timestamps=keep_timestamps,
                     auth=auth,
+                    rewrite=rewriter,
                     answer_timeout=timeout,
                     grace=grace,
                     stop=stop,

@@ -218,7 +218,7 @@ def parse_rules(text: str, *, source: str = "rules") -> RuleSet:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    unknown = set(doc) - {"builtin", "rule", "correlate"}
+    unknown = set(doc) - {"builtin", "rule", "correlate", "rewrite"}  # rewrite: core/rewrite.py
     if unknown:
         raise ConfigError(f"{source}: unknown key {sorted(unknown)[0]!r}")
     builtin = doc.get("builtin", True)

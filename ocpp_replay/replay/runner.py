@@ -51,6 +51,7 @@ from ocpp_replay.core.diff import (
 )
 from ocpp_replay.core.frames import Call, CallError, CallResult, Direction, dump, parse, peek
 from ocpp_replay.core.results import LiveFrame, RunResult, SessionResult
+from ocpp_replay.core.rewrite import Rewriter, rewrite_plans
 from ocpp_replay.core.rules import RuleSet
 from ocpp_replay.core.schedule import BackendCall, SessionPlan, Step, plan_sessions
 from ocpp_replay.errors import (
@@ -782,8 +783,12 @@ async def run_replay(
     sessions: Sequence[tuple[SessionInfo, Sequence[FrameRecord]]] | None = None,
     check_schema: bool = True,
     stop: asyncio.Event | None = None,
+    rewrite: Rewriter | None = None,
 ) -> RunResult:
     """Replay the selected sessions of ``store`` against ``target`` and compare the answers.
+
+    ``rewrite`` changes the charger's frames before they are sent (core/rewrite.py); the run's
+    ``options["rewritten"]`` lists each changed frame, recorded text beside rewritten.
 
     When ``stop`` is set (the CLI sets it on Ctrl-C), the sessions in progress are closed and
     the run ends with the sessions finished so far, marked ``interrupted``.
@@ -802,7 +807,9 @@ async def run_replay(
     target = target.rstrip("/")
     if sessions is None:
         sessions = await asyncio.to_thread(load_sessions, store, selection)
-    plans = plan_sessions(sessions, speed=speed, max_gap=max_gap, rules=rules)
+    plans, rewritten = rewrite_plans(
+        plan_sessions(sessions, speed=speed, max_gap=max_gap, rules=rules), rewrite
+    )
     await probe(target, connect_timeout)
     by_cp: dict[str, list[SessionPlan]] = {}
     for plan in plans:
@@ -821,6 +828,7 @@ async def run_replay(
         },
         "auth": sorted(auth) if auth else [],
         "check_schema": check_schema,
+        **({"rewritten": rewritten} if rewritten else {}),
     }
     loop = asyncio.get_running_loop()
     started_at = utc_iso(time.time())

@@ -66,6 +66,9 @@ def report_dict(result: RunResult) -> dict[str, Any]:
             **out,
             "noise": [n.as_dict() for n in result.noise],
         }
+    rewritten = result.options.get("rewritten")
+    if rewritten:  # frames [[rewrite]] or a hook changed: recorded text beside the text sent
+        out["rewritten"] = rewritten
     return out
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import IO
 
+from ocpp_replay.core.rewrite import RewriteRule, parse_rewrites
 from ocpp_replay.core.rules import RuleSet, parse_rules
 from ocpp_replay.errors import ConfigError
 
@@ -47,10 +48,8 @@ def write_new_text(path: str | os.PathLike[str], text: str, what: str, *, force:
         raise ConfigError(f"cannot write {what} {path}: {exc.strerror}") from exc
 
 
-def load_rules(path: str | os.PathLike[str] | None) -> RuleSet:
-    """The rules of a TOML file (built-in rules alone when path is None). Raises ConfigError."""
-    if path is None:
-        return RuleSet.default()
+def read_rules_text(path: str | os.PathLike[str]) -> str:
+    """The text of a rules file (at most MAX_RULES_FILE characters). Raises ConfigError."""
     p = Path(path)
     try:
         with open(p, encoding="utf-8") as fh:
@@ -59,7 +58,25 @@ def load_rules(path: str | os.PathLike[str] | None) -> RuleSet:
         raise ConfigError(f"cannot read rules file {p}: {getattr(exc, 'strerror', None) or exc}") from exc
     if len(text) > MAX_RULES_FILE:
         raise ConfigError(f"rules file {p} is longer than {MAX_RULES_FILE} characters")
+    return text
+
+
+def load_rules(path: str | os.PathLike[str] | None) -> RuleSet:
+    """The rules of a TOML file (built-in rules alone when path is None). Raises ConfigError."""
+    if path is None:
+        return RuleSet.default()
+    text = read_rules_text(path)
     try:
-        return parse_rules(text, source=str(p))
+        return parse_rules(text, source=str(path))
     except RecursionError as exc:  # tomllib recurses into nested arrays and inline tables
-        raise ConfigError(f"rules file {p}: nested too deeply") from exc
+        raise ConfigError(f"rules file {path}: nested too deeply") from exc
+
+
+def load_rewrites(path: str | os.PathLike[str] | None) -> tuple[RewriteRule, ...]:
+    """The ``[[rewrite]]`` entries of a rules file (none when path is None). Raises ConfigError."""
+    if path is None:
+        return ()
+    try:
+        return parse_rewrites(read_rules_text(path), source=str(path))
+    except RecursionError as exc:
+        raise ConfigError(f"rules file {path}: nested too deeply") from exc
