@@ -193,6 +193,12 @@ async def test_read_only_host_and_origin_checks(capture: tuple[Path, int], tmp_p
             assert r.status == 403
         async with http.post(ui.url + "api/triage/preview", json=body) as r:
             assert r.status == 200 and "ignore" in (await r.json())["diff"]
+        async with http.get(ui.url + "api/sessions?since=2999-01-01T00:00:00Z") as r:
+            assert (await r.json())["total"] == 0  # a time window after the capture: nothing
+        async with http.get(
+            ui.url + "api/sessions?since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00Z"
+        ) as r:
+            assert (await r.json())["total"] == 3
         async with http.get(ui.url + "api/sessions?q=(oops") as r:
             assert r.status == 400 and (await r.json())["error"] == "filter: '(' without ')'"
     assert (db.stat().st_mtime_ns, db.stat().st_size) == before
@@ -221,7 +227,7 @@ async def _open(b: Any, url: str) -> tuple[Any, list[str]]:
 @pytest.mark.usefixtures("needs_chromium")
 @pytest.mark.timeout(90)
 async def test_sessions_filters_and_the_sequence_diagram(capture: tuple[Path, int]) -> None:
-    db, _run = capture
+    db, run_id = capture
     with Store.open(db) as s:
         sessions = {x.charge_point_id: x.id for x in s.sessions()}
     blocked = sessions["ALF-0003"]  # the charger whose card v2 blocks (seed 1)
@@ -255,6 +261,22 @@ async def test_sessions_filters_and_the_sequence_diagram(capture: tuple[Path, in
         assert await page.inner_text("#detail pre.pretty") == pretty_json(frames[1][1] or "")
         assert "round trip" in await page.inner_text("#detail")  # the answer shows its CALL and RTT
         assert [p for p in problems if "400 (Bad Request)" not in p] == []  # (the bad filter's answer)
+        # the same pages under their own Content-Security-Policy: nothing they do breaks it
+        strict = await b.new_page()
+        seen: list[str] = []
+        strict.on("console", lambda m: seen.append(m.text) if m.type in ("error", "warning") else None)
+        pages = {
+            "#/sessions": "#sessions tbody tr",
+            f"#/session/{blocked}?seq=2": "#detail pre.pretty",
+            "#/runs": "#runs",
+            f"#/run/{run_id}": "#groups",
+            "#/coverage": "#coverage",
+            "#/rules": "main h1",
+        }
+        for hash_, ready in pages.items():
+            await strict.goto(ui.url + hash_)
+            await strict.locator(ready).first.wait_for(timeout=10_000)
+        assert seen == []
 
 
 @pytest.mark.usefixtures("needs_chromium")
@@ -333,6 +355,16 @@ async def test_difference_groups_link_to_frames_and_noise_rules_silence_a_rerun(
         assert f"rec #{seq}" in replayed and "BootNotification" in replayed
         assert "900" in await page.inner_text("#diffs-here") and "300" in await page.inner_text("#diffs-here")
         await page.wait_for_selector(".detail pre.pretty")
+        # the coverage matrix links into the run and into the capture
+        await page.goto(ui.url + "#/coverage")
+        await page.wait_for_selector("#coverage")
+        assert await page.get_attribute("#coverage td.badc a >> nth=0", "href") in {
+            f"#/run/{run_id}?action={a}"
+            for a in ("Authorize", "BootNotification", "StartTransaction", "StopTransaction")
+        }
+        await page.click("#coverage tr:has(td:text-is('Heartbeat')) a")
+        await page.wait_for_function("location.hash === '#/sessions?action=Heartbeat'")
+        await page.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 3")
         # mark every group as expected noise, looking at the diff each time
         await page.goto(ui.url + f"#/run/{run_id}")
         await page.wait_for_selector("#groups")
@@ -446,7 +478,8 @@ async def test_proxy_ui_serves_the_capture_from_its_own_process(
             import psutil
 
             children = psutil.Process(proc.pid).children()
-            assert [c for c in children if "ui" in c.cmdline()]  # the UI runs in a process of its own
+            (child,) = [c for c in children if "ui" in c.cmdline()]  # the UI: a process of its own,
+            assert child.nice() == psutil.Process(proc.pid).nice() + 10  # behind the relay
         finally:
             proc.send_signal(signal.SIGTERM)
             _out, err = await asyncio.to_thread(proc.communicate, timeout=20)

@@ -13,6 +13,7 @@ import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from ocpp_replay.core.text import pretty_json
 from ocpp_replay.core.validate import check_frames
 from ocpp_replay.errors import CaptureError, CaptureNotFound, ConfigError, ReplayError, UnknownSession
 from ocpp_replay.report.html import BACKEND_COMMANDS, CHARGER_TO_CSMS, CSMS_TO_CHARGER, coverage
-from ocpp_replay.store.reader import FrameRecord, SessionInfo, Store, session_filter
+from ocpp_replay.store.reader import _SESSION_COLUMNS, FrameRecord, SessionInfo, Store, session_filter
 from ocpp_replay.store.runs import list_runs, load_run
 from ocpp_replay.store.schema import migrations
 from ocpp_replay.ui.query import compile_filter
@@ -36,6 +37,7 @@ from ocpp_replay.ui.query import compile_filter
 MAX_PAGE = 2000  # frames per request
 MAX_SESSIONS = 500  # sessions per request
 MAX_EXAMPLES = 50  # differences listed per group
+CHECK_BUDGET = 5000  # frames checked against the schemas per sessions page (the rest: next time)
 #: Kinds a path rule can silence (the others are about whole messages or the schema).
 RULE_KINDS = frozenset({DiffKind.CHANGED, DiffKind.ADDED, DiffKind.REMOVED, DiffKind.TYPE_CHANGED})
 
@@ -68,7 +70,7 @@ class CaptureView:
         self.path = Path(path)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._violations: dict[int, tuple[int, int]] = {}  # session -> (last seq checked, count)
+        self._tallies: dict[int, dict[str, int]] = {}  # session -> frames and violations so far
         self._runs: dict[int, tuple[RunResult, dict[str, Any]]] = {}
         self._check()
 
@@ -127,34 +129,62 @@ class CaptureView:
 
     # ------------------------------------------------------------------ sessions
 
-    def _violation_count(self, s: SessionInfo) -> int:
-        """Schema violations in a session's frames, checked once each (live sessions: the new ones)."""
+    def _tally(self, s: SessionInfo, budget: list[int]) -> tuple[int, int | None]:
+        """A session's frames and schema violations, counted once each: a live session's new
+        frames only, on each call. Checking frames against the schemas is the costly part, so a
+        call checks at most ``budget[0]`` frames in all (it is decremented); a session not
+        checked to its end yet has None for violations (the next call goes on)."""
+        conn = self.conn()
         with self._lock:
-            last, count = self._violations.get(s.id, (-1, 0))
+            seen = self._tallies.get(s.id)
+        t = dict(seen) if seen else {"seq": -1, "frames": 0, "checked": -1, "violations": 0}
+        n, top = conn.execute(
+            "SELECT count(*), max(seq) FROM frames WHERE session_id = ? AND seq > ?", [s.id, t["seq"]]
+        ).fetchone()
+        if n:
+            t["frames"] += n
+            t["seq"] = top
         version = ocpp_version(s.subprotocol)
-        if version is None:
-            return 0
+        done = version is None or t["checked"] >= t["seq"]
+        if not done and version is not None and budget[0] > 0:
+            rows = conn.execute(
+                f"SELECT {_FRAME_COLUMNS} FROM frames WHERE session_id = ? AND seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?",
+                [s.id, t["checked"], t["seq"], budget[0]],
+            ).fetchall()
+            budget[0] -= len(rows)
+            if rows:
+                found = check_frames(s.id, s.charge_point_id, version, [_record(r) for r in rows])
+                t["violations"] += len(found)
+                t["checked"] = rows[-1][1]
+            done = t["checked"] >= t["seq"]
+        with self._lock:
+            self._tallies[s.id] = t
+        return t["frames"], (t["violations"] if done else None)
+
+    def _infos(self, ids: Sequence[int]) -> list[SessionInfo]:
+        """Sessions by id, without counting their frames (see _tally)."""
+        marks = ",".join("?" * len(ids))
         rows = (
             self.conn()
             .execute(
-                f"SELECT {_FRAME_COLUMNS} FROM frames WHERE session_id = ? AND seq > ? ORDER BY seq",
-                [s.id, last],
+                f"SELECT {_SESSION_COLUMNS}, 0, coalesce(frames_lost, 0) FROM sessions WHERE id IN ({marks})",
+                ids,
             )
             .fetchall()
         )
-        if not rows:
-            return count
-        count += len(check_frames(s.id, s.charge_point_id, version, [_record(r) for r in rows]))
-        with self._lock:
-            self._violations[s.id] = (rows[-1][1], count)
-        return count
+        return [SessionInfo(*row) for row in rows]
 
-    def _session_dict(self, s: SessionInfo, violations: int | None = None) -> dict[str, Any]:
+    def _counted(self, s: SessionInfo, budget: list[int]) -> dict[str, Any]:
+        frames, violations = self._tally(s, budget)
+        d = self._session_dict(replace(s, frames=frames))
+        d["violations"] = violations
+        return d
+
+    def _session_dict(self, s: SessionInfo) -> dict[str, Any]:
         d = s.as_dict()
         d["ocpp"] = ocpp_version(s.subprotocol)
         d["live"] = s.ended_at is None
-        if violations is not None:
-            d["violations"] = violations
         return d
 
     def sessions(
@@ -202,8 +232,9 @@ class CaptureView:
             ]
         except sqlite3.OperationalError as exc:
             raise ConfigError(f"filter: {exc}") from exc
-        infos = {s.id: s for s in self.store().sessions(ids=ids)} if ids else {}
-        rows = [self._session_dict(infos[i], self._violation_count(infos[i])) for i in ids if i in infos]
+        infos = {s.id: s for s in self._infos(ids)} if ids else {}
+        budget = [CHECK_BUDGET]
+        rows = [self._counted(infos[i], budget) for i in ids if i in infos]
         return {"total": total, "sessions": rows, "offset": offset, "limit": limit}
 
     def suggestions(self) -> dict[str, list[str]]:
@@ -217,13 +248,6 @@ class CaptureView:
             )
         ]
         return {"charge_points": sorted(cps), "actions": sorted(actions)}
-
-    def session(self, session_id: int) -> dict[str, Any]:
-        try:
-            info = self.store().session(session_id)
-        except UnknownSession:
-            raise
-        return self._session_dict(info, self._violation_count(info))
 
     # ------------------------------------------------------------------ frames
 

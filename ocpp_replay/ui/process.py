@@ -16,14 +16,32 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+#: How much lower the UI's scheduling priority is than the proxy's: where the two share a busy
+#: core, the relay's frames go first.
+NICE = 10
+
+# ``python -m ocpp_replay.cli ui ...``, its priority lowered first: by the child itself, as
+# preexec_fn is unsafe in a process that already runs threads (the capture writer's).
+_LAUNCH = (
+    "import os, sys\n"
+    "nice = int(sys.argv.pop(1))\n"
+    "if hasattr(os, 'nice'): os.nice(nice)\n"
+    "sys.argv[0] = 'ocpp-replay'\n"
+    "from ocpp_replay.cli import main\n"
+    "main()\n"
+)
+
+
 def start_ui_process(
     db: Path, port: int, *, host: str = "127.0.0.1", rules: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start ``ocpp-replay ui`` on DB; it prints its URL and serves until it is terminated."""
+    """Start ``ocpp-replay ui`` on DB at a lower priority (:data:`NICE`); it prints its URL and
+    serves until it is terminated."""
     cmd = [
         sys.executable,
-        "-m",
-        "ocpp_replay.cli",
+        "-c",
+        _LAUNCH,
+        str(NICE),
         "ui",
         "--db",
         str(db),
@@ -34,7 +52,7 @@ def start_ui_process(
     ]
     if rules is not None:
         cmd += ["--rules", str(rules)]
-    log.info("UI: http://%s:%d/ (its own process)", host, port)
+    log.info("UI: http://%s:%d/ (its own process, nice %d)", host, port, NICE)
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
 
 

@@ -196,7 +196,6 @@ class UiServer:
         r.add_get("/api/info", self._info)
         r.add_get("/api/sessions", self._sessions)
         r.add_get("/api/suggestions", self._suggestions)
-        r.add_get("/api/sessions/{sid:\\d+}", self._session)
         r.add_get("/api/sessions/{sid:\\d+}/frames", self._frames)
         r.add_get("/api/sessions/{sid:\\d+}/frames/{seq:\\d+}", self._frame)
         r.add_get("/api/runs", self._runs)
@@ -291,9 +290,6 @@ class UiServer:
 
     async def _suggestions(self, request: web.Request) -> web.Response:
         return web.json_response(await self.call(self.view.suggestions))
-
-    async def _session(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.call(self.view.session, int(request.match_info["sid"])))
 
     async def _frames(self, request: web.Request) -> web.Response:
         data = await self.call(

@@ -241,7 +241,8 @@ async function sessionsView(params) {
         h("td", { class: "n" }, String(s.frames)),
         h("td", { class: "n" }, s.close_code ?? ""),
         h("td", {}, s.closed_by ?? ""),
-        h("td", { class: "n" }, s.violations ? h("span", { class: "badge warn" }, String(s.violations)) : ""),
+        h("td", { class: "n" }, s.violations === null ? h("span", { class: "mute", title: "being checked" }, "…")
+          : s.violations ? h("span", { class: "badge warn" }, String(s.violations)) : ""),
         h("td", {}, s.error ?? ""));
     }));
   };

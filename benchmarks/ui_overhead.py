@@ -1,0 +1,283 @@
+"""What the web UI costs the relay: the proxy with ``--ui`` and a browser following it live,
+against the same proxy without the UI, in the same run.
+
+    python benchmarks/ui_overhead.py [--chargers 1000] [--seconds 20] [--rounds 3]
+
+Processes on loopback: the fast CSMS of proxy_overhead.py, two ``ocpp-replay proxy`` commands
+in front of it (one plain, one with ``--ui``), this load generator, and Debian's headless
+Chromium (driven by Playwright) with two pages on the second proxy's UI: the sessions list,
+live (it refetches its page of sessions, schema checks included, up to once a second while the
+capture grows), and one charger's session in follow mode (its new frames arrive over
+server-sent events).
+
+Each round runs the steady load (N chargers, one MeterValues CALL a second each, spread over the
+second, the round trip of each CALL measured) directly against the CSMS, through the plain
+proxy and through the proxy with the UI, in an order rotated each round, so that the shared
+machine's changes of speed fall on every path alike. It prints each path's p50/p99 per round,
+what each proxy adds over the direct path (p99 of the proxy minus p99 direct, the same round),
+and the median of the rounds; and the CPU the UI process and the browser used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+from loopback import free_port, wait_port  # benchmarks/loopback.py, beside this script
+from proxy_overhead import Result, line, round_trip  # the same load as the proxy's benchmark
+
+HERE = Path(__file__).resolve().parent
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+async def steady(url: str, chargers: int, seconds: float, prefix: str, ready: Any = None) -> Result:
+    """proxy_overhead.steady, with READY awaited once every charger is connected (the browser
+    opens the session it follows then)."""
+    result = Result()
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        sockets = await asyncio.gather(
+            *(http.ws_connect(f"{url}/{prefix}-{i:05d}", protocols=("ocpp1.6",)) for i in range(chargers))
+        )
+        if ready is not None:
+            await ready()
+        begin = time.monotonic() + 0.5
+        end = begin + seconds
+
+        async def one(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
+            at = begin + i / chargers
+            n = 0
+            while at < end:
+                await asyncio.sleep(max(0.0, at - time.monotonic()))
+                if not await round_trip(ws, n, result):
+                    return
+                n += 1
+                at += 1.0
+
+        outcomes = await asyncio.gather(*(one(i, ws) for i, ws in enumerate(sockets)), return_exceptions=True)
+        result.errors += sum(1 for o in outcomes if isinstance(o, BaseException))
+        result.seconds = seconds
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    return result
+
+
+def proxy_cmd(upstream: int, port: int, db: Path, ui: int | None) -> list[str]:
+    cmd = [sys.executable, "-m", "ocpp_replay.cli", "proxy", "--upstream", f"ws://127.0.0.1:{upstream}/ocpp",
+           "--host", "127.0.0.1", "--port", str(port), "--db", str(db), "--log-level", "WARNING"]  # fmt: skip
+    return cmd + (["--ui", str(ui)] if ui is not None else [])
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            get_json(url)
+            return
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.1)
+
+
+class Browser:
+    """Chromium with the UI's sessions list open, and a page that follows one session."""
+
+    def __init__(self, ui: str) -> None:
+        self.ui = ui
+        self.pw: Any = None
+        self.browser: Any = None
+        self.follow: Any = None
+        self.frames_seen: list[int] = []
+
+    async def start(self) -> None:
+        from playwright.async_api import async_playwright
+
+        self.pw = await async_playwright().start()
+        self.browser = await self.pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        self.sessions = await self.browser.new_page()
+        await self.sessions.goto(self.ui + "#/sessions")
+        self.follow = await self.browser.new_page()
+
+    async def follow_newest(self, charge_point: str) -> None:
+        """Open CHARGE_POINT's newest session in follow mode (called once its charger is connected)."""
+        for _ in range(100):  # its session row reaches the capture with the writer's next batch
+            data = await asyncio.to_thread(get_json, f"{self.ui}api/sessions?cp={charge_point}&limit=1")
+            if data["sessions"]:
+                break
+            await asyncio.sleep(0.05)
+        sid = data["sessions"][0]["id"]
+        await self.follow.goto(f"{self.ui}#/session/{sid}")
+        await self.follow.wait_for_selector("#follow")
+        self.renice()
+
+    def renice(self) -> None:
+        """The browser stands in for an engineer's laptop: here it shares the proxy's cores, so it
+        runs at the UI process's lower priority (nice 10) rather than the proxy's."""
+        for pid in self.pids():
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).nice() < 10:
+                    psutil.Process(pid).nice(10)
+
+    async def frames_shown(self) -> int:
+        return int(await self.follow.locator(".frame").count())
+
+    def pids(self) -> list[int]:
+        root = psutil.Process()
+        return [p.pid for p in root.children(recursive=True) if "chrom" in p.name().lower()]
+
+    async def stop(self) -> None:
+        await self.browser.close()
+        await self.pw.stop()
+
+
+def cpu_of(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def start(tmp: Path) -> tuple[list[subprocess.Popen[bytes]], dict[str, int]]:
+    """The CSMS and the two proxies (the second with --ui); returns them and their ports."""
+    ports = {name: free_port() for name in ("csms", "plain", "ui_proxy", "ui")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "proxy_overhead.py"), "--serve-csms", str(ports["csms"])]
+        )
+    ]
+    wait_port(ports["csms"])
+    procs.append(subprocess.Popen(proxy_cmd(ports["csms"], ports["plain"], tmp / "plain.db", None)))
+    procs.append(subprocess.Popen(proxy_cmd(ports["csms"], ports["ui_proxy"], tmp / "ui.db", ports["ui"])))
+    for port in (ports["plain"], ports["ui_proxy"]):
+        wait_port(port)
+    return procs, ports
+
+
+async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], ports: dict[str, int]) -> int:
+    csms_port, plain_port, ui_proxy_port, ui_port = (
+        ports["csms"],
+        ports["plain"],
+        ports["ui_proxy"],
+        ports["ui"],
+    )
+    ui = f"http://127.0.0.1:{ui_port}/"
+    wait_http(ui + "api/info")
+    ui_proc = next(p for p in psutil.Process(procs[2].pid).children() if "ui" in p.cmdline())
+    print(f"UI process: pid {ui_proc.pid}, nice {ui_proc.nice()}")
+    browser = Browser(ui)
+    await browser.start()
+    paths = {
+        "direct": f"ws://127.0.0.1:{csms_port}/ocpp",
+        "proxy": f"ws://127.0.0.1:{plain_port}/ocpp",
+        "proxy --ui": f"ws://127.0.0.1:{ui_proxy_port}/ocpp",
+    }
+    print(f"machine: {psutil.cpu_count()} cores (shared), python {sys.version.split()[0]}")
+    print(
+        f"steady: {args.chargers} chargers x 1 MeterValues/s for {args.seconds:.0f} s per path, "
+        f"{args.rounds} rounds; a browser on the UI's sessions list and following one session"
+    )
+    added: dict[str, list[float]] = {"proxy": [], "proxy --ui": []}
+    p99: dict[str, list[float]] = {name: [] for name in paths}
+    names = list(paths)
+    ui_cpu = browser_cpu = 0.0
+    shown = 0
+    for r in range(args.rounds):
+        print(f"round {r + 1}")
+        results: dict[str, Result] = {}
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            prefix = f"R{r}"
+
+            async def ready(name: str = name, prefix: str = prefix) -> None:
+                if name == "proxy --ui":
+                    await browser.follow_newest(f"{prefix}-00000")
+
+            before_ui, before_browser = cpu_of([ui_proc.pid]), cpu_of(browser.pids())
+            results[name] = await steady(paths[name], args.chargers, args.seconds, prefix, ready)
+            if name == "proxy --ui":
+                await asyncio.sleep(1.0)  # the last frames reach the page
+                shown += await browser.frames_shown()  # the followed session, this round
+                ui_cpu += cpu_of([ui_proc.pid]) - before_ui
+                browser_cpu += cpu_of(browser.pids()) - before_browser
+            print(line(name, results[name]))
+            p99[name].append(results[name].pct(99))
+        for name in added:
+            added[name].append(results[name].pct(99) - results["direct"].pct(99))
+        plain, with_ui = added["proxy"][-1], added["proxy --ui"][-1]
+        print(
+            f"  added p99: proxy +{plain:.3f} ms, proxy --ui +{with_ui:.3f} ms "
+            f"(difference {with_ui - plain:+.3f} ms)"
+        )
+    await browser.stop()
+    med = {name: statistics.median(v) for name, v in added.items()}
+    seconds = args.rounds * args.seconds
+    print(
+        f"\nmedian added p99 over {args.rounds} rounds: proxy +{med['proxy']:.3f} ms, "
+        f"proxy --ui +{med['proxy --ui']:.3f} ms; "
+        f"the UI's cost {med['proxy --ui'] - med['proxy']:+.3f} ms"
+    )
+    print(
+        f"the UI process used {ui_cpu / seconds * 100:.1f} % of a core, the browser "
+        f"{browser_cpu / seconds * 100:.1f} %, while the load went through proxy --ui; "
+        f"the followed session showed {shown} frames live"
+    )
+    summary = {
+        "added_p99_ms_proxy": added["proxy"],
+        "added_p99_ms_proxy_ui": added["proxy --ui"],
+        "median_added_p99_ms_proxy": med["proxy"],
+        "median_added_p99_ms_proxy_ui": med["proxy --ui"],
+        "ui_cost_p99_ms": med["proxy --ui"] - med["proxy"],
+        "ui_cpu_share": ui_cpu / seconds,
+        "browser_cpu_share": browser_cpu / seconds,
+        "frames_followed": shown,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chargers", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    procs, ports = start(Path(tempfile.mkdtemp(prefix="ocpp-ui-bench-")))
+    try:
+        return asyncio.run(run(args, procs, ports))
+    finally:
+        for proc in procs[::-1]:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(15)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
