@@ -336,8 +336,10 @@ def test_tail_follows_new_frames_as_ndjson_with_filters(tmp_path: Path) -> None:
         writer.close()
         lines = _lines_until(proc.stdout, lambda lines: len(lines) == 2)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=10)
+        # SIGTERM, not SIGINT: a test run started in the background (nohup, `&` in a script)
+        # passes SIGINT on ignored, and Python then never raises KeyboardInterrupt
+        proc.terminate()
+        proc.communicate(timeout=30)
     # one JSON object per line, the filter applied (the answer carries its CALL's action),
     # nothing from before tail started
     frames = [json.loads(line) for line in lines]
