@@ -31,6 +31,7 @@ from ocpp_replay.core.paths import format_path, get, rewrite
 from ocpp_replay.core.rules import Mode, PathRule
 
 __all__ = [
+    "INFORMATIONAL",
     "Change",
     "DiffKind",
     "Difference",
@@ -52,6 +53,14 @@ class DiffKind(StrEnum):
     MISSING_CALL = "missing_call"
     UNEXPECTED_CALL = "unexpected_call"
     SCHEMA = "schema"  # a live message that violates the official OCPP JSON schema
+    UNEXPECTED_ANSWER = "unexpected_answer"  # an answer of the backend to an id nobody sent
+    OPTIONAL_CALL_MISSING = "optional_call_missing"  # information: a backend call marked optional
+    CALL_AFTER_END = "call_after_end"  # a call the recording lacks, after its recorded end
+
+
+#: Kinds that are information, not differences: they never decide the exit status.
+#: ``call_after_end`` does when the run asks for it (``--strict-end``, :attr:`RunResult.gating`).
+INFORMATIONAL: frozenset[DiffKind] = frozenset({DiffKind.OPTIONAL_CALL_MISSING, DiffKind.CALL_AFTER_END})
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ocpp_replay.core.diff import Difference
+from ocpp_replay.core.correlate import utc_seconds
+from ocpp_replay.core.diff import INFORMATIONAL, Difference, DiffKind
 
 __all__ = [
     "COMPARE_SIDE",
@@ -50,20 +51,30 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Timing:
-    """Scheduling lateness of the frames sent (seconds after their deadline)."""
+    """Scheduling lateness of the frames sent, and the time frames were held for causality.
+
+    Lateness is the scheduler's own delay: send time minus the time the frame was free to go
+    (its deadline, or later when it was held). Held time is how long past its deadline a frame
+    waited for an answer, a backend call or the frame before it (``held`` frames had to).
+    """
 
     frames: int = 0
     p50: float = 0.0
     p99: float = 0.0
     max: float = 0.0
     held: int = 0  # frames that had to wait for an answer or a backend call past their deadline
+    held_p50: float = 0.0  # over the held frames only
+    held_max: float = 0.0
+    held_total: float = 0.0
 
     @classmethod
-    def of(cls, lateness: Iterable[float], held: int = 0) -> Timing:
+    def of(cls, lateness: Iterable[float], held: int = 0, held_seconds: Iterable[float] = ()) -> Timing:
         values = sorted(lateness)
+        holds = sorted(h for h in held_seconds if h > 0)
+        hold = (percentile(holds, 50), holds[-1], sum(holds)) if holds else (0.0, 0.0, 0.0)
         if not values:
-            return cls(held=held)
-        return cls(len(values), percentile(values, 50), percentile(values, 99), values[-1], held)
+            return cls(0, 0.0, 0.0, 0.0, held, *hold)
+        return cls(len(values), percentile(values, 50), percentile(values, 99), values[-1], held, *hold)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +85,11 @@ class Timing:
                 "max": round(self.max * 1000, 3),
             },
             "held_frames": self.held,
+            "held_ms": {
+                "p50": round(self.held_p50 * 1000, 3),
+                "max": round(self.held_max * 1000, 3),
+                "total": round(self.held_total * 1000, 3),
+            },
         }
 
 
@@ -90,8 +106,9 @@ class LiveFrame:
     unique_id: str | None
     action: str | None
     raw: str
-    lateness: float | None = None  # scheduled frames only
+    lateness: float | None = None  # scheduled frames only: send time minus the time it was free to go
     side: str = "target"  # target (replay) | baseline | candidate (compare)
+    held: float | None = None  # scheduled frames only: seconds held past the deadline (0: not held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +189,17 @@ class SessionResult:
     held: int = 0
     error: str | None = None  # a problem that ended the session early (also a difference)
     close_code: int | None = None
+    held_seconds: tuple[float, ...] = ()  # how long each held frame was held
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the session's start to its end (None when either is unknown)."""
+        if not self.started_at or not self.ended_at:
+            return None
+        try:
+            return max(0.0, utc_seconds(self.ended_at) - utc_seconds(self.started_at))
+        except ValueError:
+            return None
 
     @property
     def messages(self) -> int:
@@ -211,11 +239,27 @@ class RunResult:
         """Every difference of every side."""
         return tuple(d for s in self.sessions for d in s.differences)
 
+    def decides(self, d: Difference) -> bool:
+        """Whether a difference of the deciding side counts in the exit status: information
+        (an optional call that did not come; a call after the recorded end, unless the run was
+        made with ``strict_end``) does not."""
+        if d.kind not in INFORMATIONAL:
+            return True
+        return d.kind is DiffKind.CALL_AFTER_END and bool(self.options.get("strict_end"))
+
     @property
     def gating(self) -> tuple[Difference, ...]:
         """The differences that decide the exit status (the candidate's, when comparing)."""
         side = self.side
-        return tuple(d for s in self.sessions for d in s.differences if d.side == side)
+        return tuple(d for s in self.sessions for d in s.differences if d.side == side and self.decides(d))
+
+    @property
+    def information(self) -> tuple[Difference, ...]:
+        """Findings of the deciding side that do not decide the exit status (see :meth:`decides`)."""
+        side = self.side
+        return tuple(
+            d for s in self.sessions for d in s.differences if d.side == side and not self.decides(d)
+        )
 
     @property
     def messages(self) -> int:
@@ -224,7 +268,9 @@ class RunResult:
     @property
     def timing(self) -> Timing:
         return Timing.of(
-            (x for s in self.sessions for x in s.lateness), held=sum(s.held for s in self.sessions)
+            (x for s in self.sessions for x in s.lateness),
+            held=sum(s.held for s in self.sessions),
+            held_seconds=(h for s in self.sessions for h in s.held_seconds),
         )
 
     @property
@@ -256,6 +302,9 @@ class RunResult:
             "diffs": len(self.gating),
             "timing": self.timing.as_dict(),
         }
+        information = self.information
+        if information:
+            out["information"] = dict(Counter(str(d.kind) for d in information))
         if self.interrupted:
             out["interrupted"] = dict(self.interrupted)
         if self.kind == "compare":

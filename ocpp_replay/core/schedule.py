@@ -10,12 +10,18 @@ seconds: gaps between consecutive instants are divided by ``speed`` and then cap
 different chargers keep their relative start times and a capped gap is a time when nothing at
 all happened (across all selected sessions).
 
-Causality. A charger CALL is never sent before (a) the answer to the previous CALL of its
-connection arrived (OCPP allows one outstanding CALL), (b) every backend CALL recorded before it
-on its connection arrived (the charger had seen them when it sent this one), and (c) the frame
-that assigned a correlated value it carries arrived. These are ``waits_for``: recorded seqs
-of CALLs whose live counterpart must be settled (answered, received, or given up on after a
-bounded wait). Frames that are not OCPP-J are sent as recorded and wait only for (a) and (b).
+Causality. A charger frame is never sent before what the charger had seen when it sent it in
+the recording: (a) the answer to its previous CALL, if that answer was recorded before this
+frame (a charger that pipelined its calls did not wait, and neither does the replay),
+(b) every backend CALL recorded before it on its connection, and (c) the frame that assigned
+a correlated value it carries. These are ``waits_for``: recorded seqs of CALLs whose live
+counterpart must be settled (answered, received, or given up on after a bounded wait).
+``previous_call`` names the charger CALL before it whatever the recording shows: a replay
+that plays the charger well-behaved (one CALL outstanding at a time) waits for it too.
+
+Misbehaviour is planned as recorded: a charger answer to a backend call the capture does not
+have is a step (``orphan``), and a frame that is not OCPP-J but still carries a unique id
+(``[2.0, "17", ...]``) has that id, so that the backend's answer to it can be compared.
 
 Answers of the charger to the backend's CALLs are not scheduled: they go out when the live
 backend's CALL arrives (:class:`BackendCall`).
@@ -37,10 +43,12 @@ from ocpp_replay.core.rules import RuleSet
 from ocpp_replay.errors import InvalidFrame, ReplayError
 
 __all__ = [
+    "Answer",
     "BackendCall",
     "SessionPlan",
     "Step",
     "Timeline",
+    "loose_unique_id",
     "plan_sessions",
 ]
 
@@ -61,7 +69,9 @@ class Step:
     answer_seq: int | None  # the recorded answer, if the capture has one
     answer: Answer | None
     waits_for: tuple[int, ...]
-    blocking: bool  # an OCPP-J CALL: the next CALL waits for its answer
+    blocking: bool  # an OCPP-J CALL: it has an answer to wait for
+    previous_call: int | None = None  # the charger CALL before it (well-behaved replays wait for it)
+    orphan: bool = False  # a charger answer to a backend call the capture does not have
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +102,10 @@ class SessionPlan:
     backend_calls: tuple[BackendCall, ...]
     other_frames: int  # recorded frames neither sent nor expected (answers of unknown calls, ...)
     path_suffix: str | None = None  # the path after the CSMS's, as the charger dialled it
+    close_reason: str | None = None
+    #: unique ids of recorded backend answers to nothing the charger sent: the same again live
+    #: is not a finding
+    stray_answer_ids: tuple[str, ...] = ()
 
 
 class Timeline:
@@ -146,6 +160,18 @@ def _parse_answer(frame: FrameLike) -> Answer:
     return parsed
 
 
+def loose_unique_id(raw: str | bytes) -> str | None:
+    """The unique id of a frame that is not OCPP-J but still reads as ``[type, "id", ...]``
+    (``[2.0, "17", "Heartbeat", {}]``); None when it does not."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if type(data) is list and len(data) >= 2 and type(data[1]) is str:
+        return data[1]
+    return None
+
+
 def _payload(frame: Call | CallResult | CallError | str | None) -> Any:
     if isinstance(frame, Call | CallResult):
         return frame.payload
@@ -196,13 +222,16 @@ def _plan_one(
         if f.message_type in (MessageType.CALL_RESULT, MessageType.CALL_ERROR) and f.unique_id is not None:
             answers.setdefault((f.direction.reverse, f.unique_id), []).append(f)
 
-    def answer_to(call: FrameLike) -> FrameLike | None:
-        if call.unique_id is None:
+    def answer_to(call: FrameLike, uid: str | None = None) -> FrameLike | None:
+        uid = uid if uid is not None else call.unique_id
+        if uid is None:
             return None
-        for a in answers.get((call.direction, call.unique_id), ()):
-            if a.seq > call.seq:
+        for a in answers.get((call.direction, uid), ()):
+            if a.seq > call.seq and a.seq not in used_answers:
                 return a
         return None
+
+    answer_seq_of: dict[int, int] = {}  # charger CALL seq -> seq of its recorded answer
 
     steps: list[Step] = []
     backend: list[BackendCall] = []
@@ -210,6 +239,7 @@ def _plan_one(
     defined_at: dict[tuple[str, Any], int] = {}  # (correlation, recorded value) -> call seq
     last_call: int | None = None
     backend_since: list[int] = []
+    strays: list[str] = []
     other = 0
     for f in frames:
         raw: str | bytes = f.raw if f.raw is not None else (f.raw_bytes or b"")
@@ -237,12 +267,41 @@ def _plan_one(
                 backend_since.append(f.seq)
             elif f.seq not in used_answers:
                 other += 1  # answers are matched through their calls; anything else is not sent
+                if f.message_type in (MessageType.CALL_RESULT, MessageType.CALL_ERROR) and f.unique_id:
+                    strays.append(f.unique_id)
             continue
         # to_csms
         if f.seq in used_answers:
             continue  # the charger's answer to a backend call: sent when that call arrives live
+        waits: list[int] = []
+        if last_call is not None and answer_seq_of.get(last_call, f.seq) < f.seq:
+            waits.append(last_call)  # the charger had its previous call's answer
+        waits.extend(backend_since)
+        backend_since = []
         if f.message_type in (MessageType.CALL_RESULT, MessageType.CALL_ERROR):
-            other += 1  # an answer to a call the capture does not have
+            # An answer to a call the capture does not have: sent as recorded when replaying
+            # faithfully. The backend's recorded reply to it, if any, is a CALLERROR with its id.
+            reply = answer_to(f)
+            if reply is not None and reply.message_type != MessageType.CALL_ERROR:
+                reply = None
+            if reply is not None:
+                used_answers.add(reply.seq)
+            steps.append(
+                Step(
+                    seq=f.seq,
+                    at=at,
+                    raw=raw,
+                    call=None,
+                    unique_id=f.unique_id,
+                    action=f.action,
+                    answer_seq=reply.seq if reply else None,
+                    answer=_parse_answer(reply) if reply else None,
+                    waits_for=tuple(dict.fromkeys(waits)),
+                    blocking=False,
+                    previous_call=last_call,
+                    orphan=True,
+                )
+            )
             continue
         call: Call | None = None
         if f.message_type == MessageType.CALL:
@@ -251,15 +310,12 @@ def _plan_one(
                 call = parsed if isinstance(parsed, Call) else None
             except InvalidFrame:
                 call = None
-        ans = answer_to(f)
+        uid = f.unique_id if f.unique_id is not None else loose_unique_id(raw)
+        ans = answer_to(f, uid)
         if ans is not None:
             used_answers.add(ans.seq)
+            answer_seq_of[f.seq] = ans.seq
         answer = _parse_answer(ans) if ans is not None else None
-        waits: list[int] = []
-        if last_call is not None:
-            waits.append(last_call)
-        waits.extend(backend_since)
-        backend_since = []
         if call is not None:
             for name, value in correlator.uses(call.action, Message.REQUEST, call.payload):
                 src = defined_at.get((name, _hashable(value)))
@@ -274,12 +330,13 @@ def _plan_one(
                 at=at,
                 raw=raw,
                 call=call,
-                unique_id=f.unique_id,
+                unique_id=uid,
                 action=call.action if call else f.action,
                 answer_seq=ans.seq if ans else None,
                 answer=answer,
                 waits_for=tuple(dict.fromkeys(waits)),
                 blocking=call is not None,
+                previous_call=last_call,
             )
         )
         if call is not None:
@@ -305,6 +362,8 @@ def _plan_one(
         backend_calls=tuple(backend),
         other_frames=other,
         path_suffix=info.path_suffix,
+        close_reason=getattr(info, "close_reason", None),
+        stray_answer_ids=tuple(strays),
     )
 
 

@@ -26,9 +26,9 @@ import base64
 import contextlib
 import gc
 import logging
+import socket
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,23 +40,22 @@ from yarl import URL
 
 from ocpp_replay.capture.reach import probe
 from ocpp_replay.core.compare import compare_result
-from ocpp_replay.core.correlate import Correlator, Message, shift_timestamps
-from ocpp_replay.core.diff import (
-    Change,
-    Difference,
-    DiffKind,
-    compare_answers,
-    compare_payloads,
-    schema_changes,
-)
-from ocpp_replay.core.frames import Call, CallError, CallResult, Direction, dump, parse, peek
-from ocpp_replay.core.results import LiveFrame, RunResult, SessionResult
+from ocpp_replay.core.correlate import Correlator
+from ocpp_replay.core.results import RunResult, SessionResult
 from ocpp_replay.core.rewrite import Rewriter, rewrite_plans
 from ocpp_replay.core.rules import RuleSet
-from ocpp_replay.core.schedule import BackendCall, SessionPlan, Step, plan_sessions
+from ocpp_replay.core.schedule import SessionPlan, plan_sessions
+from ocpp_replay.core.session import (
+    OPERATOR_CALLS,
+    Action,
+    Close,
+    Finding,
+    ReplaySession,
+    Send,
+    SessionOptions,
+)
 from ocpp_replay.errors import (
     ConfigError,
-    InvalidFrame,
     OcppReplayError,
     ReplayError,
     UpstreamError,
@@ -76,9 +75,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Close codes a peer may not send in a close frame; replaced by 1000.
-_UNSENDABLE_CLOSE = {None, 1004, 1005, 1006, 1015}
 _CLOSE_GOING_AWAY = 1001
+_CLOSE_WAIT = 5.0  # seconds for the backend to answer a close frame
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
 
@@ -157,12 +155,6 @@ def load_sessions(
 
 
 @dataclass(slots=True)
-class _Pending:
-    step: Step
-    timer: asyncio.TimerHandle | None
-
-
-@dataclass(slots=True)
 class _Counters:
     sessions_total: int
     sessions_done: int = 0
@@ -175,14 +167,11 @@ class _Context:
     http: aiohttp.ClientSession
     target: str
     rules: RuleSet
-    keep_timestamps: bool
     auth: Mapping[str, str]
-    answer_timeout: float
-    grace: float
     connect_timeout: float
     progress: ProgressCallback | None
     counters: _Counters
-    check_schema: bool = True
+    options: SessionOptions = field(default_factory=SessionOptions)
     correlators: dict[str, Correlator] = field(default_factory=dict)
     #: Until one charger has connected, a failing target is an error (exit 2); after that a
     #: charger the target fails is a difference of its session.
@@ -190,91 +179,20 @@ class _Context:
 
 
 class _SessionRun:
-    """Plays one session: connect, send steps on schedule, answer backend calls, compare."""
+    """Drives one :class:`~ocpp_replay.core.session.ReplaySession` over a websocket: connects,
+    feeds it the backend's frames and the loop's time, performs the actions it hands out."""
 
     def __init__(self, plan: SessionPlan, ctx: _Context, anchor: float) -> None:
         self.plan = plan
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
         self.anchor = anchor
-        self.correlator = ctx.correlators.setdefault(plan.charge_point_id, ctx.rules.correlator(plan.version))
-        self.diffs: list[Difference] = []
-        self.compared: Counter[str] = Counter()
-        self.frames: list[LiveFrame] = []
-        self.lateness: list[float] = []
-        self.held = 0
-        self.pending: dict[str, _Pending] = {}
-        self.settled: dict[int, asyncio.Event] = {}
-        for step in plan.steps:
-            self.settled[step.seq] = asyncio.Event()
-        for bc in plan.backend_calls:
-            self.settled[bc.seq] = asyncio.Event()
-        self.unconsumed: dict[str, deque[BackendCall]] = {}
-        for bc in plan.backend_calls:
-            self.unconsumed.setdefault(bc.call.action, deque()).append(bc)
-        self._backend_seqs = {bc.seq for bc in plan.backend_calls}
-        self.remaining_backend = len(plan.backend_calls)
-        self.backend_done = asyncio.Event()
-        if not self.remaining_backend:
-            self.backend_done.set()
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self.closed = asyncio.Event()
-        self.close_code: int | None = None
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
-        self.wall_anchor = 0.0
-        self.started_at: str | None = None
-        self.error: str | None = None
-        self.live_seq = 0
+        self.wake = asyncio.Event()  # the reader changed the session: look at its wakeup again
+        self.lock = asyncio.Lock()  # one sender at a time, so that frames go out in order
+        self.ended = asyncio.Event()  # the connection is over (the reader has told the session)
 
-    # -- bookkeeping ------------------------------------------------------------------
-
-    def _diff(self, change: Change, seq: int | None, action: str | None) -> None:
-        self.diffs.append(
-            Difference.of(
-                change,
-                session_id=self.plan.session_id,
-                charge_point_id=self.plan.charge_point_id,
-                seq=seq,
-                action=action,
-            )
-        )
-        self.ctx.counters.diffs += 1
-
-    def _record(
-        self,
-        direction: Direction,
-        raw: str | bytes,
-        recorded_seq: int | None,
-        action: str | None,
-        lateness: float | None = None,
-        head: tuple[int | None, str | None] | None = None,
-    ) -> None:
-        """Keep a live frame; ``head`` is its (message type, unique id) when the caller knows it
-        already, so that a frame parsed once is not parsed again."""
-        now = self.loop.time()
-        mtype, uid = head if head is not None else peek(raw)[:2]
-        self.live_seq += 1
-        text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-        self.frames.append(
-            LiveFrame(
-                seq=self.live_seq,
-                recorded_seq=recorded_seq,
-                timestamp=utc_iso(self.wall_anchor + (now - self.anchor)),
-                elapsed=now - self.anchor,
-                direction=str(direction),
-                message_type=mtype,
-                unique_id=uid,
-                action=action,
-                raw=text,
-                lateness=lateness,
-            )
-        )
-
-    def _settle(self, seq: int) -> None:
-        ev = self.settled.get(seq)
-        if ev is not None:
-            ev.set()
+    def _now(self) -> float:
+        return self.loop.time() - self.anchor
 
     # -- connection -------------------------------------------------------------------
 
@@ -295,23 +213,23 @@ class _SessionRun:
         token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         return {"Authorization": f"Basic {token}"}
 
-    async def _connect(self) -> bool:
+    async def _connect(self, session: ReplaySession) -> aiohttp.ClientWebSocketResponse | None:
         plan = self.plan
+        headers = self._headers()
         try:
             async with asyncio.timeout(self.ctx.connect_timeout):
-                self.ws = await self.ctx.http.ws_connect(
+                ws = await self.ctx.http.ws_connect(
                     self._url(),
                     protocols=(plan.subprotocol,) if plan.subprotocol else (),
-                    headers=self._headers(),
+                    headers=headers,
                     autoping=True,
                     heartbeat=None,
                     max_msg_size=MAX_MESSAGE_SIZE,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                 )
         except aiohttp.WSServerHandshakeError as exc:
-            self.error = f"handshake refused: {exc.status} {exc.message}"
-            self._diff(Change(DiffKind.CHANGED, "handshake.status", 101, exc.status), None, None)
-            return False
+            session.refused(exc.status, exc.message, auth_sent=bool(headers))
+            return None
         except TimeoutError as exc:
             reason = f"no websocket handshake within {self.ctx.connect_timeout:g} s"
             if not self.ctx.connected_once:
@@ -319,43 +237,40 @@ class _SessionRun:
                     f"target {self.ctx.target} accepted the connection for {plan.charge_point_id} but "
                     f"completed {reason}"
                 ) from exc
-            return self._connect_failed(reason)
+            # The target worked for other chargers but not for this one: a difference of this
+            # session (the backend fell over, or refuses this charger), not the end of the run.
+            session.failed(reason)
+            return None
         except (aiohttp.ClientError, OSError) as exc:
-            reason = f"unreachable: {str(exc) or type(exc).__name__}"
             if not self.ctx.connected_once:
                 raise UpstreamError(
                     f"target {self.ctx.target} unreachable for {plan.charge_point_id}: "
                     f"{str(exc) or type(exc).__name__}"
                 ) from exc
-            return self._connect_failed(reason)
+            session.failed(f"unreachable: {str(exc) or type(exc).__name__}")
+            return None
         self.ctx.connected_once = True
-        if (self.ws.protocol or None) != (plan.subprotocol or None):
-            self._diff(
-                Change(DiffKind.CHANGED, "handshake.subprotocol", plan.subprotocol, self.ws.protocol),
-                None,
-                None,
-            )
-        return True
-
-    def _connect_failed(self, reason: str) -> bool:
-        """The target worked for other chargers but not for this one: a difference of this
-        session (the backend fell over, or refuses this charger), not the end of the run."""
-        self.error = f"handshake failed: {reason}"
-        self._diff(Change(DiffKind.CHANGED, "handshake.status", 101, reason), None, None)
-        return False
+        return ws
 
     async def run(self) -> SessionResult:
-        plan = self.plan
-        self.wall_anchor = time.time() - (self.loop.time() - self.anchor)
-        self.started_at = utc_iso(time.time())
+        plan, ctx = self.plan, self.ctx
+        wall_anchor = time.time() - self._now()
+        started_at = utc_iso(time.time())
+        session = ReplaySession(
+            plan,
+            rules=ctx.rules,
+            correlator=ctx.correlators.setdefault(plan.charge_point_id, ctx.rules.correlator(plan.version)),
+            options=ctx.options,
+            timestamp=lambda t: utc_iso(wall_anchor + t),
+            shift=wall_anchor - plan.recorded_start,
+        )
         log.debug("session %d (%s): connecting", plan.session_id, plan.charge_point_id)
-        connected = await self._connect()
-        if connected:
-            ws = self.ws
-            assert ws is not None
-            reader = asyncio.create_task(self._read(ws), name=f"replay-read-{plan.session_id}")
+        ws = await self._connect(session)
+        if ws is not None:
+            reader = asyncio.create_task(self._read(ws, session), name=f"replay-read-{plan.session_id}")
             try:
-                await self._play(ws)
+                session.connected(self._now(), ws.protocol)
+                await self._drive(ws, session)
             finally:
                 if not ws.closed:
                     with contextlib.suppress(Exception):
@@ -363,37 +278,19 @@ class _SessionRun:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
-                for pending in self.pending.values():
-                    if pending.timer is not None:
-                        pending.timer.cancel()
-        for queue in self.unconsumed.values() if connected else ():  # refused: the handshake says it
-            for bc in queue:
-                self._diff(Change(DiffKind.MISSING_CALL, "", bc.call.payload, None), bc.seq, bc.call.action)
+        self._count(session.actions())
+        result = session.result(started_at=started_at, ended_at=utc_iso(time.time()))
         log.info(
             "session %d (%s): %d frames, %d differences",
             plan.session_id,
             plan.charge_point_id,
-            len(self.frames),
-            len(self.diffs),
+            len(result.frames),
+            len(result.differences),
         )
-        result = SessionResult(
-            session_id=plan.session_id,
-            charge_point_id=plan.charge_point_id,
-            subprotocol=plan.subprotocol,
-            started_at=self.started_at,
-            ended_at=utc_iso(time.time()),
-            differences=tuple(sorted(self.diffs, key=Difference.sort_key)),
-            compared=dict(self.compared),
-            frames=tuple(self.frames),
-            lateness=tuple(self.lateness),
-            held=self.held,
-            error=self.error,
-            close_code=self.close_code,
-        )
-        counters = self.ctx.counters
+        counters = ctx.counters
         counters.sessions_done += 1
-        if self.ctx.progress is not None:
-            self.ctx.progress(
+        if ctx.progress is not None:
+            ctx.progress(
                 Progress(
                     counters.sessions_total,
                     counters.sessions_done,
@@ -404,282 +301,109 @@ class _SessionRun:
             )
         return result
 
-    # -- sending ----------------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------
 
-    async def _wait_for(self, step: Step, deadline: float) -> bool:
-        """Wait for what the step depends on; True when that made it late."""
-        late = False
-        for dep in step.waits_for:
-            ev = self.settled.get(dep)
-            if ev is None or ev.is_set():
-                continue
-            if dep in self._backend_seqs:
-                # A backend call the recording had before this frame: wait for it, bounded.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.ctx.answer_timeout):
-                        await ev.wait()
-                ev.set()  # given up on or received: later frames do not wait for it again
-            else:
-                await ev.wait()  # a charger call: its answer timer settles it
-            if self.loop.time() > deadline:
-                late = True
-        return late
-
-    def _outgoing(self, step: Step) -> str | bytes:
-        call = step.call
-        if call is None:
-            return step.raw
-        payload = self.correlator.apply(call.action, Message.REQUEST, call.payload)
-        if not self.ctx.keep_timestamps:
-            payload = shift_timestamps(payload, self.wall_anchor - self.plan.recorded_start)
-        if payload is call.payload:
-            return step.raw  # unchanged: the exact recorded text
-        return dump(Call(call.unique_id, call.action, payload))
-
-    async def _play(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        plan = self.plan
+    async def _drive(self, ws: aiohttp.ClientWebSocketResponse, session: ReplaySession) -> None:
+        """Perform the session's actions and advance it at its wakeup times until it is done."""
         loop = self.loop
-        counters = self.ctx.counters
-        progress = self.ctx.progress
-        for i, step in enumerate(plan.steps):
-            deadline = self.anchor + step.at
-            held = await self._wait_for(step, deadline) if step.waits_for else False
-            if self.closed.is_set():
-                self._early_close(plan.steps[i:])
+        while True:
+            await self._perform(ws, session)
+            if session.done:
                 return
-            delay = deadline - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            text = self._outgoing(step)
-            if step.unique_id is not None and (step.blocking or step.answer is not None):
-                self.idle.clear()
-                timer = loop.call_later(self.ctx.answer_timeout, self._timed_out, step.unique_id)
-                self.pending[step.unique_id] = _Pending(step, timer)
-            elif not step.blocking:
-                self._settle(step.seq)
-            lateness = loop.time() - deadline
-            try:
-                if isinstance(text, str):
-                    await ws.send_str(text)
+            wakeup = session.wakeup
+            self.wake.clear()
+            if wakeup is not None and wakeup <= self._now():
+                session.advance(self._now())
+                continue
+            timeout = None if wakeup is None else self.anchor + wakeup - loop.time()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
+            if wakeup is not None and self._now() >= wakeup:
+                session.advance(self._now())
+
+    async def _perform(self, ws: aiohttp.ClientWebSocketResponse, session: ReplaySession) -> None:
+        async with self.lock:
+            for action in session.actions():
+                if isinstance(action, Send):
+                    await self._send(ws, session, action)
+                elif isinstance(action, Close):
+                    await self._close(ws, action)
                 else:
-                    await ws.send_bytes(text)
-            except (ConnectionError, aiohttp.ClientError, RuntimeError):
-                self._early_close(plan.steps[i:])
-                return
-            self.lateness.append(lateness)
-            if held:
-                self.held += 1
-            head = (int(step.call.message_type), step.call.unique_id) if step.call is not None else None
-            self._record(Direction.TO_CSMS, text, step.seq, step.action, lateness, head)
-            counters.frames_sent += 1
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("session %d sent seq %d late %.2f ms", plan.session_id, step.seq, lateness * 1e3)
-            if progress is not None:
-                progress(
-                    Progress(
-                        counters.sessions_total, counters.sessions_done, counters.frames_sent, counters.diffs
-                    )
-                )
-        # Outstanding answers (each bounded by its timer), then the recorded close time.
-        await self._until_or_closed(self.idle.wait())
-        end = self.anchor + plan.end
-        if loop.time() < end and not self.closed.is_set():
-            await self._until_or_closed(asyncio.sleep(end - loop.time()))
-        # Backend calls the recording has and the live backend has not sent yet: a grace period.
-        if not self.backend_done.is_set() and not self.closed.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.ctx.grace):
-                    await self._until_or_closed(self.backend_done.wait())
-        if self.closed.is_set():
-            return
-        if plan.closed_by == "csms":
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.ctx.grace):
-                    await self.closed.wait()
-            if self.closed.is_set():
-                return
-        code = plan.close_code if plan.close_code not in _UNSENDABLE_CLOSE else 1000
-        if plan.closed_by == "csms":
-            code = 1000
-        assert code is not None
-        with contextlib.suppress(Exception):
-            await ws.close(code=code)
-        self.close_code = code
+                    self.ctx.counters.diffs += 1
+                    if log.isEnabledFor(logging.DEBUG):
+                        d = action.difference
+                        log.debug("session %d: %s %s %s", d.session_id, d.kind, d.action or "-", d.path)
 
-    async def _until_or_closed(self, aw: Any) -> None:
-        """Await ``aw`` but stop as soon as the backend closed the connection."""
-        task = asyncio.ensure_future(aw)
-        closed = asyncio.ensure_future(self.closed.wait())
+    def _count(self, actions: Sequence[Action]) -> None:
+        self.ctx.counters.diffs += sum(1 for a in actions if isinstance(a, Finding))
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, session: ReplaySession, send: Send) -> None:
+        if not session.open:
+            return  # closed while this was queued: the session has counted it unsent
         try:
-            await asyncio.wait((task, closed), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (task, closed):
-                if not t.done():
-                    t.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await t
-
-    def _early_close(self, unsent: Sequence[Step]) -> None:
-        if not unsent:
+            if isinstance(send.data, str):
+                await ws.send_str(send.data)
+            else:
+                await ws.send_bytes(send.data)
+        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+            session.closed(self._now(), 1006, "")
             return
-        first = unsent[0]
-        actual = f"closed by the CSMS with code {self.close_code}" if self.close_code else "connection lost"
-        self.error = actual
-        self._diff(Change(DiffKind.CHANGED, "connection", "open", actual), first.seq, first.action)
+        counters = self.ctx.counters
+        counters.frames_sent += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("session %d sent seq %s at %.3f s", self.plan.session_id, send.seq, self._now())
+        if self.ctx.progress is not None:
+            self.ctx.progress(
+                Progress(
+                    counters.sessions_total, counters.sessions_done, counters.frames_sent, counters.diffs
+                )
+            )
 
-    # -- receiving --------------------------------------------------------------------
+    async def _close(self, ws: aiohttp.ClientWebSocketResponse, close: Close) -> None:
+        """Close as the session says; the reader reports the end of the connection to it."""
+        with contextlib.suppress(Exception):
+            if close.abort:
+                # The charger vanished in the recording: end the TCP connection, no close frame.
+                sock = ws.get_extra_info("socket")
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+                else:
+                    await ws.close(code=_CLOSE_GOING_AWAY)
+            elif close.code is None:
+                # A close frame without a status code (the peer sees 1005), as recorded; the
+                # peer's answer ends the reader.
+                await ws.send_frame(b"", WSMsgType.CLOSE)
+                try:
+                    async with asyncio.timeout(_CLOSE_WAIT):
+                        await self.ended.wait()
+                except TimeoutError:
+                    await ws.close(code=_CLOSE_GOING_AWAY)
+            else:
+                await ws.close(code=close.code, message=close.reason.encode("utf-8"))
 
-    def _timed_out(self, unique_id: str) -> None:
-        pending = self.pending.pop(unique_id, None)
-        if pending is None:
-            return
-        self._resolve(pending.step, None)
-
-    def _resolve(self, step: Step, actual: CallResult | CallError | str | None) -> None:
-        expected = step.answer
-        action = step.action
-        if isinstance(expected, CallResult) and isinstance(actual, CallResult):
-            self.correlator.learn(action, Message.RESPONSE, expected.payload, actual.payload)
-            payload = self.correlator.apply(action, Message.RESPONSE, expected.payload)
-            if payload is not expected.payload:
-                expected = CallResult(expected.unique_id, payload)
-        rules = self.ctx.rules.for_message(self.plan.version, action, Message.RESPONSE, self.correlator)
-        if expected is not None or actual is not None:
-            self.compared[action or "-"] += 1
-        seq = step.answer_seq if step.answer_seq is not None else step.seq
-        for change in compare_answers(expected, actual, rules):
-            self._diff(change, seq, action)
-        if self.ctx.check_schema and isinstance(actual, CallResult):
-            for change in schema_changes(self.plan.version, action, actual.payload, response=True):
-                self._diff(change, seq, action)
-        self._settle(step.seq)
-        if not self.pending:
-            self.idle.set()
-
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse, session: ReplaySession) -> None:
+        code: int | None = None
+        reason = ""
         try:
             while True:
                 msg = await ws.receive()
                 if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                    await self._incoming(ws, msg.data)
+                    session.receive(self._now(), msg.data)
+                    self.wake.set()
                     continue
                 if msg.type is WSMsgType.CLOSE:
-                    self.close_code = ws.close_code or msg.data
+                    code = msg.data or None  # 0: a close frame without a status code
+                    reason = msg.extra or ""
+                else:
+                    code = ws.close_code or 1006
                 break
         except (ConnectionError, aiohttp.ClientError):
-            pass
+            code = 1006
         finally:
-            if self.close_code is None:
-                self.close_code = ws.close_code
-            self.closed.set()
-            for uid in list(self.pending):
-                pending = self.pending.pop(uid)
-                if pending.timer is not None:
-                    pending.timer.cancel()
-                self._resolve(pending.step, None)
-            self.idle.set()
-            for ev in self.settled.values():
-                ev.set()
-
-    async def _incoming(self, ws: aiohttp.ClientWebSocketResponse, data: str | bytes) -> None:
-        try:
-            frame = parse(data)
-        except InvalidFrame:
-            mtype, uid, _, _ = peek(data)
-            pending = self.pending.pop(uid, None) if uid is not None else None
-            if pending is not None:
-                if pending.timer is not None:
-                    pending.timer.cancel()
-                self._record(
-                    Direction.TO_CP, data, pending.step.answer_seq, pending.step.action, head=(mtype, uid)
-                )
-                self._resolve(
-                    pending.step, data if isinstance(data, str) else data.decode("utf-8", "replace")
-                )
-            else:
-                self._record(Direction.TO_CP, data, None, None, head=(mtype, uid))
-            return
-        head = (int(frame.message_type), frame.unique_id)
-        if isinstance(frame, Call):
-            await self._backend_call(ws, data, frame)
-            return
-        pending = self.pending.pop(frame.unique_id, None)
-        if pending is None:
-            self._record(Direction.TO_CP, data, None, None, head=head)
-            log.debug("session %d: answer to no pending call ignored", self.plan.session_id)
-            return
-        if pending.timer is not None:
-            pending.timer.cancel()
-        self._record(Direction.TO_CP, data, pending.step.answer_seq, pending.step.action, head=head)
-        self._resolve(pending.step, frame)
-
-    async def _backend_call(self, ws: aiohttp.ClientWebSocketResponse, data: str | bytes, call: Call) -> None:
-        action = call.action
-        head = (int(call.message_type), call.unique_id)
-        queue = self.unconsumed.get(action)
-        self.compared[action] += 1
-        schema = (
-            schema_changes(self.plan.version, action, call.payload, response=False)
-            if self.ctx.check_schema
-            else []
-        )
-        if not queue:
-            self._record(Direction.TO_CP, data, None, action, head=head)
-            self._diff(Change(DiffKind.UNEXPECTED_CALL, "", None, call.payload), None, action)
-            for change in schema:
-                self._diff(change, None, action)
-            error = CallError(
-                call.unique_id, "GenericError", "ocpp-replay: the recording has no such call to answer", {}
-            )
-            await self._send_reply(ws, error, None, action)
-            return
-        bc = queue.popleft()
-        self._record(Direction.TO_CP, data, bc.seq, action, head=head)
-        self.correlator.learn(action, Message.REQUEST, bc.call.payload, call.payload)
-        expected = self.correlator.apply(action, Message.REQUEST, bc.call.payload)
-        rules = self.ctx.rules.for_message(self.plan.version, action, Message.REQUEST, self.correlator)
-        for change in compare_payloads(expected, call.payload, rules):
-            self._diff(change, bc.seq, action)
-        for change in schema:
-            self._diff(change, bc.seq, action)
-        reply: CallResult | CallError | str | None = None
-        answer = bc.answer
-        if isinstance(answer, CallResult):
-            payload = self.correlator.apply(action, Message.RESPONSE, answer.payload)
-            if not self.ctx.keep_timestamps:
-                payload = shift_timestamps(payload, self.wall_anchor - self.plan.recorded_start)
-            reply = CallResult(call.unique_id, payload)
-        elif isinstance(answer, CallError):
-            reply = CallError(
-                call.unique_id, answer.error_code, answer.error_description, answer.error_details
-            )
-        elif isinstance(answer, str):
-            reply = answer  # the charger's answer was not OCPP-J: send it as recorded
-        if reply is not None:
-            await self._send_reply(ws, reply, bc.answer_seq, action)
-        self._settle(bc.seq)
-        self.remaining_backend -= 1
-        if self.remaining_backend == 0:
-            self.backend_done.set()
-
-    async def _send_reply(
-        self,
-        ws: aiohttp.ClientWebSocketResponse,
-        reply: CallResult | CallError | str,
-        recorded_seq: int | None,
-        action: str | None,
-    ) -> None:
-        """Send the answer to a backend call: a frame we built, or recorded text as it was."""
-        if isinstance(reply, str):
-            text, head = reply, None
-        else:
-            text, head = dump(reply), (int(reply.message_type), reply.unique_id)
-        try:
-            await ws.send_str(text)
-        except (ConnectionError, aiohttp.ClientError, RuntimeError):
-            return
-        self._record(Direction.TO_CSMS, text, recorded_seq, action, head=head)
-        self.ctx.counters.frames_sent += 1
+            session.closed(self._now(), code, reason)
+            self.ended.set()
+            self.wake.set()
 
 
 # ----------------------------------------------------------------------------- the run
@@ -784,6 +508,10 @@ async def run_replay(
     check_schema: bool = True,
     stop: asyncio.Event | None = None,
     rewrite: Rewriter | None = None,
+    faithful: bool = True,
+    optional_calls: Collection[str] = (),
+    operator_calls_optional: bool = False,
+    strict_end: bool = False,
 ) -> RunResult:
     """Replay the selected sessions of ``store`` against ``target`` and compare the answers.
 
@@ -797,6 +525,12 @@ async def run_replay(
     ``check_schema`` validates every answer and CALL of the backend against the official OCPP
     schema (a violation is a ``schema`` difference).
     ``quiet_gc`` postpones full garbage collections until the run ends (see ``_no_full_gc``).
+    ``faithful`` (default) sends the charger's misbehaviour as recorded (pipelined calls,
+    answers to calls the capture lacks); False plays a well-behaved charger.
+    ``optional_calls`` (actions) and ``operator_calls_optional`` (the built-in
+    :data:`~ocpp_replay.core.session.OPERATOR_CALLS`) mark recorded backend calls optional: never
+    waited for, and reported as information when they do not come. ``strict_end`` makes calls
+    after the recorded end of a session count in the exit status.
     The run is not stored: pass the result to :func:`store_run`.
     """
     rules = rules or RuleSet.default()
@@ -809,6 +543,15 @@ async def run_replay(
         sessions = await asyncio.to_thread(load_sessions, store, selection)
     plans, rewritten = rewrite_plans(
         plan_sessions(sessions, speed=speed, max_gap=max_gap, rules=rules), rewrite
+    )
+    optional = frozenset(optional_calls) | (OPERATOR_CALLS if operator_calls_optional else frozenset())
+    session_options = SessionOptions(
+        answer_timeout=answer_timeout,
+        grace=grace,
+        keep_timestamps=keep_timestamps,
+        check_schema=check_schema,
+        faithful=faithful,
+        optional_calls=optional,
     )
     await probe(target, connect_timeout)
     by_cp: dict[str, list[SessionPlan]] = {}
@@ -828,6 +571,10 @@ async def run_replay(
         },
         "auth": sorted(auth) if auth else [],
         "check_schema": check_schema,
+        "faithful": faithful,
+        "optional_calls": sorted(optional_calls),
+        "operator_calls_optional": operator_calls_optional,
+        "strict_end": strict_end,
         **({"rewritten": rewritten} if rewritten else {}),
     }
     loop = asyncio.get_running_loop()
@@ -844,14 +591,11 @@ async def run_replay(
             http=http,
             target=target,
             rules=rules,
-            keep_timestamps=keep_timestamps,
             auth=dict(auth or {}),
-            answer_timeout=answer_timeout,
-            grace=grace,
             connect_timeout=connect_timeout,
             progress=progress,
             counters=_Counters(len(plans)),
-            check_schema=check_schema,
+            options=session_options,
         )
         gc_guard = _no_full_gc() if quiet_gc else contextlib.nullcontext()
         gc_guard.__enter__()  # before the clock starts: entering it runs one full collection
