@@ -31,6 +31,7 @@ __getattr__
 m001_capture
 m002_runs
 m003_wire
+m004_replay_held
 # RFC 6455 opcodes, named for completeness of the table
 PING
 PONG

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -162,7 +163,25 @@ def _print_result(result: RunResult) -> None:
             "(the JSON and HTML reports show each beside the recorded one)",
             markup=False,
         )
+    information = result.information
+    if information:
+        counts = Counter(str(d.kind) for d in information)
+        console.print(
+            "information (not counted as differences): "
+            + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())),
+            markup=False,
+            highlight=False,
+        )
+    errors = Counter(s.error for s in result.sessions if s.error)
+    for error, n in list(errors.items())[:_MAX_ERRORS]:
+        where = f"{n} sessions" if n > 1 else "1 session"
+        console.print(f"{where}: {printable(error)}", markup=False, highlight=False)
+    if len(errors) > _MAX_ERRORS:
+        console.print(f"... and {len(errors) - _MAX_ERRORS} more session errors in the report", markup=False)
     console.print(summary_line(result), markup=False)
+
+
+_MAX_ERRORS = 5  # distinct session errors printed under the tables
 
 
 def _check_outputs(force: bool, **paths: Path | None) -> None:
@@ -263,6 +282,40 @@ TimeoutOption = Annotated[float, typer.Option(help="Seconds to wait for each ans
 GraceOption = Annotated[
     float, typer.Option(help="Seconds to wait at a session's end for recorded backend calls.")
 ]
+FaithfulOption = Annotated[
+    bool,
+    typer.Option(
+        "--faithful/--well-behaved",
+        help="Send the charger's traffic as recorded, misbehaviour included (default), or as a "
+        "well-behaved charger: one CALL at a time, no answers to calls the capture lacks.",
+    ),
+]
+OptionalCallOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--optional-call",
+        help="A recorded backend call (action) that may not recur: never waited for, reported as "
+        "information when missing (repeatable).",
+    ),
+]
+OperatorCallsOption = Annotated[
+    bool,
+    typer.Option(
+        "--optional-operator-calls",
+        help="Make the backend calls an operator typically sends by hand optional (docs/replay.md).",
+    ),
+]
+StrictEndOption = Annotated[
+    bool,
+    typer.Option("--strict-end", help="Backend calls after a session's recorded end count as differences."),
+]
+
+
+def _optional_calls(actions: list[str] | None) -> tuple[str, ...]:
+    out = tuple(a.strip() for a in actions or ())
+    if any(not a for a in out):
+        raise ConfigError("--optional-call needs an action name, e.g. ChangeConfiguration")
+    return out
 
 
 def _check_options(
@@ -416,6 +469,10 @@ def replay(
     keep_timestamps: KeepOption = False,
     timeout: TimeoutOption = 10.0,
     grace: GraceOption = 5.0,
+    faithful: FaithfulOption = True,
+    optional_call: OptionalCallOption = None,
+    optional_operator_calls: OperatorCallsOption = False,
+    strict_end: StrictEndOption = False,
     force: ForceOption = False,
 ) -> None:
     """Replay captured sessions against TARGET and report where its answers differ.
@@ -427,6 +484,7 @@ def replay(
         from ocpp_replay.replay import run_replay
 
         _check_options(speed, max_gap, timeout, grace)
+        optional = _optional_calls(optional_call)
         rule_set, auth = _load_inputs(rules, auth_file)
         rewriter = _load_rewriter(rules, rewrite)
         selection = _selection(session, charge_point, since, until)
@@ -449,6 +507,10 @@ def replay(
                     answer_timeout=timeout,
                     grace=grace,
                     stop=stop,
+                    faithful=faithful,
+                    optional_calls=optional,
+                    operator_calls_optional=optional_operator_calls,
+                    strict_end=strict_end,
                 )
 
         return display, run
@@ -485,6 +547,10 @@ def compare(
         bool,
         typer.Option("--sequential", help="Replay the baseline, then the candidate (default: at once)."),
     ] = False,
+    faithful: FaithfulOption = True,
+    optional_call: OptionalCallOption = None,
+    optional_operator_calls: OperatorCallsOption = False,
+    strict_end: StrictEndOption = False,
     force: ForceOption = False,
 ) -> None:
     """Replay the same sessions against BASELINE and CANDIDATE and report where B answers unlike A.
@@ -497,6 +563,7 @@ def compare(
         from ocpp_replay.replay import run_compare
 
         _check_options(speed, max_gap, timeout, grace, noise_runs)
+        optional = _optional_calls(optional_call)
         rule_set, auth = _load_inputs(rules, auth_file)
         rewriter = _load_rewriter(rules, rewrite)
         selection = _selection(session, charge_point, since, until)
@@ -522,6 +589,10 @@ def compare(
                     answer_timeout=timeout,
                     grace=grace,
                     stop=stop,
+                    faithful=faithful,
+                    optional_calls=optional,
+                    operator_calls_optional=optional_operator_calls,
+                    strict_end=strict_end,
                 )
 
         return display, run

@@ -350,6 +350,7 @@ def compare_result(
                 frames=(*bl.frames, *cl.frames),
                 lateness=(*b.lateness, *c.lateness),
                 held=b.held + c.held,
+                held_seconds=(*b.held_seconds, *c.held_seconds),
                 error=c.error or b.error,
                 close_code=c.close_code,
             )

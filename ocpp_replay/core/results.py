@@ -247,6 +247,14 @@ class RunResult:
             return True
         return d.kind is DiffKind.CALL_AFTER_END and bool(self.options.get("strict_end"))
 
+    def deciding(self, s: SessionResult) -> tuple[Difference, ...]:
+        """The differences of one session that count in the exit status."""
+        return tuple(d for d in s.on(self.side) if self.decides(d))
+
+    def informing(self, s: SessionResult) -> tuple[Difference, ...]:
+        """The findings of one session that are information only (see :meth:`decides`)."""
+        return tuple(d for d in s.on(self.side) if not self.decides(d))
+
     @property
     def gating(self) -> tuple[Difference, ...]:
         """The differences that decide the exit status (the candidate's, when comparing)."""

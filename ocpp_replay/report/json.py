@@ -43,8 +43,11 @@ def report_dict(result: RunResult) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "session_id": s.session_id,
             "charge_point_id": s.charge_point_id,
-            "diffs": [d.as_dict() for d in s.on(result.side)],
+            "diffs": [d.as_dict() for d in result.deciding(s)],
         }
+        information = result.informing(s)
+        if information:  # optional calls that did not come, calls after the recorded end
+            entry["information"] = [d.as_dict() for d in information]
         if compare:
             entry["vs_recording"] = {
                 side: [d.as_dict() for d in s.on(side)] for side in ("baseline", "candidate")

@@ -20,9 +20,12 @@ __all__ = ["junit_xml"]
 
 
 def _seconds(s: SessionResult) -> str:
-    if not s.frames:
-        return "0.000"
-    return f"{max(f.elapsed for f in s.frames):.3f}"
+    """The session's duration, from its start to its end (its last frame's time if either is
+    unknown)."""
+    duration = s.duration
+    if duration is None:
+        duration = max((f.elapsed for f in s.frames), default=0.0)
+    return f"{duration:.3f}"
 
 
 def _line(value: object) -> str:
@@ -55,8 +58,7 @@ def _group_line(g: DiffGroup, *, in_session: bool) -> str:
 
 
 def junit_xml(result: RunResult, *, suite: str = "ocpp-replay") -> str:
-    side = result.side
-    failures = sum(1 for s in result.sessions if s.on(side))
+    failures = sum(1 for s in result.sessions if result.deciding(s))
     root = ET.Element(
         "testsuites", name=suite, tests=str(len(result.sessions)), failures=str(failures), errors="0"
     )
@@ -82,7 +84,7 @@ def junit_xml(result: RunResult, *, suite: str = "ocpp-replay") -> str:
             name=_clean(f"session {s.session_id} ({s.charge_point_id})"),
             time=_seconds(s),
         )
-        diffs = s.on(side)
+        diffs = result.deciding(s)
         if diffs:
             n = len(diffs)
             kinds = sorted({str(d.kind) for d in diffs})

@@ -108,6 +108,8 @@ def summary_line(result: RunResult) -> str:
         f"lateness p50 {t.p50 * 1000:.2f} ms, p99 {t.p99 * 1000:.2f} ms, "
         f"max {t.max * 1000:.2f} ms over {t.frames} frames"
     )
+    if t.held:  # waiting for causality is not lateness: said apart
+        timing += f"; {t.held} held for causality (max {t.held_max * 1000:.2f} ms)"
     if result.kind == "compare":
         base = sum(1 for d in result.differences if d.side == "baseline")
         cand = sum(1 for d in result.differences if d.side == "candidate")

@@ -92,8 +92,8 @@ def store_run(store: Store, result: RunResult, *, frames: bool = True) -> RunRes
         if frames:
             conn.executemany(
                 "INSERT INTO run_frames (run_id, side, session_id, seq, recorded_seq, timestamp, elapsed, "
-                "direction, message_type, unique_id, action, raw, lateness) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "direction, message_type, unique_id, action, raw, lateness, held) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         run_id,
@@ -109,6 +109,7 @@ def store_run(store: Store, result: RunResult, *, frames: bool = True) -> RunRes
                         f.action,
                         f.raw,
                         f.lateness,
+                        f.held,
                     )
                     for s in result.sessions
                     for f in s.frames
@@ -154,7 +155,7 @@ def load_run(store: Store, run_id: int) -> RunResult:
         ).fetchall()
         frame_rows = db.execute(
             "SELECT session_id, side, seq, recorded_seq, timestamp, elapsed, direction, message_type, "
-            "unique_id, action, raw, lateness FROM run_frames WHERE run_id = ? "
+            "unique_id, action, raw, lateness, held FROM run_frames WHERE run_id = ? "
             "ORDER BY session_id, side = 'candidate', side, seq",
             [run_id],
         ).fetchall()
@@ -175,10 +176,21 @@ def load_run(store: Store, run_id: int) -> RunResult:
         )
     frames: dict[int, list[LiveFrame]] = {}
     for sid, side, *rest in frame_rows:
-        seq, rec, ts, elapsed, direction, mtype, uid, action, raw, lateness = rest
+        seq, rec, ts, elapsed, direction, mtype, uid, action, raw, lateness, held = rest
         frames.setdefault(sid, []).append(
             LiveFrame(
-                seq, rec, ts or "", elapsed or 0.0, direction, mtype, uid, action, raw or "", lateness, side
+                seq,
+                rec,
+                ts or "",
+                elapsed or 0.0,
+                direction,
+                mtype,
+                uid,
+                action,
+                raw or "",
+                lateness,
+                side,
+                held,
             )
         )
     metas = {m["session_id"]: m for m in summary.get("session_results", []) if isinstance(m, dict)}
@@ -206,6 +218,7 @@ def load_run(store: Store, run_id: int) -> RunResult:
                 compared=compared,
                 frames=tuple(fs),
                 lateness=tuple(f.lateness for f in fs if f.lateness is not None),
+                held_seconds=tuple(f.held for f in fs if f.held),
                 held=int(meta.get("held") or 0),
                 error=meta.get("error"),
                 close_code=meta.get("close_code"),

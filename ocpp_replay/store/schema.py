@@ -142,6 +142,13 @@ def m003_wire(db: sqlite_utils.Database) -> None:
     sessions.add_column("handshake_note", str)  # type: ignore[union-attr]
 
 
+@migrations()
+def m004_replay_held(db: sqlite_utils.Database) -> None:
+    """Replay frames say how long each scheduled frame was held for causality (seconds past its
+    deadline; 0 when not held), apart from its lateness (the scheduler's own delay)."""
+    db["run_frames"].add_column("held", float)  # type: ignore[union-attr]
+
+
 _second_cache: list[Any] = [None, ""]
 
 
