@@ -571,3 +571,26 @@ def test_pretty_shows_the_payload_of_each_message_type() -> None:
     assert pretty_payload('[4,"1","InternalError","busy"]') == "InternalError: busy"
     assert pretty_payload("not json {") == "not json {"
     assert pretty_payload('{"a":1}') == '{\n  "a": 1\n}'
+
+
+def test_the_differences_table_folds_on_a_terminal_and_prints_whole_values_elsewhere() -> None:
+    import io
+
+    from rich.console import Console
+
+    from ocpp_replay.core.diff import Difference, DiffKind
+    from ocpp_replay.report.terminal import differences_table
+
+    long_value = {"idTagInfo": {"status": "Accepted", "parentIdTag": "P" * 80}}
+    d = Difference(1, "CP-" + "9" * 40, 3, "Authorize", DiffKind.CHANGED, "idTagInfo", long_value, None)
+    whole = io.StringIO()
+    Console(file=whole, width=1_000_000, highlight=False).print(differences_table([d], whole=True))
+    assert json.dumps(long_value) in whole.getvalue() and "…" not in whole.getvalue()
+    narrow = io.StringIO()
+    Console(file=narrow, width=80, force_terminal=True, no_color=True).print(differences_table([d]))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", narrow.getvalue())
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text  # folded, not cut: every character of the charge point id is there
+    assert "CP-" + "9" * 40 in "".join(
+        line.split("│")[3].strip() for line in text.splitlines() if "│" in line
+    )

@@ -720,7 +720,7 @@ def demo(
     from ocpp_replay.report.terminal import differences_table, summary_table
 
     console.print(summary_table(result.changed))
-    console.print(differences_table(result.changed.differences, limit=20))
+    console.print(differences_table(result.changed.differences, limit=20, whole=not console.is_terminal))
     db = shlex.quote(str(result.db))
     run_id = result.changed.run_id
     console.print(

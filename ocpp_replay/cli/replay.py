@@ -150,7 +150,7 @@ def _print_result(result: RunResult) -> None:
         console.print(summary_table(result))
     if result.gating:
         title = "Differences of the candidate from the baseline" if result.kind == "compare" else None
-        table = differences_table(result.gating)
+        table = differences_table(result.gating, whole=not console.is_terminal)
         if title:
             table.title = title
         console.print(table)

@@ -24,15 +24,16 @@ def _safe(text: object) -> str:
     return escape_controls(str(text))
 
 
-def _short(value: object, limit: int = 60) -> str:
+def _short(value: object, limit: int | None = 60) -> str:
+    """A value as JSON, cut at LIMIT characters (None: whole)."""
     text = json.dumps(value, ensure_ascii=False, default=str)
-    return _safe(text if len(text) <= limit else text[: limit - 3] + "...")
+    return _safe(text if limit is None or len(text) <= limit else text[: limit - 3] + "...")
 
 
 def summary_table(result: RunResult) -> Table:
     title = "Candidate against baseline, by action" if result.kind == "compare" else "Replay by action"
     table = Table(title=title, title_justify="left")
-    table.add_column("action")
+    table.add_column("action", overflow="fold")
     table.add_column("compared", justify="right")
     table.add_column("diffs", justify="right")
     for action, stats in result.by_action().items():
@@ -44,16 +45,23 @@ def summary_table(result: RunResult) -> Table:
     return table
 
 
-def differences_table(diffs: list[Difference] | tuple[Difference, ...], limit: int = 50) -> Table:
+def differences_table(
+    diffs: list[Difference] | tuple[Difference, ...], limit: int = 50, *, whole: bool = False
+) -> Table:
     """The differences, identical ones (same action, kind, path, expected and actual) on one row
-    with how many there are and the sessions they are in; the largest groups first."""
+    with how many there are and the sessions they are in; the largest groups first.
+
+    Long values fold inside their column, never cut by the table; expected and actual values
+    longer than 60 characters are shortened unless ``whole`` (the CLI's choice outside a
+    terminal, where nothing is cut)."""
+    value_limit = None if whole else 60
     groups = group_differences(diffs)
     title = "Differences"
     if len(groups) != len(diffs):
         title += f" ({len(diffs)}, identical ones grouped: {len(groups)} rows)"
     table = Table(title=title, title_justify="left")
     for name in ("count", "sessions", "charge point", "action", "kind", "path", "expected", "actual"):
-        table.add_column(name, justify="right" if name == "count" else "left")
+        table.add_column(name, justify="right" if name == "count" else "left", overflow="fold")
     for g in groups[:limit]:
         first = g.differences[0]
         where = session_ranges(g.sessions)
@@ -67,8 +75,8 @@ def differences_table(diffs: list[Difference] | tuple[Difference, ...], limit: i
             Text(_safe(g.action or "-")),
             str(g.kind),
             Text(_safe(g.path or "(message)")),
-            Text(_short(g.expected)),
-            Text(_short(g.actual)),
+            Text(_short(g.expected, value_limit)),
+            Text(_short(g.actual, value_limit)),
         )
     if len(groups) > limit:
         table.caption = f"{len(groups) - limit} more rows in the report"
@@ -79,7 +87,7 @@ def noise_table(result: RunResult) -> Table:
     """The fields learned as noise in a compare run, with how often each differed."""
     table = Table(title="Learned noise", title_justify="left")
     for name in ("ocpp", "action", "message", "path", "between baseline runs", "against candidate", ""):
-        table.add_column(name)
+        table.add_column(name, overflow="fold")
     for n in result.noise:
         table.add_row(
             n.version or "-",
