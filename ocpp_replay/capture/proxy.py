@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from ocpp_replay.capture.handshake import (
@@ -79,6 +79,9 @@ from ocpp_replay.core.text import escape_controls
 from ocpp_replay.errors import ConfigError, UpstreamError
 from ocpp_replay.store import CaptureWriter
 from ocpp_replay.store.schema import utc_iso
+
+if TYPE_CHECKING:
+    from ocpp_replay.capture.shadow import Mirror, Shadow
 
 log = logging.getLogger(__name__)
 
@@ -387,6 +390,7 @@ class _Relay:
         self.remote = ""
         self._timer: asyncio.TimerHandle | None = None
         self._ending = False
+        self.mirror: Mirror | None = None  # the shadow tap (--shadow): a deque append per message
 
     def start(self, session_id: int, started_mono: float) -> None:
         """Both handshakes are done: relay from now on, beginning with what each side sent early."""
@@ -410,6 +414,7 @@ class _Relay:
 
     def messages(self, leg: _Leg, messages: list[Message], t_wall: float, t_mono: float) -> None:
         record = self.writer.frame if self.writer is not None else None
+        mirror = self.mirror
         stats = self.proxy.stats
         elapsed = t_mono - self.started_mono
         for opcode, payload, mask in messages:
@@ -422,6 +427,8 @@ class _Relay:
             stats.frames += 1
             if record is not None:
                 record(self.id, self.seq, t_wall, elapsed, leg.direction, payload, opcode == TEXT, mask)
+            if mirror is not None:
+                mirror.put(self.seq, leg.side == "cp", payload, mask, opcode == TEXT, t_mono)
 
     def _close_frame(self, leg: _Leg, payload: bytes) -> None:
         leg.sent_close = True
@@ -537,6 +544,7 @@ class ProxyServer:
         id_from: str = "last",
         forwarded: bool = False,
         check_upstream: bool = False,
+        shadow: Shadow | None = None,
     ) -> None:
         # (host, port) to dial; a ConfigError for anything but a ws:// or wss:// URL
         self._upstream_address = ws_address(upstream, "upstream")
@@ -577,6 +585,7 @@ class ProxyServer:
         self.forwarded = forwarded
         self.check_upstream = check_upstream  # probe it at start, to say at once if it is down
         self.stats = ProxyStats()
+        self.shadow = shadow  # --shadow: mirrors each charger to other backends (capture/shadow.py)
         self.writer: CaptureWriter | None = None
         #: Paths answered to plain HTTP GETs on the listener: path -> () -> (content type, body).
         self.http_routes: dict[str, Callable[[], tuple[str, bytes]]] = {"/healthz": self._healthz}
@@ -627,6 +636,12 @@ class ProxyServer:
         # The capture is opened in a thread: SQLite never runs on the event loop.
         self.writer = await asyncio.to_thread(CaptureWriter, self.db_path, flush_interval=self.flush_interval)
         self.writer.start()
+        if self.shadow is not None:
+            try:
+                await self.shadow.start(str(self.db_path))
+            except BaseException:
+                await self._close_resources()
+                raise
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
@@ -721,6 +736,8 @@ class ProxyServer:
                 if pending:
                     await asyncio.wait(pending, timeout=2)
         finally:
+            if self.shadow is not None:
+                await self.shadow.stop()
             await self._close_resources()
         log.info(
             "proxy stopped: %d connections, %d frames, %d frames not recorded",
@@ -1004,6 +1021,10 @@ class ProxyServer:
         assert self.writer is not None and relay.fields is not None
         session_id = self.writer.open_session(started_wall, **relay.fields)
         self._relays[session_id] = relay
+        if self.shadow is not None:
+            relay.mirror = self.shadow.opened(
+                session_id, relay.cp_id, relay.fields, started_wall, started_mono
+            )
         self.stats.connections += 1
         self.stats.active += 1
         log.info(
@@ -1022,6 +1043,8 @@ class ProxyServer:
             if not relay.done.done():  # cancelled: the proxy is stopping
                 relay.abort()
             self._relays.pop(session_id, None)
+            if relay.mirror is not None:
+                relay.mirror.closed()
             self.stats.active -= 1
             self.writer.close_session(
                 session_id,

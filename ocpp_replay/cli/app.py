@@ -44,12 +44,13 @@ from ocpp_replay.cli.common import (
     scenario_choice,
     version_list,
 )
-from ocpp_replay.errors import OcppReplayError
+from ocpp_replay.errors import ConfigError, OcppReplayError
 
 if TYPE_CHECKING:
     import asyncio
 
     from ocpp_replay.capture.proxy import ProxyServer
+    from ocpp_replay.capture.shadow import Shadow
     from ocpp_replay.core.filters import FrameFilter
     from ocpp_replay.store import FrameRecord, Store
 
@@ -210,6 +211,24 @@ def proxy(
             "docs/performance.md) or asyncio.",
         ),
     ] = "uvloop",
+    shadow: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also mirror every charger to this ws:// URL and diff its answers with production's "
+            "(a run of kind shadow; give it twice for two backends). docs/shadow.md.",
+        ),
+    ] = None,
+    shadow_rules: Annotated[
+        Path | None, typer.Option(help="Diff rules (TOML, as for replay) for the shadow comparison.")
+    ] = None,
+    shadow_auth_file: Annotated[
+        Path | None,
+        typer.Option(help="CHARGE_POINT_ID:PASSWORD lines: Basic auth to the shadow (never the charger's)."),
+    ] = None,
+    shadow_queue: Annotated[
+        int,
+        typer.Option(help="Messages of one charger waiting for its shadow; past it they are not mirrored."),
+    ] = 256,
     log_level: LogLevelOption = "INFO",
     ui: Annotated[
         int | None,
@@ -233,6 +252,7 @@ def proxy(
         insecure_upstream=insecure_upstream,
     )
     try:
+        mirror = _shadow(shadow, upstream, shadow_rules, shadow_auth_file, shadow_queue)
         server = ProxyServer(
             upstream,
             db,
@@ -249,6 +269,7 @@ def proxy(
             id_from=id_from,
             forwarded=forwarded,
             check_upstream=True,
+            shadow=mirror,
         )
         with asyncio.Runner(loop_factory=_loop_factory(event_loop)) as runner:
             runner.run(_serve_proxy(server, (db, ui) if ui is not None else None))
@@ -256,6 +277,23 @@ def proxy(
         fail(exc)
     except KeyboardInterrupt:
         pass
+
+
+def _shadow(
+    urls: list[str] | None, production: str, rules: Path | None, auth_file: Path | None, queue: int
+) -> Shadow | None:
+    """The proxy's --shadow tap, or None. Raises ConfigError."""
+    if not urls:
+        if rules is not None or auth_file is not None:
+            raise ConfigError("--shadow-rules and --shadow-auth-file need --shadow")
+        return None
+    from ocpp_replay.capture.shadow import Shadow, ShadowOptions
+    from ocpp_replay.replay import load_auth_file
+    from ocpp_replay.store.files import load_rules
+
+    auth = load_auth_file(auth_file) if auth_file is not None else {}
+    options = ShadowOptions(rules=load_rules(rules), auth=auth, queue_limit=queue)
+    return Shadow(urls, production.rstrip("/"), options)
 
 
 def _open(db: Path) -> Store:
@@ -468,10 +506,16 @@ def tail(
     grep: GrepFilter = None,
     pretty: PrettyFlag = False,
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per line (NDJSON).")] = False,
+    diffs: Annotated[
+        bool, typer.Option("--diffs", help="Follow the differences of live shadow runs instead of frames.")
+    ] = False,
 ) -> None:
     """Follow frames live as the proxy records them (Ctrl-C stops)."""
     store = _open(db)
     last = 0
+    if diffs:
+        _tail_diffs(store, db, interval, from_start, set(charge_point or ()), json_)
+        return
     try:
         rule = _frame_filter(action, direction, grep, since, until)
         if not from_start:
@@ -500,6 +544,48 @@ def tail(
                 console.print(
                     f"{f.timestamp} {printable(cp)} s{f.session_id}#{f.seq} {_describe(f)}{sep}"
                     + body.replace("\n", "\n      "),
+                    markup=False,
+                    soft_wrap=True,
+                )
+            if not batch:
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    except OcppReplayError as exc:
+        fail(exc)
+
+
+def _tail_diffs(
+    store: Store, db: Path, interval: float, from_start: bool, wanted: set[str], json_: bool
+) -> None:
+    """``tail --diffs``: each difference as a shadow run stores it."""
+    from ocpp_replay.store.runs import diffs_since
+
+    try:
+        last = (
+            0 if from_start else store.db.execute("SELECT coalesce(max(id), 0) FROM run_diffs").fetchone()[0]
+        )
+        err_console.print(
+            f"tail: following the differences in {printable(str(db))} after {last} (Ctrl-C stops)",
+            markup=False,
+        )
+        while True:
+            batch = diffs_since(store, last)
+            for rowid, run_id, d in batch:
+                last = rowid
+                if wanted and d.charge_point_id not in wanted:
+                    continue
+                if json_:
+                    print_json_line(
+                        {"run_id": run_id, "charge_point_id": d.charge_point_id, "session_id": d.session_id}
+                        | d.as_dict()
+                    )
+                    continue
+                seq = d.seq if d.seq is not None else "-"
+                console.print(
+                    f"run {run_id} {printable(d.charge_point_id)} s{d.session_id}#{seq} "
+                    f"{printable(d.action or '-')} {d.kind} {printable(d.path or '(message)')}: "
+                    f"{printable(repr(d.expected))} -> {printable(repr(d.actual))}",
                     markup=False,
                     soft_wrap=True,
                 )

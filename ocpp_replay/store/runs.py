@@ -264,3 +264,131 @@ def list_runs(store: Store) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+# ----------------------------------------------------------------------------- live runs
+
+
+def open_live_run(
+    store: Store, *, kind: str, started_at: str, target: str, baseline: str | None, options: dict[str, Any]
+) -> int:
+    """Insert a run that is still going (a live shadow): no end yet; returns its id (blocking).
+
+    :func:`update_live_run` adds to it while it runs; :func:`load_run` reads it at any time.
+    """
+    try:
+        with store.db.conn:
+            cur = store.db.conn.execute(
+                "INSERT INTO runs (kind, started_at, target, baseline, options, sessions, messages, diffs, "
+                "exit_code, summary) VALUES (?,?,?,?,?,0,0,0,0,?)",
+                (kind, started_at, target, baseline, _json(options), _json({"session_results": []})),
+            )
+    except sqlite3.Error as exc:
+        raise CaptureError(f"cannot store the run in {store.path}: {exc}") from exc
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def update_live_run(
+    store: Store,
+    run_id: int,
+    *,
+    summary: dict[str, Any],
+    differences: list[Difference],
+    frames: list[tuple[int, LiveFrame]],
+    ended_at: str | None = None,
+) -> None:
+    """Append differences and (session id, frame) pairs to a live run and replace its counts and
+    summary (``summary`` as :func:`store_run` writes it: sessions, messages, diffs,
+    session_results). One transaction; blocking. Raises CaptureError."""
+    conn = store.db.conn
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO run_diffs (run_id, session_id, charge_point_id, seq, action, kind, path, expected, "
+            "actual, side) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    run_id,
+                    d.session_id,
+                    d.charge_point_id,
+                    d.seq,
+                    d.action,
+                    str(d.kind),
+                    d.path,
+                    _json(d.expected),
+                    _json(d.actual),
+                    d.side,
+                )
+                for d in differences
+            ],
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO run_frames (run_id, side, session_id, seq, recorded_seq, timestamp, "
+            "elapsed, direction, message_type, unique_id, action, raw, lateness) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    run_id,
+                    f.side,
+                    sid,
+                    f.seq,
+                    f.recorded_seq,
+                    f.timestamp,
+                    f.elapsed,
+                    f.direction,
+                    f.message_type,
+                    f.unique_id,
+                    f.action,
+                    f.raw,
+                    f.lateness,
+                )
+                for sid, f in frames
+            ],
+        )
+        diffs = int(summary.get("diffs", 0))
+        conn.execute(
+            "UPDATE runs SET ended_at = coalesce(?, ended_at), sessions = ?, messages = ?, diffs = ?, "
+            "exit_code = ?, summary = ? WHERE id = ?",
+            (
+                ended_at,
+                int(summary.get("sessions", 0)),
+                int(summary.get("messages", 0)),
+                diffs,
+                1 if diffs else 0,
+                _json(summary),
+                run_id,
+            ),
+        )
+        conn.execute("COMMIT")
+    except Exception as exc:
+        if conn.in_transaction:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise CaptureError(f"cannot update run {run_id} in {store.path}: {exc}") from exc
+        raise
+
+
+def diffs_since(store: Store, after: int) -> list[tuple[int, int, Difference]]:
+    """(row id, run id, difference) of the differences stored after row ``after``, in order
+    (``tail --diffs`` follows a live shadow with it). Blocking."""
+    rows = store.db.execute(
+        "SELECT id, run_id, session_id, charge_point_id, seq, action, kind, path, expected, actual, side "
+        "FROM run_diffs WHERE id > ? ORDER BY id LIMIT 1000",
+        [after],
+    ).fetchall()
+    out = []
+    for rowid, run_id, sid, cp, seq, action, kind, path, expected, actual, side in rows:
+        try:
+            k = DiffKind(kind)
+        except ValueError:
+            k = DiffKind.CHANGED
+        out.append(
+            (
+                rowid,
+                run_id,
+                Difference(sid, cp or "", seq, action, k, path or "", _loads(expected), _loads(actual), side),
+            )
+        )
+    return out
