@@ -238,7 +238,8 @@ async def test_the_charger_sees_production_only_and_the_run_holds_exactly_the_di
     cov = coverage(loaded)
     assert cov[("charger → CSMS", "Authorize", "1.6")] == (1, 1)
     assert cov[("CSMS → charger", "RemoteStopTransaction", "1.6")] == (1, 0)
-    assert "idTagInfo.status" in html_report(loaded)
+    page = html_report(loaded)
+    assert "idTagInfo.status" in page and "from production" in page and prod.url in page
     store.close()
 
 

@@ -134,7 +134,7 @@ class _Run:
         self.diffs = 0
         self.kinds: Counter[tuple[str, str, str]] = Counter()
         self._logged_kinds = 0
-        self._logged_at = 0.0
+        self._logged_at = time.monotonic()
         self._diffs: list[Difference] = []
         self._frames: list[tuple[int, LiveFrame]] = []
         self._store: Store | None = None

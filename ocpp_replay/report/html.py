@@ -311,7 +311,9 @@ def _summary_section(result: RunResult) -> str:
     n = len(gating)
     compare = result.kind == "compare"
     if n:
-        what = "from the baseline" if compare else "from the recording"
+        what = {"compare": "from the baseline", "shadow": "from production"}.get(
+            result.kind, "from the recording"
+        )
         verdict = f"<div class='verdict fail'>FAIL · {n} difference{'s' if n != 1 else ''} {what}</div>"
     else:
         verdict = "<div class='verdict pass'>PASS · no differences</div>"
@@ -323,6 +325,11 @@ def _summary_section(result: RunResult) -> str:
         rows += [
             ("baseline", f"<code>{_e(result.baseline)}</code>"),
             ("candidate", f"<code>{_e(result.target)}</code>"),
+        ]
+    elif result.kind == "shadow":  # a live shadow: production's answers are the expected ones
+        rows += [
+            ("production", f"<code>{_e(result.baseline)}</code>"),
+            ("shadow", f"<code>{_e(result.target)}</code>"),
         ]
     else:
         rows.append(("target", f"<code>{_e(result.target)}</code>"))
