@@ -1048,3 +1048,19 @@ async def test_refused_basic_auth_names_the_recorded_user_and_the_auth_file(tmp_
     out = " ".join(res.stdout.split())
     assert "the recording used Basic auth as user 'CP-16'" in out
     assert "--auth-file supplies the password" in out
+
+
+async def test_a_last_frame_due_with_the_close_still_goes_out_before_it(tmp_path: Path) -> None:
+    """The session hands out the last frame and the close at the same moment: both, in order."""
+    db = tmp_path / "capture.db"
+    _write(db, [("to_csms", 0.0, "goodbye")], end=0.0, close_code=4100)  # nothing to wait for
+
+    async def log_all(ws: ServerConnection, seen: Backend) -> None:
+        async for data in ws:
+            seen.log.append(("in", str(data)))
+
+    async with _backend(log_all) as (url, seen):
+        await _replay(db, url)
+        await asyncio.wait_for(seen.closed.wait(), 5)
+    assert seen.received() == ["goodbye"]
+    assert seen.close_code == 4100

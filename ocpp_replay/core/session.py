@@ -269,11 +269,6 @@ class ReplaySession:
     def done(self) -> bool:
         return self._phase is _Phase.DONE
 
-    @property
-    def open(self) -> bool:
-        """Connected and not yet closed by either side."""
-        return self._phase in (_Phase.PLAYING, _Phase.DRAINING, _Phase.ENDING)
-
     def result(self, *, started_at: str | None, ended_at: str | None) -> SessionResult:
         plan = self.plan
         return SessionResult(

@@ -339,8 +339,6 @@ class _SessionRun:
         self.ctx.counters.diffs += sum(1 for a in actions if isinstance(a, Finding))
 
     async def _send(self, ws: aiohttp.ClientWebSocketResponse, session: ReplaySession, send: Send) -> None:
-        if not session.open:
-            return  # closed while this was queued: the session has counted it unsent
         try:
             if isinstance(send.data, str):
                 await ws.send_str(send.data)
