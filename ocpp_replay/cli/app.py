@@ -311,7 +311,11 @@ def _open(db: Path) -> Store:
 
 ActionFilter = Annotated[
     list[str] | None,
-    typer.Option("--action", help="Only frames of this action; an answer has its CALL's (repeatable)."),
+    typer.Option(
+        "--action",
+        metavar="ACTION",
+        help="Only frames of this action; an answer has its CALL's (repeatable).",
+    ),
 ]
 DirectionFilter = Annotated[
     DirectionName | None,
@@ -320,10 +324,13 @@ DirectionFilter = Annotated[
         help="Only frames in this direction: to_csms (charger to CSMS) or to_cp.",
     ),
 ]
-GrepFilter = Annotated[str | None, typer.Option("--grep", help="Only frames whose text contains TEXT.")]
+GrepFilter = Annotated[
+    str | None, typer.Option("--grep", metavar="TEXT", help="Only frames whose text contains TEXT.")
+]
 PrettyFlag = Annotated[bool, typer.Option("--pretty", help="Print each frame's JSON indented.")]
 ChargePointFilter = Annotated[
-    list[str] | None, typer.Option("--charge-point", help="Only this charge point (repeatable).")
+    list[str] | None,
+    typer.Option("--charge-point", metavar="ID", help="Only this charge point (repeatable)."),
 ]
 
 
@@ -374,8 +381,12 @@ SESSION_COLUMNS = (
 def sessions(
     db: DbOption = DEFAULT_DB,
     charge_point: ChargePointFilter = None,
-    since: Annotated[str | None, typer.Option(help="Sessions started at or after this ISO time.")] = None,
-    until: Annotated[str | None, typer.Option(help="Sessions started at or before this ISO time.")] = None,
+    since: Annotated[
+        str | None, typer.Option(metavar="TIME", help="Sessions started at or after this ISO time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(metavar="TIME", help="Sessions started at or before this ISO time.")
+    ] = None,
     action: ActionFilter = None,
     direction: DirectionFilter = None,
     grep: GrepFilter = None,
@@ -457,8 +468,12 @@ def show(
     db: DbOption = DEFAULT_DB,
     action: ActionFilter = None,
     direction: DirectionFilter = None,
-    since: Annotated[str | None, typer.Option(help="Frames at or after this ISO time.")] = None,
-    until: Annotated[str | None, typer.Option(help="Frames at or before this ISO time.")] = None,
+    since: Annotated[
+        str | None, typer.Option(metavar="TIME", help="Frames at or after this ISO time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(metavar="TIME", help="Frames at or before this ISO time.")
+    ] = None,
     grep: GrepFilter = None,
     pretty: PrettyFlag = False,
     json_: JsonFlag = False,
@@ -501,8 +516,12 @@ def tail(
     charge_point: ChargePointFilter = None,
     action: ActionFilter = None,
     direction: DirectionFilter = None,
-    since: Annotated[str | None, typer.Option(help="Frames at or after this ISO time.")] = None,
-    until: Annotated[str | None, typer.Option(help="Frames at or before this ISO time.")] = None,
+    since: Annotated[
+        str | None, typer.Option(metavar="TIME", help="Frames at or after this ISO time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(metavar="TIME", help="Frames at or before this ISO time.")
+    ] = None,
     grep: GrepFilter = None,
     pretty: PrettyFlag = False,
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per line (NDJSON).")] = False,

@@ -33,7 +33,8 @@ DbOption = Annotated[
     typer.Option(
         "--db",
         envvar=DB_ENV,
-        help=f"Capture database (SQLite); ${DB_ENV} if set.",
+        metavar="PATH",
+        help="Capture database (SQLite).",
         show_default=True,
     ),
 ]

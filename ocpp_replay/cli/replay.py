@@ -249,20 +249,34 @@ def _write_reports(
         write_html(result, html, force=force)
 
 
-SessionOption = Annotated[list[int] | None, typer.Option("--session", help="Only this session (repeatable).")]
-ChargePointOption = Annotated[
-    list[str] | None, typer.Option("--charge-point", help="Only sessions of this charger (repeatable).")
+SessionOption = Annotated[
+    list[int] | None, typer.Option("--session", metavar="ID", help="Only this session (repeatable).")
 ]
-SinceOption = Annotated[str | None, typer.Option(help="Sessions started at or after this ISO time.")]
-UntilOption = Annotated[str | None, typer.Option(help="Sessions started at or before this ISO time.")]
+ChargePointOption = Annotated[
+    list[str] | None,
+    typer.Option("--charge-point", metavar="ID", help="Only sessions of this charger (repeatable)."),
+]
+SinceOption = Annotated[
+    str | None, typer.Option(metavar="TIME", help="Sessions started at or after this ISO time.")
+]
+UntilOption = Annotated[
+    str | None, typer.Option(metavar="TIME", help="Sessions started at or before this ISO time.")
+]
 SpeedOption = Annotated[float, typer.Option(help="Play faster (2 = twice as fast) or slower.")]
 MaxGapOption = Annotated[float | None, typer.Option("--max-gap", help="Cap idle gaps at this many seconds.")]
-RulesOption = Annotated[Path | None, typer.Option("--rules", help="TOML rules file (see docs/replay.md).")]
-ReportOption = Annotated[
-    Path | None, typer.Option("--report", help="Write the JSON report here ('-': stdout).")
+RulesOption = Annotated[
+    Path | None, typer.Option("--rules", metavar="FILE.toml", help="TOML rules file (see docs/replay.md).")
 ]
-JunitOption = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here.")]
-HtmlOption = Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")]
+ReportOption = Annotated[
+    Path | None,
+    typer.Option("--report", metavar="FILE.json", help="Write the JSON report here ('-': stdout)."),
+]
+JunitOption = Annotated[
+    Path | None, typer.Option("--junit", metavar="FILE.xml", help="Write JUnit XML here.")
+]
+HtmlOption = Annotated[
+    Path | None, typer.Option("--html", metavar="FILE.html", help="Write the HTML report here.")
+]
 ForceOption = Annotated[
     bool, typer.Option("--force", help="Overwrite report (and rules) files that exist; refused by default.")
 ]
@@ -271,11 +285,12 @@ RewriteOption = Annotated[
     typer.Option(
         "--rewrite",
         metavar="MODULE:FUNCTION",
-        help="Python hook that rewrites each outgoing payload (after the rules file's [[rewrite]]).",
+        help="Python hook that rewrites each outgoing payload (after the rules file's rewrite entries).",
     ),
 ]
 AuthOption = Annotated[
-    Path | None, typer.Option("--auth-file", help="Basic auth passwords: CHARGE_POINT_ID:PASSWORD lines.")
+    Path | None,
+    typer.Option("--auth-file", metavar="FILE", help="Basic auth passwords: CHARGE_POINT_ID:PASSWORD lines."),
 ]
 KeepOption = Annotated[bool, typer.Option("--keep-timestamps", help="Send payload timestamps as recorded.")]
 TimeoutOption = Annotated[float, typer.Option(help="Seconds to wait for each answer of the backend.")]
@@ -451,10 +466,11 @@ def replay(
     target: Annotated[str, typer.Option("--target", help="ws:// URL of the CSMS under test.")],
     db: DbOption = DEFAULT_DB,
     session: Annotated[
-        list[int] | None, typer.Option("--session", help="Replay this session (repeatable).")
+        list[int] | None, typer.Option("--session", metavar="ID", help="Replay this session (repeatable).")
     ] = None,
     charge_point: Annotated[
-        list[str] | None, typer.Option("--charge-point", help="Replay sessions of this charger (repeatable).")
+        list[str] | None,
+        typer.Option("--charge-point", metavar="ID", help="Replay sessions of this charger (repeatable)."),
     ] = None,
     since: SinceOption = None,
     until: UntilOption = None,
@@ -618,6 +634,7 @@ def report(
         typer.Option(
             "--report",
             "--json",
+            metavar="FILE.json",
             help="Write the JSON report here ('-': stdout); --json is the older spelling.",
         ),
     ] = None,
