@@ -272,7 +272,9 @@ def test_older_schema_opens_and_migrates(tmp_path: Path) -> None:
     assert "runs" in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     conn.close()
     merged = tmp_path / "merged.db"
-    assert run("merge", _old_capture(tmp_path / "old2.db"), old, "--out", merged).exit_code == 0
+    # (two old captures made alike: the same sessions in both, merged on purpose)
+    old2 = _old_capture(tmp_path / "old2.db")
+    assert run("merge", old2, old, "--out", merged, "--allow-duplicates").exit_code == 0
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "foreign", "directory", "missing"])

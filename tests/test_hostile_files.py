@@ -7,6 +7,7 @@ not caught, so that anything but a clean exit fails the test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -245,3 +246,80 @@ def test_hostile_rules_files_through_the_real_command(tmp_path: Path, text: str,
         check=False,
     )
     assert message in _error_line(proc.returncode, proc.stderr)
+
+
+# ----------------------------------------------------------------------------- captures from elsewhere
+
+_sqlite_values = (
+    st.none()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+    | st.binary(max_size=30)
+)
+_COLUMNS = {
+    "sessions": ["charge_point_id", "started_at", "ended_at", "remote_addr", "close_reason", "error", "path"],
+    "frames": ["seq", "timestamp", "elapsed", "direction", "message_type", "action", "raw", "raw_bytes"],
+    "capture_events": ["session_id", "kind", "detail"],
+}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(sorted(_COLUMNS)),
+            st.integers(min_value=0, max_value=7),
+            _sqlite_values,
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_captures_with_hostile_values_export_redact_merge_or_fail_cleanly(
+    tmp_path: Path, edits: list[tuple[str, int, Any]]
+) -> None:
+    """A capture is a SQLite file: any column can hold any type. Export, redact, merge and the
+    import of the export either work or say why in one line."""
+    import sqlite3
+
+    from tests.test_exchange import TRICKY, make_capture
+
+    work = tmp_path / "w"
+    if work.exists():
+        for f in work.iterdir():
+            f.unlink()
+    work.mkdir(exist_ok=True)
+    src = make_capture(
+        work / "src.db", [{"frames": TRICKY}, {"start": 1_764_000_100.0, "frames": TRICKY[:2]}]
+    )
+    conn = sqlite3.connect(src)
+    for table, n, value in edits:
+        column = _COLUMNS[table][n % len(_COLUMNS[table])]
+        with contextlib.suppress(sqlite3.IntegrityError):  # NOT NULL, UNIQUE: a schema that holds
+            conn.execute(
+                f"UPDATE {table} SET {column} = ? WHERE rowid = (SELECT min(rowid) FROM {table})", [value]
+            )
+    conn.commit()
+    conn.close()
+    runner = CliRunner()
+    for args in (
+        ["export", "--db", str(src), "--out", str(work / "x.jsonl")],
+        ["redact", "--db", str(src), "--out", str(work / "r.db"), "--key", "k"],
+        [
+            "merge",
+            str(src),
+            str(make_capture(work / "other.db", [{"frames": TRICKY[:2]}])),
+            "--out",
+            str(work / "m.db"),
+        ],
+    ):
+        result = runner.invoke(_cli(), args, catch_exceptions=False)
+        if result.exit_code != 0:
+            _error_line(result.exit_code, result.stderr)
+    if (work / "x.jsonl").exists():
+        result = runner.invoke(
+            _cli(), ["import", str(work / "x.jsonl"), "--db", str(work / "i.db")], catch_exceptions=False
+        )
+        if result.exit_code != 0:
+            _error_line(result.exit_code, result.stderr)

@@ -74,3 +74,23 @@ def test_merge_refuses_bad_outputs_and_inputs(tmp_path: Path) -> None:
     (tmp_path / "exists.db").write_bytes(b"")
     assert "exists" in error_line(run("merge", a, "--out", tmp_path / "exists.db"))
     assert dump(a) == before
+
+
+def test_merge_refuses_the_same_recording_in_two_inputs(tmp_path: Path) -> None:
+    """A copy of a capture under another name (or a capture merged before) holds the same
+    sessions: merged, they would count twice."""
+    import shutil
+
+    a = make_capture(tmp_path / "a.db", [{"frames": TRICKY[:2]}, {"start": T0 + 5, "frames": TRICKY[2:4]}])
+    copy = tmp_path / "copy.db"
+    shutil.copy(a, copy)
+    other = make_capture(tmp_path / "c.db", [{"start": T0 + 1, "frames": TRICKY[:2]}])  # other start
+    out = tmp_path / "m.db"
+    line = error_line(run("merge", a, other, copy, "--out", out))
+    assert "the inputs hold 2 sessions twice (same content)" in line
+    assert "copy.db session 1 = a.db session 1; copy.db session 2 = a.db session 2" in line
+    assert not out.exists()
+    assert run("merge", a, other, "--out", out).exit_code == 0
+    result = run("merge", a, other, copy, "--out", tmp_path / "all.db", "--allow-duplicates")
+    assert result.exit_code == 0, result.stderr
+    assert "5 sessions" in result.stdout

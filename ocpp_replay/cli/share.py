@@ -270,12 +270,16 @@ def merge(
     captures: Annotated[list[Path], typer.Argument(help="The captures to merge.")],
     out: OutOption,
     force: ForceFlag = False,
+    allow_duplicates: Annotated[
+        bool,
+        typer.Option("--allow-duplicates", help="Merge a session found in two inputs (refused by default)."),
+    ] = False,
 ) -> None:
     """Merge captures (e.g. one per proxy at a site) into a new one; sessions renumbered by start time."""
     from ocpp_replay.share.merge import merge_captures
 
     try:
-        result = merge_captures(captures, out, force=force)
+        result = merge_captures(captures, out, force=force, allow_duplicates=allow_duplicates)
     except OcppReplayError as exc:
         fail(exc)
     console.print(

@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -292,21 +293,34 @@ def session_digest(conn: sqlite3.Connection, session_id: int) -> str:
     row = conn.execute(
         "SELECT charge_point_id, started_at, ended_at FROM sessions WHERE id = ?", [session_id]
     ).fetchone()
-    h.update(json.dumps(list(row)).encode())
+    # repr: deterministic for whatever types SQLite holds (a capture from elsewhere may mix them)
+    h.update(repr(tuple(row)).encode("utf-8", "surrogatepass"))
     for seq, direction, timestamp, raw, raw_bytes in conn.execute(
         "SELECT seq, direction, timestamp, raw, raw_bytes FROM frames WHERE session_id = ? ORDER BY seq",
         [session_id],
     ):
-        h.update(json.dumps([seq, direction, timestamp, raw is None]).encode())
-        h.update(raw.encode("utf-8", "surrogatepass") if raw is not None else bytes(raw_bytes or b""))
+        h.update(repr((seq, direction, timestamp, type(raw).__name__)).encode("utf-8", "surrogatepass"))
+        data = raw if raw is not None else raw_bytes
+        if isinstance(data, str):
+            h.update(data.encode("utf-8", "surrogatepass"))
+        elif isinstance(data, bytes):
+            h.update(data)
+        else:
+            h.update(repr(data).encode())
         h.update(b"\x00")
     return h.hexdigest()
 
 
-def duplicates(conn: sqlite3.Connection, new_ids: Iterable[int]) -> list[tuple[int, int]]:
+def duplicates(
+    conn: sqlite3.Connection,
+    new_ids: Iterable[int],
+    *,
+    counts: Callable[[int, int], bool] | None = None,
+) -> list[tuple[int, int]]:
     """``(new, earlier)`` for each session of ``new_ids`` whose content hash equals that of a
-    session with a smaller id (one already there, or imported just before it). Only sessions of
-    the same charge point and start are hashed."""
+    session with a smaller id (one already there, or imported just before it), among the pairs
+    ``counts(new, earlier)`` accepts (all by default). Only sessions of the same charge point
+    and start are hashed."""
     found: list[tuple[int, int]] = []
     cache: dict[int, str] = {}
 
@@ -326,7 +340,7 @@ def duplicates(conn: sqlite3.Connection, new_ids: Iterable[int]) -> list[tuple[i
             if new not in wanted:
                 continue
             for old in members[:k]:
-                if digest(old) == digest(new):
+                if (counts is None or counts(new, old)) and digest(old) == digest(new):
                     found.append((new, old))
                     break
     found.sort()
@@ -417,13 +431,31 @@ def jsonl_lines(store: Store, records: Iterable[Record]) -> Iterator[str]:
         counts[kind] += 1
         if kind == "frame":
             data = row.get("raw_bytes")
+            if data is not None and not isinstance(data, bytes):
+                raise CaptureError(
+                    f"cannot export session {row.get('session_id')}: frame {row.get('seq')}'s raw_bytes "
+                    f"holds a {type(data).__name__}, not bytes"
+                )
             row = dict(row)
             row["raw_bytes_base64"] = None if data is None else base64.b64encode(data).decode("ascii")
             row.pop("raw_bytes", None)
-        yield _dumps({"type": kind, **row})
+        try:
+            yield _dumps({"type": kind, **row})
+        except (TypeError, ValueError):
+            # A capture is a SQLite file: a column may hold what the format cannot carry.
+            bad = next((k for k, v in row.items() if isinstance(v, bytes | float) and not _jsonable(v)), "?")
+            where = f"session {row.get('id')}" if kind == "session" else f"session {row.get('session_id')}"
+            raise CaptureError(
+                f"cannot export {where}: its {kind} column {bad} holds a value the JSONL format cannot "
+                f"carry ({type(row.get(bad)).__name__})"
+            ) from None
     yield _dumps(
         {"type": "end", "sessions": counts["session"], "frames": counts["frame"], "events": counts["event"]}
     )
+
+
+def _jsonable(value: object) -> bool:
+    return not isinstance(value, bytes) and not (isinstance(value, float) and not math.isfinite(value))
 
 
 def _private_text(path: Path, force: bool) -> IO[str]:
@@ -431,7 +463,9 @@ def _private_text(path: Path, force: bool) -> IO[str]:
         raise ConfigError(f"{path} exists; choose another --out or pass --force")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return open_private_text(path)
+        return open_private_text(path, exclusive=not force)  # nothing clobbered after the check
+    except FileExistsError:
+        raise ConfigError(f"{path} exists; choose another --out or pass --force") from None
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
 

@@ -19,6 +19,7 @@ from ocpp_replay.errors import ConfigError
 from ocpp_replay.share.exchange import (
     CaptureSink,
     create_output,
+    duplicates,
     iter_capture,
     orphan_events,
     select_sessions,
@@ -39,7 +40,8 @@ class MergeResult:
 def merge_order(inputs: Sequence[Sequence[tuple[int, str]]]) -> list[dict[int, int]]:
     """New ids for the (id, started_at) sessions of each input: 1..N by start, input, id. Pure."""
     keyed = sorted(
-        (started_at, n, session_id)
+        # a start that is not text (a damaged capture) sorts first rather than failing the merge
+        (started_at if isinstance(started_at, str) else "", n, session_id)
         for n, sessions in enumerate(inputs)
         for session_id, started_at in sessions
     )
@@ -49,10 +51,37 @@ def merge_order(inputs: Sequence[Sequence[tuple[int, str]]]) -> list[dict[int, i
     return maps
 
 
+def _refuse_duplicates(
+    pairs: list[tuple[int, int]], sources: Sequence[str | os.PathLike[str]], maps: list[dict[int, int]]
+) -> None:
+    if not pairs:
+        return
+    origin = {new: (Path(sources[n]).name, old) for n, m in enumerate(maps) for old, new in m.items()}
+
+    def name(merged: int) -> str:
+        file, old = origin[merged]
+        return f"{file} session {old}"
+
+    shown = "; ".join(f"{name(a)} = {name(b)}" for a, b in pairs[:5])
+    more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""
+    raise ConfigError(
+        f"the inputs hold {len(pairs)} session{'s' if len(pairs) != 1 else ''} twice (same content): "
+        f"{shown}{more}; nothing merged (--allow-duplicates merges them anyway)"
+    )
+
+
 def merge_captures(
-    sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, force: bool = False
+    sources: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    allow_duplicates: bool = False,
 ) -> MergeResult:
-    """Write the sessions of every capture in ``sources`` into the new capture ``out`` (0600)."""
+    """Write the sessions of every capture in ``sources`` into the new capture ``out`` (0600).
+
+    The same recording in two inputs (a copy of a capture, or one merged before) is refused
+    unless ``allow_duplicates``: see :func:`ocpp_replay.share.exchange.duplicates`.
+    """
     if not sources:
         raise ConfigError("merge needs at least one capture")
     resolved = [Path(s).resolve() for s in sources]
@@ -87,6 +116,14 @@ def merge_captures(
                 for store in stores:
                     for kind, row in orphan_events(store):
                         sink.write(kind, row)
+                if not allow_duplicates:
+                    sink.flush()
+                    # Within one input, sessions alike were recorded (or imported) so on purpose.
+                    input_of = {new: n for n, m in enumerate(maps) for new in m.values()}
+                    pairs = duplicates(
+                        sink.conn, input_of, counts=lambda new, old: input_of[new] != input_of[old]
+                    )
+                    _refuse_duplicates(pairs, sources, maps)
         except BaseException:
             db.conn.close()
             for suffix in ("", "-wal", "-shm"):

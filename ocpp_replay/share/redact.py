@@ -314,17 +314,18 @@ class Redactor:
         """Pass 1 for a sessions row: its charge point id, and free text in its error and close
         reason; counts the addresses and ids that :meth:`session` will replace."""
         sid = row.get("id")
-        cp = row.get("charge_point_id")
-        if isinstance(cp, str) and cp:
+        sid = sid if isinstance(sid, int) else None
+        cp = _str(row.get("charge_point_id"))
+        if cp:
             self.learn_charge_point(cp)
             if self.charge_point_ids:
                 self._found("charge_point_id", cp, "sessions.charge_point_id", sid)
-        address = row.get("remote_addr")
-        if isinstance(address, str) and address and not self.keep_addresses:
+        address = _str(row.get("remote_addr"))
+        if address and not self.keep_addresses:
             self._found("ip_address", address, "sessions.remote_addr", sid)
         for column in ("error", "close_reason"):
-            text = row.get(column)
-            if isinstance(text, str):
+            text = _str(row.get(column))
+            if text:
                 self.learn_text(text, f"sessions.{column}", sid)
 
     def learn_text(self, text: str, place: str, session_id: int | None = None) -> None:
@@ -481,27 +482,32 @@ class Redactor:
         original = row
         row = dict(row)
         for column in ("error", "close_reason"):
-            if row.get(column):
-                row[column] = self.sweep(row[column])
-        address = row.get("remote_addr") if not self.keep_addresses else None
+            text = _str(row.get(column))
+            if text:
+                swept = self.sweep(text)
+                if swept != text:
+                    row[column] = swept
+        address = _str(row.get("remote_addr")) if not self.keep_addresses else None
         if address:
             row["remote_addr"] = self.pseudonym(ADDRESS_PREFIX, address)
         if not self.charge_point_ids:
             return original if row == original else row
-        cp = row.get("charge_point_id")
+        cp = _str(row.get("charge_point_id"))
         if cp:
             row["charge_point_id"] = self.pseudonym(CHARGE_POINT_PREFIX, cp)
-        if row.get("path"):
-            row["path"] = self._path(row["path"])
-        if row.get("query"):
-            row["query"] = self.sweep(row["query"])
-        url = row.get("upstream_url")
+        path = _str(row.get("path"))
+        if path:
+            row["path"] = self._path(path)
+        query = _str(row.get("query"))
+        if query:
+            row["query"] = self.sweep(query)
+        url = _str(row.get("upstream_url"))
         if url:
             parts = urlsplit(url)
             row["upstream_url"] = urlunsplit(
                 parts._replace(path=self._path(parts.path), query=self.sweep(parts.query))
             )
-        user = row.get("auth_user")
+        user = _str(row.get("auth_user"))
         if user:
             known = self.known.get(user)
             row["auth_user"] = known if known is not None else self.pseudonym(USER_PREFIX, user)
@@ -542,13 +548,23 @@ def _path(leaf: Leaf, message_type: int | None = None) -> str:
     return out or "(payload)"
 
 
-def _as_text(raw: str | bytes | None) -> str | None:
+def _as_text(raw: object) -> str | None:
     if isinstance(raw, bytes | bytearray):
         try:
             return bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
             return None
-    return raw
+    return raw if isinstance(raw, str) else None
+
+
+def _str(value: object) -> str | None:
+    """A sessions column as text, whatever SQLite holds in it (a capture from elsewhere may hold
+    a number or a blob where text belongs: it is redacted as its text all the same)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
 
 
 # ----------------------------------------------------------------------------- the I/O wrapper
