@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +29,8 @@ def ui(
     rules: RulesOption = None,
 ) -> None:
     """Serve a web UI over a capture: sessions live, sequence diagrams, runs and triage."""
+    import asyncio  # here, not at the top: every command's start-up imports this module
+
     from ocpp_replay.ui.server import UiServer, is_loopback, serve
 
     if not is_loopback(host):
