@@ -67,8 +67,10 @@ _NEEDS: Final[dict[str, re.Pattern[str]]] = {
     "phone": re.compile(r"\+|00"),
     "iban": re.compile(r"[A-Z]{2}[0-9]{2}"),
     "mac": re.compile(rf"{_HEX}{{2}}[:\-.]"),
-    "rfid_uid": re.compile(rf"{_HEX}{{2}}"),
+    "rfid_uid": re.compile(rf"{_HEX}{{8}}|{_HEX}{{2}}[: \-]{_HEX}{{2}}"),
 }
+#: The shortest text any kind can match (``a@b.co``).
+_SHORTEST: Final = 6
 
 _VIN_VALUES: Final = {
     **{str(d): d for d in range(10)},
@@ -124,6 +126,8 @@ def find(text: str, kinds: tuple[str, ...] = KINDS) -> Iterator[tuple[str, str]]
     that one kind claimed is not searched again by the next (a MAC is not also two UIDs)."""
     # What one kind claimed is masked out (NUL matches no pattern and counts as a boundary), so
     # that the next kind neither finds it again nor stops short of finding its own next to it.
+    if len(text) < _SHORTEST:
+        return
     masked = text
     for kind in kinds:
         if not _NEEDS[kind].search(masked):
