@@ -239,7 +239,12 @@ def test_json_report_format(tmp_path: Path) -> None:
             "sessions": 2,
             "messages": 1,
             "diffs": 1,
-            "timing": {"frames": 3, "lateness_ms": {"p50": 2.0, "p99": 3.0, "max": 3.0}, "held_frames": 0},
+            "timing": {
+                "frames": 3,
+                "lateness_ms": {"p50": 2.0, "p99": 3.0, "max": 3.0},
+                "held_frames": 0,
+                "held_ms": {"p50": 0.0, "max": 0.0, "total": 0.0},
+            },
         },
         "sessions": [
             {
