@@ -323,3 +323,18 @@ def test_captures_with_hostile_values_export_redact_merge_or_fail_cleanly(
         )
         if result.exit_code != 0:
             _error_line(result.exit_code, result.stderr)
+
+
+def test_a_flow_larger_than_the_bound_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ocpp_replay.share import exchange
+
+    path = tmp_path / "big.flow"
+    path.write_bytes(b"2000:" + b"x" * 2000 + b"}")
+    monkeypatch.setattr(exchange, "MAX_FLOW", 1000)
+    with (
+        open(path, "rb") as fh,
+        pytest.raises(CaptureError, match="a flow of 2000 bytes, more than the 1000 read"),
+    ):
+        next(exchange.read_flows(fh, path))

@@ -67,6 +67,8 @@ MAX_LINE = 100 * 2**20
 _INT64 = (-(2**63), 2**63 - 1)
 #: Digits of a tnetstring length prefix (mitmproxy's own reader allows 12).
 _MAX_PREFIX = 12
+#: The largest flow read from a flow file (bytes): a week of a busy charger's frames is ~300 MB.
+MAX_FLOW = 2**30
 
 Kind = Literal["session", "frame", "event"]
 Record = tuple[Kind, dict[str, Any]]
@@ -722,6 +724,8 @@ def read_flows(fh: BinaryIO, name: Path) -> Iterator[Any]:
             raise CaptureError(
                 f"{where}: {length} bytes announced, {max(total - body - 1, 0)} left in the file"
             )
+        if length > MAX_FLOW:
+            raise CaptureError(f"{where}: a flow of {length} bytes, more than the {MAX_FLOW} read")
         fh.seek(body + length)
         if fh.read(1) != b"}":
             raise CaptureError(f"{where}: not a flow (a flow is a tnetstring dictionary)")
