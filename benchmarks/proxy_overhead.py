@@ -21,6 +21,17 @@ proxy written in Python here), and this load generator.
    state, schema checks, a backend's bookkeeping) and through a second proxy in front of it.
 4. The capture must hold every frame that went through the proxy (2 per CALL), and the proxy's
    RSS is reported at the start and the end (it must stay flat however many frames pass).
+
+``--shadow`` measures the live shadow instead (docs/shadow.md):
+
+    python benchmarks/proxy_overhead.py --shadow [--chargers 1000] [--seconds 20] [--rounds 3]
+                                        [--deaf-seconds 60]
+
+5. The steady load through a proxy without ``--shadow`` and through one with ``--shadow`` (to a
+   second fast CSMS that answers everything), in the same run, in rounds rotated as the floods
+   are: the production round trip with and without the shadow.
+6. The steady load for ``--deaf-seconds`` through a proxy whose shadow accepts the handshake and
+   then never reads: production's p99 per 10-s window and the proxy's RSS every 5 s.
 """
 
 from __future__ import annotations
@@ -150,6 +161,39 @@ def serve_tcp_relay(port: int, upstream_port: int) -> None:
         await asyncio.Event().wait()
 
     uvloop.run(main())
+
+
+def serve_deaf_shadow(port: int) -> None:
+    """A shadow that completes the websocket handshake and then never reads another byte."""
+    import base64
+    import hashlib
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        key = next(
+            h.split(":", 1)[1].strip()
+            for h in head.split("\r\n")
+            if h.lower().startswith("sec-websocket-key:")
+        )
+        accept = base64.b64encode(
+            hashlib.sha1(key.encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+        )
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Protocol: ocpp1.6\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        writer.transport.pause_reading()  # type: ignore[attr-defined]
+        held.append(writer)
+        await asyncio.Event().wait()
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def main() -> None:
+        server = await asyncio.start_server(handler, "127.0.0.1", port, backlog=4096)
+        async with server:
+            await asyncio.Event().wait()
+
+    asyncio.run(main())
 
 
 # --------------------------------------------------------------------------- load
@@ -299,13 +343,18 @@ def measure_mitm(
 
 
 def start_proxy(
-    upstream_port: int, port: int, db: Path, env: dict[str, str] | None = None, cwd: str | None = None
+    upstream_port: int,
+    port: int,
+    db: Path,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """The real ``ocpp-replay proxy`` command, recording into ``db``."""
     return subprocess.Popen(
         [sys.executable, "-m", "ocpp_replay.cli", "proxy", "--upstream",
          f"ws://127.0.0.1:{upstream_port}/ocpp", "--host", "127.0.0.1", "--port", str(port),
-         "--db", str(db), "--log-level", "WARNING"],
+         "--db", str(db), "--log-level", "WARNING", *extra],
         stdout=subprocess.DEVNULL,
         env=env,
         cwd=cwd,
@@ -355,6 +404,163 @@ def report_floods(results: dict[str, list[Result]]) -> dict[str, Any]:
     return summary
 
 
+async def steady_windows(url: str, chargers: int, seconds: float, window: float) -> list[Result]:
+    """The steady load, its round trips split into windows of ``window`` seconds."""
+    result = Result()
+    stamps: list[float] = []
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        sockets = await asyncio.gather(
+            *(http.ws_connect(f"{url}/DEAF-{i:05d}", protocols=("ocpp1.6",)) for i in range(chargers))
+        )
+        begin = time.monotonic() + 0.5
+        end = begin + seconds
+
+        async def one(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
+            at = begin + i / chargers
+            n = 0
+            while at < end:
+                await asyncio.sleep(max(0.0, at - time.monotonic()))
+                if not await round_trip(ws, n, result):
+                    return
+                stamps.append(time.monotonic() - begin)
+                n += 1
+                at += 1.0
+
+        await asyncio.gather(*(one(i, ws) for i, ws in enumerate(sockets)), return_exceptions=True)
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    windows = [Result(seconds=window) for _ in range(max(1, int(seconds / window + 0.999)))]
+    for t, ms in zip(stamps, result.latencies_ms, strict=True):
+        w = windows[min(len(windows) - 1, int(t / window))]
+        w.latencies_ms.append(ms)
+        w.calls += 1
+    windows[0].errors = result.errors
+    return windows
+
+
+def shadow_main(args: argparse.Namespace) -> int:
+    """``--shadow``: the production round trip with and without a shadow, and with a deaf one."""
+    prod_port, shadow_port, deaf_port = free_port(), free_port(), free_port()
+    plain_port, mirrored_port, deaf_proxy_port = free_port(), free_port(), free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="ocpp-bench-shadow-"))
+    me = [sys.executable, __file__]
+    procs = [
+        subprocess.Popen([*me, "--serve-csms", str(prod_port)]),
+        subprocess.Popen([*me, "--serve-csms", str(shadow_port)]),
+        subprocess.Popen([*me, "--serve-deaf-shadow", str(deaf_port)]),
+    ]
+    try:
+        for port in (prod_port, shadow_port, deaf_port):
+            wait_port(port)
+        plain = start_proxy(prod_port, plain_port, tmp / "plain.db")
+        mirrored = start_proxy(
+            prod_port,
+            mirrored_port,
+            tmp / "shadow.db",
+            extra=("--shadow", f"ws://127.0.0.1:{shadow_port}/ocpp"),
+        )
+        procs[:0] = [plain, mirrored]
+        for port in (plain_port, mirrored_port):
+            wait_port(port)
+        print(
+            f"machine: {os.cpu_count()} cores (shared), python {sys.version.split()[0]}, "
+            f"aiohttp {aiohttp.__version__}"
+        )
+        print(
+            f"\nsteady: {args.chargers} chargers x 1 MeterValues/s, {args.rounds} rounds of "
+            f"{args.seconds:.0f} s on each proxy, order rotated each round"
+        )
+        paths = {
+            "proxy": f"ws://127.0.0.1:{plain_port}/ocpp",
+            "proxy --shadow": f"ws://127.0.0.1:{mirrored_port}/ocpp",
+        }
+        results: dict[str, list[Result]] = {name: [] for name in paths}
+        names = list(paths)
+        for r in range(args.rounds):
+            for name in names[r % 2 :] + names[: r % 2]:
+                res = asyncio.run(steady(paths[name], args.chargers, args.seconds))
+                results[name].append(res)
+                print(line(f"{name} r{r + 1}", res))
+        added = [
+            s.pct(99) - p.pct(99) for p, s in zip(results["proxy"], results["proxy --shadow"], strict=True)
+        ]
+        added50 = [
+            s.pct(50) - p.pct(50) for p, s in zip(results["proxy"], results["proxy --shadow"], strict=True)
+        ]
+        print(
+            f"  --shadow adds, same round: p50 {', '.join(f'{x:+.3f}' for x in added50)} ms; "
+            f"p99 {', '.join(f'{x:+.3f}' for x in added)} ms (median p99 {median(added):+.3f} ms)"
+        )
+        time.sleep(1.5)  # the shadow run's last update
+        with sqlite3.connect(tmp / "shadow.db") as conn:
+            row = conn.execute("SELECT sessions, messages, diffs, summary FROM runs").fetchone()
+        not_mirrored = json.loads(row[3]).get("not_mirrored")
+        print(
+            f"  shadow run: {row[0]} sessions, {row[1]} shadow-leg frames, {row[2]} differences, "
+            f"{not_mirrored} frames not mirrored"
+        )
+
+        deaf = start_proxy(
+            prod_port,
+            deaf_proxy_port,
+            tmp / "deaf.db",
+            extra=("--shadow", f"ws://127.0.0.1:{deaf_port}/ocpp"),
+        )
+        procs.insert(0, deaf)
+        wait_port(deaf_proxy_port)
+        dproc = psutil.Process(deaf.pid)
+        samples: list[str] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            t0 = time.monotonic()
+            while not done.wait(5.0):
+                samples.append(f"{time.monotonic() - t0:.0f}s {rss_mib(dproc):.1f}")
+
+        print(f"\nshadow that never reads: {args.chargers} chargers x 1/s for {args.deaf_seconds:.0f} s")
+        rss0 = rss_mib(dproc)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        windows = asyncio.run(
+            steady_windows(
+                paths["proxy"].replace(str(plain_port), str(deaf_proxy_port)),
+                args.chargers,
+                args.deaf_seconds,
+                10.0,
+            )
+        )
+        done.set()
+        sampler.join()
+        for i, w in enumerate(windows):
+            print(line(f"{i * 10:>3}-{i * 10 + 10:<3} s", w))
+        print(f"  proxy RSS (MiB): start {rss0:.1f}; every 5 s: {', '.join(samples)}")
+        deaf.send_signal(signal.SIGTERM)
+        deaf.wait(60)
+        with sqlite3.connect(tmp / "deaf.db") as conn:
+            row = conn.execute("SELECT sessions, summary FROM runs").fetchone()
+            frames = conn.execute("SELECT count(*) FROM frames").fetchone()[0]
+        summary = json.loads(row[1])
+        calls = sum(w.calls for w in windows)
+        print(
+            f"  capture: {frames} frames recorded, {2 * calls} expected; shadow run: "
+            f"{summary.get('not_mirrored')} frames not mirrored, "
+            f"{summary.get('incomplete_sessions')} of {row[0]} sessions marked incomplete"
+        )
+        out = {
+            "shadow_p99_added_ms": added,
+            "shadow_p50_added_ms": added50,
+            "deaf_p99_ms_by_window": [w.pct(99) for w in windows],
+            "deaf_rss_mib": samples,
+        }
+        print("\n" + json.dumps(out))
+        return 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chargers", type=int, default=1000)
@@ -377,6 +583,9 @@ def main() -> int:
         action="store_true",
         help="skip the flood against the project's reference CSMS (`ocpp-replay csms`)",
     )
+    ap.add_argument("--shadow", action="store_true", help="measure the live shadow (5. and 6. above) only")
+    ap.add_argument("--deaf-seconds", type=float, default=60.0, help="--shadow: the run with a deaf shadow")
+    ap.add_argument("--serve-deaf-shadow", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--serve-csms", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--serve-bare-hop", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--serve-tcp-relay", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -390,6 +599,11 @@ def main() -> int:
     if args.serve_tcp_relay:
         serve_tcp_relay(*args.serve_tcp_relay)
         return 0
+    if args.serve_deaf_shadow:
+        serve_deaf_shadow(args.serve_deaf_shadow)
+        return 0
+    if args.shadow:
+        return shadow_main(args)
 
     csms_port, proxy_port, hop_port, relay_port = free_port(), free_port(), free_port(), free_port()
     ref_port, ref_proxy_port = free_port(), free_port()

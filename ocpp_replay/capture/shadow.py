@@ -1,20 +1,27 @@
 """Live shadow: the proxy mirrors each charger to a second backend and diffs it (docs/shadow.md).
 
 The proxy hands each message it relays to a :class:`Shadow` the way it hands it to the capture
-writer: :meth:`Mirror.put` appends ``(seq, direction, payload, mask, text, time)`` to the
-charger's bounded deque and returns (no parsing, no unmasking, no await on the relay path).
-Past ``queue_limit`` messages or ``queue_bytes`` bytes the message is not mirrored: counted,
-and that charger's comparison is marked incomplete. Production never waits for the shadow.
+writer: :meth:`Mirror.put` appends ``(seq, direction, payload, mask, time)`` to the charger's
+bounded deque and returns (no parsing, no unmasking, no I/O on the relay path). Past
+``queue_limit`` messages or ``queue_bytes`` bytes a message is not mirrored: counted, and that
+charger's comparison is marked incomplete. Production never waits for the shadow.
 
-Off the relay path, one task per charger and shadow (:class:`_Leg`) dials
-``<shadow><the charger's path suffix>`` with the charger's subprotocol offer (aiohttp; the
-shadow's credentials from ``--shadow-auth-file``, never the charger's), feeds the frames to a
-:class:`~ocpp_replay.core.shadow.ShadowJudge` and sends what it says to send. It reconnects on
-its own (backoff up to 30 s) while the charger is connected. Each shadow URL has its run of kind
-``shadow`` in the capture (:class:`_Run`), written from a thread every ``flush_interval`` with
-:func:`~ocpp_replay.store.runs.update_live_run`, so ``runs``, ``report`` and ``tail --diffs``
-see it while the proxy runs. The first difference of each (action, kind, path) is logged, then
-only counts.
+Off the relay path, each shadow URL's :class:`_Run` has one drainer, a loop callback scheduled
+when messages are queued: it takes up to ``_BATCH`` messages of the chargers that have some,
+feeds them to each charger's :class:`~ocpp_replay.core.shadow.ShadowJudge` and writes what the
+judge says to send, then yields to the relay and runs again if more are queued. Each charger's
+shadow connection (:class:`_Leg`) is a plain :class:`asyncio.Protocol` below any websocket
+library, as the proxy's own sockets are: it dials ``<shadow><the charger's path suffix>`` with
+the charger's subprotocol offer (the shadow's credentials from ``--shadow-auth-file``, never the
+charger's), writes its frames with ``transport.write`` (never awaiting: a shadow that does not
+read has at most ``queue_bytes`` waiting for it, past that its frames are not mirrored), hands
+what the shadow sends to the judge as it arrives (pings answered), and dials again on its own
+(0.5 s, doubling up to 30 s) while the charger is connected.
+
+Each shadow URL has its run of kind ``shadow`` in the capture, written from a thread every
+``flush_interval`` with :func:`~ocpp_replay.store.runs.update_live_run`, so ``runs``, ``report``
+and ``tail --diffs`` see it while the proxy runs. The first difference of each (action, kind,
+path) is logged, then only counts.
 """
 
 from __future__ import annotations
@@ -23,16 +30,26 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit
 
-import aiohttp
-from yarl import URL
-
-from ocpp_replay.capture.wsframes import unmask
+from ocpp_replay.capture.handshake import (
+    HandshakeError,
+    accept_key,
+    head_end,
+    header,
+    new_key,
+    parse_response_head,
+    upgrade_request,
+)
+from ocpp_replay.capture.reach import ws_address
+from ocpp_replay.capture.wsframes import BINARY, CLOSE, PING, PONG, TEXT, close_payload, unmask
 from ocpp_replay.core.correlate import Correlator, ocpp_version
 from ocpp_replay.core.diff import Difference
 from ocpp_replay.core.results import LiveFrame, Timing
@@ -49,14 +66,20 @@ log = logging.getLogger(__name__)
 #: Messages (and bytes) of one charger waiting for its shadow leg; past either, not mirrored.
 DEFAULT_QUEUE_LIMIT = 256
 DEFAULT_QUEUE_BYTES = 1024 * 1024
-#: Messages handled per turn before the leg yields the event loop back to the relay.
-_BATCH = 32
+#: Messages the drainer handles before it yields the event loop back to the relay.
+_BATCH = 16
 _MAX_BACKOFF = 30.0
 _LOG_INTERVAL = 60.0
+#: Seconds between rewrites of a live run's summary (its counts are updated at every flush).
+_SUMMARY_INTERVAL = 5.0
+#: How often the judges' deadlines (answers not given, calls not made) are checked.
+_TICK = 0.25
+_TICK_SLICE = 100
 _MAX_MESSAGE = 16 * 1024 * 1024
+_MAX_HEAD = 64 * 1024
 
-#: (capture seq, to the CSMS?, payload, mask, text?, monotonic time)
-Item = tuple[int, bool, bytes, bytes, bool, float]
+#: (capture seq, to the CSMS?, payload, mask, monotonic time)
+Item = tuple[int, bool, bytes, bytes, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +90,7 @@ class ShadowOptions:
     queue_bytes: int = DEFAULT_QUEUE_BYTES
     answer_timeout: float = 30.0
     connect_timeout: float = 10.0
-    flush_interval: float = 0.5
+    flush_interval: float = 0.2  # small batches: the writing thread holds the GIL briefly
 
 
 class Shadow:
@@ -77,8 +100,7 @@ class Shadow:
         if not urls:
             raise ConfigError("no shadow URL")
         for url in urls:
-            if not url.startswith(("ws://", "wss://")):
-                raise ConfigError(f"shadow must be a ws:// or wss:// URL, not {url!r}")
+            ws_address(url, "shadow")  # a ConfigError for anything but a ws:// or wss:// URL
         opts = options or ShadowOptions()
         if opts.queue_limit < 1 or opts.queue_bytes < 1:
             raise ConfigError("the shadow queue must hold at least one message")
@@ -110,7 +132,7 @@ class Mirror:
 
     def put(self, seq: int, to_csms: bool, payload: bytes, mask: bytes, text: bool, t_mono: float) -> None:
         for leg in self.legs:
-            leg.put((seq, to_csms, payload, mask, text, t_mono))
+            leg.put((seq, to_csms, payload, mask, t_mono))
 
     def closed(self) -> None:
         for leg in self.legs:
@@ -118,27 +140,39 @@ class Mirror:
 
 
 class _Run:
-    """One shadow URL: its legs, its run in the capture, its log of differences."""
+    """One shadow URL: its legs, its drainer, its run in the capture, its log of differences."""
 
     def __init__(self, url: str, production: str, options: ShadowOptions) -> None:
         self.url = url
         self.production = production
         self.options = options
+        parts = urlsplit(url)
+        self.address = ws_address(url, "shadow")
+        self.host_header = parts.netloc.rpartition("@")[2]
+        self.path = parts.path.rstrip("/")
+        self.query = parts.query
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "wss" else None
         self.run_id: int | None = None
         self.legs: dict[int, _Leg] = {}
         self.correlators: dict[str, Correlator] = {}
         self.metas: dict[int, dict[str, Any]] = {}
-        self.http: aiohttp.ClientSession | None = None
         self.dropped = 0
         self.messages = 0
         self.diffs = 0
         self.kinds: Counter[tuple[str, str, str]] = Counter()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._ready: dict[_Leg, None] = {}  # legs with queued messages, in order
+        self._draining: asyncio.Handle | None = None
+        self._ticker: asyncio.TimerHandle | None = None
         self._logged_kinds = 0
         self._logged_at = time.monotonic()
+        self._summary_at = 0.0
         self._diffs: list[Difference] = []
         self._frames: list[tuple[int, LiveFrame]] = []
         self._store: Store | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self._idle = asyncio.Event()  # set when stopping and the last leg has finished
         self._stopping = False
         self._store_failed = False
 
@@ -160,11 +194,9 @@ class _Run:
                 "answer_timeout": self.options.answer_timeout,
             },
         )
-        self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=True),
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        loop = asyncio.get_running_loop()
+        self._flusher = loop.create_task(self._flush_loop())
+        self._ticker = loop.call_later(_TICK, self._tick)
         log.info(
             "shadow %s: run %d, mirroring every charger (production %s)",
             self.url,
@@ -174,22 +206,26 @@ class _Run:
 
     async def stop(self) -> None:
         self._stopping = True
-        legs = list(self.legs.values())
-        for leg in legs:
+        for leg in list(self.legs.values()):
             leg.closed()
-        tasks = [leg.task for leg in legs if leg.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=5)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=2)
+        if self.legs:  # each gets its grace to hear the shadow's last answers (the ticker ends it)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(self.options.answer_timeout, 2.0) + 1.0):
+                    await self._idle.wait()
+        for leg in list(self.legs.values()):
+            leg.finish()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=2)
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._draining is not None:
+            self._draining.cancel()
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        if self.http is not None:
-            await self.http.close()
         await self._flush(final=True)
         if self._store is not None:
             await asyncio.to_thread(self._store.close)
@@ -233,11 +269,59 @@ class _Run:
         }
         leg = _Leg(self, judge, fields)
         self.legs[session_id] = leg
-        if self._stopping or self.http is None:
+        if self._stopping:
             leg.closing = True
+            leg.finish()
         else:
-            leg.task = asyncio.get_running_loop().create_task(leg.main(), name=f"shadow-{session_id}")
+            leg.dial()
         return leg
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- the drainer ---------------------------------------------------------------------------
+
+    def ready(self, leg: _Leg) -> None:
+        """``leg`` has something to do: drain soon (once per loop turn, however many legs)."""
+        self._ready[leg] = None
+        if self._draining is None:
+            self._draining = asyncio.get_running_loop().call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._draining = None
+        budget = _BATCH
+        while self._ready and budget > 0:
+            leg = next(iter(self._ready))
+            budget -= max(leg.step(budget), 1)
+            if not leg.queue or leg.dialling:  # a leg being dialled is ready again once open
+                self._ready.pop(leg, None)
+        if self._ready:  # more to do: after the relay's callbacks of this turn
+            self._draining = asyncio.get_running_loop().call_soon(self._drain)
+
+    def _tick(self) -> None:
+        """Deadlines: answers not given, calls not made; legs whose charger left and whose
+        grace is over. In slices of legs, each its own loop callback: the relay comes first."""
+        loop = asyncio.get_running_loop()
+        self._ticker = loop.call_later(_TICK, self._tick)
+        legs = list(self.legs.values())
+        for start in range(0, len(legs), _TICK_SLICE):
+            loop.call_soon(self._tick_legs, legs[start : start + _TICK_SLICE])
+
+    def _tick_legs(self, legs: list[_Leg]) -> None:
+        now = time.monotonic()
+        for leg in legs:
+            if leg.finished:
+                continue
+            judge = leg.judge
+            deadline = judge.next_deadline()
+            if deadline is not None and deadline <= now:
+                judge.expire(now)
+                leg.send_outbox()
+                self.collect(judge)
+            if leg.closing and not leg.queue and (not judge.waiting or now >= leg.grace_until):
+                leg.finish()
 
     # -- results ------------------------------------------------------------------------------
 
@@ -283,7 +367,7 @@ class _Run:
             "not_mirrored": self.dropped,
             "incomplete_sessions": sum(1 for m in self.metas.values() if m.get("error")),
             "noise": [],
-            "session_results": list(self.metas.values()),
+            "session_results": [dict(m) for m in self.metas.values()],
         }
 
     async def _flush_loop(self) -> None:
@@ -307,52 +391,43 @@ class _Run:
                 )
 
     async def _flush(self, *, final: bool = False) -> None:
+        async with self._flush_lock:  # the final flush waits for one under way in its thread
+            await self._flush_now(final)
+
+    async def _flush_now(self, final: bool) -> None:
         store, run_id = self._store, self.run_id
         if store is None or run_id is None:
             return
         diffs, frames = self._diffs, self._frames
         self._diffs, self._frames = [], []
-        summary = self._summary()
+        now = time.monotonic()
+        # The summary lists every session: rewritten every few seconds, not at every flush.
+        summary = None
+        if final or now - self._summary_at >= _SUMMARY_INTERVAL:
+            summary, self._summary_at = self._summary(), now
         try:
             await asyncio.to_thread(
                 update_live_run,
                 store,
                 run_id,
-                summary=summary,
+                counts=(len(self.metas), self.messages, self.diffs),
                 differences=diffs,
                 frames=frames,
+                summary=summary,
                 ended_at=utc_iso(time.time()) if final else None,
             )
         except CaptureError as exc:  # busy, disk full: kept for the next flush, never raised
             self._diffs, self._frames = diffs + self._diffs, frames + self._frames
+            self._summary_at = 0.0
             if not self._store_failed:
                 self._store_failed = True
                 log.warning("shadow %s: cannot store the run yet (%s); retrying", self.url, exc)
         else:
             self._store_failed = False
-        # Finished sessions are in the summary for good; drop their legs.
-        for sid, leg in list(self.legs.items()):
-            if leg.finished:
-                del self.legs[sid]
 
 
-class _Leg:
-    """One charger on one shadow: the queue the relay fills, the task that empties it."""
-
-    __slots__ = (
-        "bytes",
-        "closing",
-        "dropped",
-        "fields",
-        "finished",
-        "judge",
-        "owner",
-        "queue",
-        "reported_dropped",
-        "task",
-        "wake",
-        "ws",
-    )
+class _Leg(asyncio.Protocol):
+    """One charger on one shadow: the queue the relay fills, and the shadow's socket."""
 
     def __init__(self, run: _Run, judge: ShadowJudge, fields: Mapping[str, Any]) -> None:
         self.owner = run
@@ -362,16 +437,22 @@ class _Leg:
         self.bytes = 0
         self.dropped = 0
         self.reported_dropped = 0
-        self.wake: asyncio.Future[None] | None = None
         self.closing = False
         self.finished = False
-        self.task: asyncio.Task[None] | None = None
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.grace_until = 0.0
+        self.transport: asyncio.Transport | None = None
+        self.open = False  # the shadow's 101 came; frames flow
+        self._inbox = bytearray()
+        self._head: asyncio.Future[tuple[bytes, bytes]] | None = None
+        self._key = ""
+        self._frames = _Frames(_MAX_MESSAGE)
+        self._backoff = 0.5
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- the relay's side: cheap, never blocks, never raises ----------------------------------
 
     def put(self, item: Item) -> None:
-        if self.closing:
+        if self.finished:
             return
         size = len(item[2])
         opts = self.owner.options
@@ -380,111 +461,39 @@ class _Leg:
         else:
             self.queue.append(item)
             self.bytes += size
-        self._kick()
+        self.owner.ready(self)
 
     def closed(self) -> None:
-        self.closing = True
-        self._kick()
-
-    def _kick(self) -> None:
-        wake = self.wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
-    # -- the shadow's side ---------------------------------------------------------------------
-
-    def _url(self) -> URL:
-        suffix = self.fields.get("path_suffix")
-        if suffix is None:
-            suffix = "/" + str(self.judge.charge_point_id)
-        query = self.fields.get("query")
-        raw = self.owner.url + suffix + (f"?{query}" if query is not None else "")
-        try:
-            return URL(raw, encoded=True)
-        except ValueError:
-            return URL(self.owner.url + "/" + str(self.judge.charge_point_id))
-
-    def _headers(self) -> dict[str, str]:
-        auth = self.owner.options.auth
-        cp = self.judge.charge_point_id
-        password = auth.get(cp, auth.get("*"))
-        if password is None:
-            return {}
-        user = self.fields.get("auth_user") or cp
-        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")}
-
-    async def main(self) -> None:
-        run, judge = self.owner, self.judge
-        backoff = 0.5
-        try:
-            while not self.closing:
-                if await self._connect():
-                    backoff = 0.5
-                    await self._serve()
-                if self.closing:
-                    break
-                await self._wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
-            self._discard()  # queued while no shadow was connected
-            judge.close(time.monotonic())
-        except Exception:  # a bug here must cost one charger's shadow, never the proxy
-            log.exception("shadow %s: charger %s failed", run.url, escape_controls(judge.charge_point_id))
-            judge.incomplete("internal error in the shadow leg")
-        finally:
-            self.queue.clear()
-            if self.ws is not None and not self.ws.closed:
-                with contextlib.suppress(Exception):
-                    await self.ws.close(code=1001, message=b"charge point connection ended")
-            meta = run.metas.get(judge.session_id)
-            if meta is not None:
-                meta["ended_at"] = utc_iso(time.time())
-            run.collect(judge)
-            self.finished = True
-
-    async def _serve(self) -> None:
-        """Mirror the queue to the connected shadow and read it, until either side ends; when
-        the charger has gone, give the shadow a moment to answer what it was sent."""
-        ws = self.ws
-        assert ws is not None
-        judge = self.judge
-        reader = asyncio.get_running_loop().create_task(self._read(ws))
-        try:
-            while not ws.closed and not self.closing:
-                await self._sleep(0.2 if judge.waiting else 1.0)
-                await self._step(ws)
-            if self.closing and not ws.closed:
-                deadline = time.monotonic() + min(self.owner.options.answer_timeout, 2.0)
-                while not ws.closed and (self.queue or judge.outbox or judge.waiting):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    await self._step(ws)
-                    await self._sleep(min(0.2, left))
-                await self._step(ws)
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-        if not self.closing:
-            code = ws.close_code
-            judge.lost(f"closed by the shadow ({code})" if code and code != 1006 else "connection dropped")
-            self.owner.collect(judge)
-
-    async def _sleep(self, seconds: float) -> None:
-        """Until something is queued or answered, the charger leaves, or ``seconds`` pass."""
-        if self.queue or self.judge.outbox or self.closing:
+        """The charger's connection ended: what is queued is judged, then the shadow gets a
+        moment to answer what it was sent (the ticker finishes the leg)."""
+        if self.closing:
             return
-        self.wake = asyncio.get_running_loop().create_future()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self.wake
-        self.wake = None
+        self.closing = True
+        self.grace_until = time.monotonic() + min(self.owner.options.answer_timeout, 2.0)
+        if self._timer is not None:  # waiting to dial again: no point now
+            self._timer.cancel()
+            self._timer = None
+        if not self.open:
+            self.grace_until = 0.0
+        self.owner.ready(self)
 
-    async def _step(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Feed the judge a batch of the queue, send what it says, hand its findings on."""
+    # -- the drainer's side ---------------------------------------------------------------------
+
+    def step(self, budget: int) -> int:
+        """Judge up to ``budget`` queued messages and send what the judge says; returns how many."""
         judge, queue = self.judge, self.queue
-        for _ in range(min(len(queue), _BATCH)):
-            seq, to_csms, payload, mask, _text, t_mono = queue.popleft()
+        if not self.open:
+            if self.dialling:  # they wait for the shadow's answer to the upgrade
+                return 0
+            n = len(queue)  # no shadow now: not mirrored (the connection's finding says why)
+            self.owner.dropped += n
+            queue.clear()
+            self.bytes = 0
+            self._note_dropped()
+            return n
+        n = min(len(queue), budget)
+        for _ in range(n):
+            seq, to_csms, payload, mask, t_mono = queue.popleft()
             self.bytes -= len(payload)
             raw = unmask(payload, mask).decode("utf-8", "replace")
             if to_csms:
@@ -492,36 +501,29 @@ class _Leg:
             else:
                 judge.from_production(seq, raw, t_mono)
         self._note_dropped()
-        judge.expire(time.monotonic())
-        out, judge.outbox = judge.outbox, []
-        for text in out:
-            try:
-                await ws.send_str(text)
-            except (ConnectionError, aiohttp.ClientError, RuntimeError):
-                break
+        self.send_outbox()
         self.owner.collect(judge)
-        await asyncio.sleep(0)  # the relay comes first
+        return n
 
-    async def _wait(self, seconds: float) -> None:
-        """Wait ``seconds`` or until the charger's connection ends; what queued meanwhile is
-        not mirrored (the shadow is not there to take it)."""
-        deadline = time.monotonic() + seconds
-        while not self.closing and time.monotonic() < deadline:
-            self.wake = asyncio.get_running_loop().create_future()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(deadline - time.monotonic()):
-                    await self.wake
-            self.wake = None
-            self._discard()
+    @property
+    def dialling(self) -> bool:
+        return not self.open and not self.closing and not self.finished and self._timer is None
 
-    def _discard(self) -> None:
-        """No shadow is connected: what queued is not mirrored (the connection's own finding
-        says why), and counted."""
+    def send_outbox(self) -> None:
+        judge = self.judge
+        if not judge.outbox:
+            return
+        out, judge.outbox = judge.outbox, []
+        transport = self.transport
+        if transport is None or transport.is_closing() or not self.open:
+            return
+        limit = self.owner.options.queue_bytes
+        for text in out:
+            if transport.get_write_buffer_size() > limit:  # the shadow is not reading
+                self.dropped += 1
+                continue
+            transport.write(_frame(TEXT, text.encode("utf-8")))
         self._note_dropped()
-        if self.queue:
-            self.owner.dropped += len(self.queue)
-            self.queue.clear()
-            self.bytes = 0
 
     def _note_dropped(self) -> None:
         if self.dropped > self.reported_dropped:
@@ -529,42 +531,250 @@ class _Leg:
             self.reported_dropped = self.dropped
             self.judge.dropped(self.dropped)
 
-    async def _connect(self) -> bool:
+    def finish(self) -> None:
+        """Judge what is still open and end the leg."""
+        if self.finished:
+            return
+        self.finished = True
         run, judge = self.owner, self.judge
-        assert run.http is not None
+        self.queue.clear()
+        self.bytes = 0
+        if self._timer is not None:
+            self._timer.cancel()
+        judge.close(time.monotonic())
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if self.open:
+                transport.write(_frame(CLOSE, (1001).to_bytes(2, "big") + b"charge point connection ended"))
+            transport.close()
+        meta = run.metas.get(judge.session_id)
+        if meta is not None:
+            meta["ended_at"] = utc_iso(time.time())
+        run.collect(judge)
+        run.legs.pop(judge.session_id, None)
+        if run._stopping and not run.legs:
+            run._idle.set()
+
+    # -- dialling --------------------------------------------------------------------------------
+
+    def dial(self) -> None:
+        self._timer = None
+        if not self.closing and not self.finished:
+            self.owner.spawn(self._dial())
+
+    def _target(self) -> str:
+        suffix = self.fields.get("path_suffix")
+        if suffix is None:
+            suffix = "/" + str(self.judge.charge_point_id)
+        run = self.owner
+        queries = [q for q in (run.query, self.fields.get("query")) if q]
+        path = run.path + suffix
+        return (path if path.startswith("/") else "/" + path) + (f"?{'&'.join(queries)}" if queries else "")
+
+    def _headers(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
         offered = self.fields.get("offered_subprotocols")
-        protocols = tuple(p for p in (offered or "").split(",") if p)
+        if offered:
+            out.append(("Sec-WebSocket-Protocol", str(offered)))
+        auth = self.owner.options.auth
+        cp = self.judge.charge_point_id
+        password = auth.get(cp, auth.get("*"))
+        if password is not None:
+            user = self.fields.get("auth_user") or cp
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            out.append(("Authorization", f"Basic {token}"))
+        return out
+
+    async def _dial(self) -> None:
+        run, judge = self.owner, self.judge
+        loop = asyncio.get_running_loop()
+        host, port = run.address
+        self._inbox = bytearray()
+        self._frames = _Frames(_MAX_MESSAGE)
+        self._head = loop.create_future()
+        self._key = new_key()
         try:
             async with asyncio.timeout(run.options.connect_timeout):
-                self.ws = await run.http.ws_connect(
-                    self._url(),
-                    protocols=protocols,
-                    headers=self._headers(),
-                    autoping=True,
-                    heartbeat=None,
-                    max_msg_size=_MAX_MESSAGE,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
+                await loop.create_connection(
+                    lambda: self, host, port, ssl=run.ssl, server_hostname=host if run.ssl else None
                 )
-        except aiohttp.WSServerHandshakeError as exc:
-            judge.connect_failed(f"{exc.status} {exc.message}", exc.status)
+                assert self.transport is not None
+                self.transport.write(
+                    upgrade_request(self._target(), run.host_header, self._key, self._headers())
+                )
+                head, rest = await self._head
+            response = parse_response_head(head)
         except TimeoutError:
-            judge.connect_failed(f"no websocket handshake within {run.options.connect_timeout:g} s")
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            judge.connect_failed(f"unreachable: {str(exc) or type(exc).__name__}")
-        else:
-            judge.connected_with(offered, self.fields.get("subprotocol"), self.ws.protocol)
-            run.collect(judge)
-            return True
+            self._failed(f"no websocket handshake within {run.options.connect_timeout:g} s")
+            return
+        except (OSError, ConnectionError, HandshakeError) as exc:
+            self._failed(f"unreachable: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}")
+            return
+        if response.status != 101:
+            self._failed(f"{response.status} {response.reason}", response.status)
+            return
+        if response.headers.get("Sec-WebSocket-Accept", "").strip() != accept_key(self._key):
+            self._failed("101 with a wrong Sec-WebSocket-Accept", 101)
+            return
+        if self.closing or self.finished:
+            self._drop()
+            return
+        self.open = True
+        self._backoff = 0.5
+        judge.connected_with(
+            self.fields.get("offered_subprotocols"),
+            self.fields.get("subprotocol"),
+            header(response.headers, "Sec-WebSocket-Protocol") or None,
+        )
         run.collect(judge)
-        return False
+        if rest:
+            self.data_received(rest)
+        run.ready(self)
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def _failed(self, reason: str, status: int | None = None) -> None:
+        self._drop()
+        self.judge.connect_failed(reason, status)
+        self.owner.collect(self.judge)
+        self._again()
+
+    def _again(self) -> None:
+        """Dial again later (the queue is not mirrored meanwhile)."""
+        if self.closing or self.finished or self.owner._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._backoff, self.dial)
+        self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+        self.owner.ready(self)
+
+    def _drop(self) -> None:
+        transport = self.transport
+        self.transport = None
+        self.open = False
+        if transport is not None:
+            transport.abort()
+
+    # -- asyncio callbacks ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open:
+            self._inbox += data
+            head = self._head
+            found = head_end(self._inbox)
+            if head is not None and not head.done():
+                if found is not None:
+                    end, after = found
+                    head.set_result((bytes(self._inbox[:end]), bytes(self._inbox[after:])))
+                elif len(self._inbox) > _MAX_HEAD:
+                    head.set_exception(HandshakeError("answer head too long"))
+            return
+        try:
+            messages = self._frames.feed(data)
+        except ValueError:
+            self._lost_now("the shadow sent a frame over the size limit")
+            return
+        now = time.monotonic()
         judge = self.judge
-        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
-            async for msg in ws:
-                if msg.type is aiohttp.WSMsgType.TEXT:
-                    judge.from_shadow(msg.data, time.monotonic())
-                elif msg.type is aiohttp.WSMsgType.BINARY:
-                    judge.from_shadow(msg.data.decode("utf-8", "replace"), time.monotonic())
-                self._kick()  # the pump sends what the judge answered
-        self._kick()
+        for opcode, payload in messages:
+            if opcode in (TEXT, BINARY):
+                judge.from_shadow(payload.decode("utf-8", "replace"), now)
+            elif opcode == PING and self.transport is not None:
+                self.transport.write(_frame(PONG, payload))
+            elif opcode == CLOSE:
+                code, _ = close_payload(payload)
+                if self.transport is not None and not self.transport.is_closing():
+                    self.transport.write(_frame(CLOSE, payload[:2]))
+                self._lost_now(
+                    f"closed by the shadow ({code})" if code and code != 1006 else "connection dropped"
+                )
+                return
+        self.send_outbox()
+        self.owner.collect(judge)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(ConnectionResetError("the shadow closed the connection"))
+        if self.open:
+            self._lost_now("connection dropped")
+
+    def _lost_now(self, reason: str) -> None:
+        if not self.open:
+            return
+        self._drop()
+        if self.closing or self.finished:
+            return
+        self.judge.lost(reason)
+        self.owner.collect(self.judge)
+        self._again()
+
+
+class _Frames:
+    """Websocket frames from the shadow (a server: unmasked, as RFC 6455 says) -> messages."""
+
+    __slots__ = ("buf", "limit", "op", "parts")
+
+    def __init__(self, limit: int) -> None:
+        self.buf = bytearray()
+        self.limit = limit
+        self.op = 0
+        self.parts: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Complete messages (opcode, payload); control frames as they come. Raises ValueError
+        for a frame over the limit."""
+        buf = self.buf
+        buf += data
+        out: list[tuple[int, bytes]] = []
+        while len(buf) >= 2:
+            b0, b1 = buf[0], buf[1]
+            n, pos = b1 & 0x7F, 2
+            if n == 126:
+                if len(buf) < 4:
+                    break
+                n, pos = int.from_bytes(buf[2:4], "big"), 4
+            elif n == 127:
+                if len(buf) < 10:
+                    break
+                n, pos = int.from_bytes(buf[2:10], "big"), 10
+            mask = b""
+            if b1 & 0x80:
+                if len(buf) < pos + 4:
+                    break
+                mask, pos = bytes(buf[pos : pos + 4]), pos + 4
+            if n > self.limit:
+                raise ValueError(f"frame of {n} bytes")
+            if len(buf) < pos + n:
+                break
+            payload = unmask(bytes(buf[pos : pos + n]), mask)
+            del buf[: pos + n]
+            op = b0 & 0x0F
+            if op >= 8:
+                out.append((op, payload))
+                continue
+            if op:
+                self.op, self.parts = op, [payload]
+            else:
+                self.parts.append(payload)
+            if b0 & 0x80:
+                out.append((self.op, b"".join(self.parts)))
+                self.parts = []
+        return out
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """A client's frame: final, masked."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 1 << 16:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    mask = os.urandom(4)
+    return head + mask + unmask(payload, mask)

@@ -77,7 +77,8 @@ def _iso(wall: float) -> str:
 class _Exchange:
     """A charger CALL: production's answer and the shadow's, as they come."""
 
-    call: Call
+    uid: str  # the charger CALL's (the payload is not kept: only what the answers need)
+    action: str
     seq: int  # the charger's frame in the capture
     at: float  # when it was mirrored to the shadow
     prod: Answer | None = None
@@ -126,6 +127,7 @@ class ShadowJudge:
     error: str | None = None  # why the comparison is incomplete (also a difference)
     _seq: int = 0
     _pending: dict[str, _Exchange] = field(default_factory=dict)  # by the charger CALL's uid
+    _assigning: set[str] = field(default_factory=set)  # pending uids whose answer assigns an id
     _held: deque[tuple[int, str, Call | None]] = field(default_factory=deque)
     _prod_calls: dict[str, _ProdCall] = field(default_factory=dict)  # by production's uid
     _unmatched_prod: dict[str, deque[_ProdCall]] = field(default_factory=dict)  # by action
@@ -177,6 +179,7 @@ class ShadowJudge:
 
     def _forget(self) -> None:
         self._pending.clear()
+        self._assigning.clear()
         self._held.clear()
         self._prod_calls.clear()
         self._unmatched_prod.clear()
@@ -187,6 +190,17 @@ class ShadowJudge:
     def waiting(self) -> bool:
         """Something sent to the shadow still waits for its answer (or to be sent)."""
         return bool(self._held or self._deferred) or any(ex.shadow is None for ex in self._pending.values())
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` next has something to do (None: nothing is waiting)."""
+        t = self.answer_timeout
+        times = [sc.at + (self.pair_window if sc.prod is None else t) for sc in self._deferred]
+        for first in (next(iter(self._pending.values()), None), next(iter(self._prod_calls.values()), None)):
+            if first is not None:
+                times.append(first.at + t)
+        times += [q[0].at + t for q in self._unmatched_prod.values() if q]
+        times += [q[0].at + t for q in self._unmatched_shadow.values() if q]
+        return min(times) if times else None
 
     # -- events -------------------------------------------------------------------------------
 
@@ -246,7 +260,9 @@ class ShadowJudge:
             self._record("to_cp", raw, None, None, now, _peek_type(frame), uid)
             return
         ex.shadow = frame
-        self._record("to_cp", raw, None, ex.call.action, now, _peek_type(frame), uid)
+        self._record("to_cp", raw, None, ex.action, now, _peek_type(frame), uid)
+        if ex.prod is None and uid in self._assigning:
+            self._assigning.discard(uid)  # production's answer is still to come: learned then
         self._settle(ex, now)
 
     def expire(self, now: float) -> None:
@@ -256,7 +272,8 @@ class ShadowJudge:
             if ex.prod is not None and ex.shadow is None and ex.at <= limit:
                 self._settle(ex, now, timed_out=True)
             elif ex.prod is None and ex.at <= limit:
-                del self._pending[ex.call.unique_id]  # production never answered: nothing to judge
+                del self._pending[ex.uid]  # production never answered: nothing to judge
+                self._assigning.discard(ex.uid)
                 self._release(now)
         for action, queue in list(self._unmatched_prod.items()):
             while queue and queue[0].at <= limit:
@@ -298,10 +315,7 @@ class ShadowJudge:
 
     def _blocking(self) -> bool:
         """A charger CALL whose answer assigns an id is waiting for the shadow's answer."""
-        return any(
-            ex.shadow is None and self.correlator.source_paths(ex.call.action, Message.RESPONSE)
-            for ex in self._pending.values()
-        )
+        return bool(self._assigning)
 
     def _release(self, now: float) -> None:
         while self._held and not self._blocking():
@@ -314,7 +328,9 @@ class ShadowJudge:
             payload = self.correlator.apply(call.action, Message.REQUEST, call.payload)
             if payload is not call.payload:
                 text = dump(Call(call.unique_id, call.action, payload))
-            self._pending[call.unique_id] = _Exchange(call, seq, now)
+            self._pending[call.unique_id] = _Exchange(call.unique_id, call.action, seq, now)
+            if self.correlator.source_paths(call.action, Message.RESPONSE):
+                self._assigning.add(call.unique_id)
         self.outbox.append(text)
         self._record(
             "to_csms",
@@ -329,8 +345,9 @@ class ShadowJudge:
     def _settle(self, ex: _Exchange, now: float, *, timed_out: bool = False) -> None:
         if ex.prod is None or (ex.shadow is None and not timed_out):
             return
-        del self._pending[ex.call.unique_id]
-        action = ex.call.action
+        del self._pending[ex.uid]
+        self._assigning.discard(ex.uid)
+        action = ex.action
         expected: Answer = ex.prod
         actual = ex.shadow
         if isinstance(expected, CallResult) and isinstance(actual, CallResult):

@@ -293,14 +293,15 @@ def update_live_run(
     store: Store,
     run_id: int,
     *,
-    summary: dict[str, Any],
+    counts: tuple[int, int, int],
     differences: list[Difference],
     frames: list[tuple[int, LiveFrame]],
+    summary: dict[str, Any] | None = None,
     ended_at: str | None = None,
 ) -> None:
-    """Append differences and (session id, frame) pairs to a live run and replace its counts and
-    summary (``summary`` as :func:`store_run` writes it: sessions, messages, diffs,
-    session_results). One transaction; blocking. Raises CaptureError."""
+    """Append differences and (session id, frame) pairs to a live run, set its counts
+    (sessions, messages, diffs) and, when given, its summary (as :func:`store_run` writes it,
+    session_results included). One transaction; blocking. Raises CaptureError."""
     conn = store.db.conn
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -346,17 +347,17 @@ def update_live_run(
                 for sid, f in frames
             ],
         )
-        diffs = int(summary.get("diffs", 0))
+        sessions, messages, diffs = counts
         conn.execute(
             "UPDATE runs SET ended_at = coalesce(?, ended_at), sessions = ?, messages = ?, diffs = ?, "
-            "exit_code = ?, summary = ? WHERE id = ?",
+            "exit_code = ?, summary = coalesce(?, summary) WHERE id = ?",
             (
                 ended_at,
-                int(summary.get("sessions", 0)),
-                int(summary.get("messages", 0)),
+                sessions,
+                messages,
                 diffs,
                 1 if diffs else 0,
-                _json(summary),
+                _json(summary) if summary is not None else None,
                 run_id,
             ),
         )
