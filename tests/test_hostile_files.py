@@ -338,3 +338,43 @@ def test_a_flow_larger_than_the_bound_is_refused_before_it_is_read(
         pytest.raises(CaptureError, match="a flow of 2000 bytes, more than the 1000 read"),
     ):
         next(exchange.read_flows(fh, path))
+
+
+@pytest.mark.parametrize("trap", ["endless view", "trigger"])
+def test_captures_with_views_or_triggers_are_refused(tmp_path: Path, trap: str) -> None:
+    """A view named frames can yield rows without end (export would fill the disk); a trigger
+    runs whatever it says when a row is written."""
+    import sqlite3
+
+    from tests.test_exchange import TRICKY, make_capture
+
+    bad = make_capture(tmp_path / "bad.db", [{"frames": TRICKY[:2]}])
+    conn = sqlite3.connect(bad)
+    if trap == "endless view":
+        conn.execute("ALTER TABLE frames RENAME TO frames_real")
+        conn.execute(
+            "CREATE VIEW frames AS WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) "
+            "SELECT f.* FROM frames_real f, n"
+        )
+        expected = "frames is a view"
+    else:
+        conn.execute("CREATE TABLE log (x)")
+        conn.execute("CREATE TRIGGER spy AFTER INSERT ON sessions BEGIN INSERT INTO log VALUES (new.id); END")
+        expected = "spy is a trigger"
+    conn.commit()
+    conn.close()
+    good = make_capture(tmp_path / "good.db", [{"frames": TRICKY[:2]}])
+    export = tmp_path / "good.jsonl"
+    runner = CliRunner()
+    assert runner.invoke(_cli(), ["export", "--db", str(good), "--out", str(export)]).exit_code == 0
+    for args in (
+        ["export", "--db", str(bad), "--out", str(tmp_path / "x.jsonl")],
+        ["redact", "--db", str(bad), "--out", str(tmp_path / "r.db")],
+        ["merge", str(good), str(bad), "--out", str(tmp_path / "m.db")],
+        ["import", str(export), "--db", str(bad)],
+    ):
+        result = runner.invoke(_cli(), args, catch_exceptions=False)
+        line = _error_line(result.exit_code, result.stderr)
+        assert f"bad.db is not a capture this tool wrote: {expected}" in line, (args, line)
+    assert not (tmp_path / "x.jsonl").exists() and not (tmp_path / "r.db").exists()
+    assert not (tmp_path / "m.db").exists()

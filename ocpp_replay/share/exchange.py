@@ -100,10 +100,35 @@ def _columns(db: sqlite_utils.Database, table: str) -> list[str]:
     return [row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()]
 
 
+_CAPTURE_TABLES = ("sessions", "frames", "capture_events")
+
+
+def check_capture_tables(store: Store) -> None:
+    """Refuse a capture from elsewhere whose tables are not plain tables: a view named ``frames``
+    can yield rows without end (a recursive CTE), a trigger can run anything on a write. The
+    capture writer creates neither."""
+    _check_tables(store.db, store.path)
+
+
+def _check_tables(db: sqlite_utils.Database, path: object) -> None:
+    try:
+        rows = db.execute(
+            "SELECT name, type FROM sqlite_master WHERE (name IN (?, ?, ?) AND type != 'table') "
+            "OR type = 'trigger' ORDER BY name",
+            list(_CAPTURE_TABLES),
+        ).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise CaptureError(f"cannot read {path}: {exc}") from exc
+    if rows:
+        name, kind = rows[0]
+        raise CaptureError(f"{path} is not a capture this tool wrote: {name} is a {kind}")
+
+
 def select_sessions(
     store: Store, ids: Sequence[int] = (), charge_points: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
     """Rows of the sessions table (every column), in start order, filtered by id and charge point."""
+    check_capture_tables(store)
     where, params = session_filter(ids, charge_points)
     sql = f"SELECT * FROM sessions{where} ORDER BY started_at, id"
     try:
@@ -148,6 +173,7 @@ def iter_capture(
 
 def orphan_events(store: Store) -> Iterator[Record]:
     """Capture events that belong to no session."""
+    check_capture_tables(store)
     try:
         yield from _events(store, "session_id IS NULL", [])
     except sqlite3.DatabaseError as exc:
@@ -395,6 +421,7 @@ def _target(path: str | os.PathLike[str]) -> Iterator[sqlite_utils.Database]:
     lock = WriterLock(p)
     try:
         lock.acquire()
+        _check_tables(db, p)
         yield db
     except BaseException:
         db.conn.close()
@@ -496,10 +523,15 @@ def export_jsonl(
 
     records = iter_capture(store, ids, charge_points)
     path = Path(out)
+    select_sessions(store, ids, charge_points)  # a bad selection or capture fails before --out exists
     with _private_text(path, force) as fh:
-        for line in jsonl_lines(store, counted(records)):
-            fh.write(line)
-            fh.write("\n")
+        try:
+            for line in jsonl_lines(store, counted(records)):
+                fh.write(line)
+                fh.write("\n")
+        except BaseException:
+            path.unlink(missing_ok=True)  # no half export that looks like a whole one
+            raise
     return counts
 
 

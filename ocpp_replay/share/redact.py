@@ -49,7 +49,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from ocpp_replay.errors import CaptureError, ConfigError
 from ocpp_replay.share.detect import KINDS, find
-from ocpp_replay.share.exchange import CaptureSink, Record, create_output, iter_capture
+from ocpp_replay.share.exchange import CaptureSink, Record, check_capture_tables, create_output, iter_capture
 from ocpp_replay.store import Store
 
 __all__ = [
@@ -611,6 +611,7 @@ def redact_capture(
         detect=detect,
     )
     with Store.open(src) as store:
+        check_capture_tables(store)
         try:
             cursor = store.db.execute("SELECT * FROM sessions")
             names = [d[0] for d in cursor.description]
