@@ -29,7 +29,7 @@ from ocpp_replay.core.text import pretty_json
 from ocpp_replay.core.validate import check_frames
 from ocpp_replay.errors import CaptureError, CaptureNotFound, ConfigError, ReplayError, UnknownSession
 from ocpp_replay.report.html import BACKEND_COMMANDS, CHARGER_TO_CSMS, CSMS_TO_CHARGER, coverage
-from ocpp_replay.store.reader import _SESSION_COLUMNS, FrameRecord, SessionInfo, Store, session_filter
+from ocpp_replay.store.reader import _SESSION_COLUMNS, FrameRecord, SessionInfo, Store
 from ocpp_replay.store.runs import list_runs, load_run
 from ocpp_replay.store.schema import migrations
 from ocpp_replay.ui.query import compile_filter
@@ -199,8 +199,8 @@ class CaptureView:
         offset: int = 0,
     ) -> dict[str, Any]:
         """Sessions (newest first) that match every filter given; with the total that match."""
-        where, params = session_filter((), (), None, None)
-        conds: list[str] = [where.removeprefix(" WHERE ")] if where else []
+        conds: list[str] = []
+        params: list[Any] = []
         if charge_point:
             conds.append("instr(lower(s.charge_point_id), lower(?)) > 0")
             params.append(charge_point)

@@ -16,16 +16,20 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-#: How much lower the UI's scheduling priority is than the proxy's: where the two share a busy
-#: core, the relay's frames go first.
+#: Where SCHED_IDLE is missing (not Linux), how much lower the UI's priority is than the proxy's.
 NICE = 10
 
-# ``python -m ocpp_replay.cli ui ...``, its priority lowered first: by the child itself, as
-# preexec_fn is unsafe in a process that already runs threads (the capture writer's).
+# ``python -m ocpp_replay.cli ui ...``, its priority lowered first, by the child itself
+# (preexec_fn is unsafe in a process that already runs threads: the capture writer's). On Linux
+# the UI runs under SCHED_IDLE: it gets a core only when nothing else wants it, and the relay,
+# waking for a frame, takes the core from it at once. Elsewhere: nice NICE.
 _LAUNCH = (
     "import os, sys\n"
     "nice = int(sys.argv.pop(1))\n"
-    "if hasattr(os, 'nice'): os.nice(nice)\n"
+    "try:\n"
+    "    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+    "except (AttributeError, OSError):\n"
+    "    if hasattr(os, 'nice'): os.nice(nice)\n"
     "sys.argv[0] = 'ocpp-replay'\n"
     "from ocpp_replay.cli import main\n"
     "main()\n"
@@ -35,8 +39,8 @@ _LAUNCH = (
 def start_ui_process(
     db: Path, port: int, *, host: str = "127.0.0.1", rules: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start ``ocpp-replay ui`` on DB at a lower priority (:data:`NICE`); it prints its URL and
-    serves until it is terminated."""
+    """Start ``ocpp-replay ui`` on DB at the lowest priority (SCHED_IDLE, else :data:`NICE`); it
+    prints its URL and serves until it is terminated."""
     cmd = [
         sys.executable,
         "-c",
@@ -52,7 +56,7 @@ def start_ui_process(
     ]
     if rules is not None:
         cmd += ["--rules", str(rules)]
-    log.info("UI: http://%s:%d/ (its own process, nice %d)", host, port, NICE)
+    log.info("UI: http://%s:%d/ (its own process, at idle priority)", host, port)
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
 
 
