@@ -293,11 +293,15 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
     await asyncio.to_thread(browser.stop)
     med = {name: statistics.median(v) for name, v in added.items()}
     cost = [u - p for u, p in zip(added["proxy --ui"], added["proxy"], strict=True)]
+    # the same proxy with nobody watching against the plain one: what the machine's noise alone
+    # makes of two paths that do the same work
+    null = [u - p for u, p in zip(added["--ui unwatched"], added["proxy"], strict=True)]
     seconds = args.rounds * args.seconds
     print(
         f"\nmedian added p99 over {args.rounds} rounds: proxy +{med['proxy']:.3f} ms, --ui unwatched "
         f"+{med['--ui unwatched']:.3f} ms, proxy --ui followed +{med['proxy --ui']:.3f} ms; the UI's "
-        f"cost (median of the rounds' differences) {statistics.median(cost):+.3f} ms"
+        f"cost (median of the rounds' differences) {statistics.median(cost):+.3f} ms, against "
+        f"{statistics.median(null):+.3f} ms for the UI unwatched (the noise floor: the same work)"
     )
     print(
         f"the UI process used {ui_cpu / seconds * 100:.1f} % of a core, the browser "
@@ -310,6 +314,8 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
         "added_p99_ms_proxy_ui": added["proxy --ui"],
         "ui_cost_p99_ms_rounds": cost,
         "ui_cost_p99_ms_median": statistics.median(cost),
+        "unwatched_cost_p99_ms_rounds": null,
+        "unwatched_cost_p99_ms_median": statistics.median(null),
         "ui_cpu_share": ui_cpu / seconds,
         "browser_cpu_share": browser_cpu / seconds,
         "frames_followed": shown,

@@ -505,3 +505,30 @@ def test_ui_on_another_address_warns_about_personal_data(capture: tuple[Path, in
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=10)
     assert "personal data" in err.decode() and proc.returncode == 0
+
+
+@pytest.mark.usefixtures("needs_chromium")
+@pytest.mark.timeout(120)
+async def test_a_compare_run_shows_baseline_and_candidate_side_by_side(
+    capture: tuple[Path, int], tmp_path: Path
+) -> None:
+    db = _copy(capture[0], tmp_path)
+    async with ReferenceCsms("v1") as v1, ReferenceCsms("v2") as v2:
+        res = await _invoke(
+            ["compare", "--db", str(db), "--baseline", v1.url, "--candidate", v2.url, "--max-gap", "0.05",
+             "--timeout", "2", "--grace", "0.3"]
+        )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    with Store.open(db) as s:
+        (run_id,) = s.db.execute("SELECT id FROM runs WHERE kind = 'compare'").fetchone()
+    async with UiServer(db, port=0) as ui, browser() as b:
+        page, problems = await _open(b, ui.url + f"#/run/{run_id}")
+        await page.wait_for_selector("#groups")
+        boot = page.locator("#groups tr.group", has_text="BootNotification")
+        await boot.locator("td.examples a").first.click()
+        for side in ("baseline", "candidate"):
+            selected = page.locator(f"[data-side={side}] .frame.sel")
+            await selected.wait_for()
+            assert "BootNotification" in await selected.inner_text()
+        assert "expected: baseline" in await page.inner_text("main")
+        assert problems == []
