@@ -337,6 +337,8 @@ async def test_redacted_capture_replays_with_the_same_results(tmp_path: Path, ve
         ("IBAN DE89 3704 0044 0532 0130 00 ok", [("iban", "DE89 3704 0044 0532 0130 00")]),
         ("NL91ABNA0417164300", [("iban", "NL91ABNA0417164300")]),
         ("NL91ABNA0417164301", []),  # checksum wrong
+        ("NL91ABNA0417164300 0 left", [("iban", "NL91ABNA0417164300")]),  # the pattern ran on: trimmed
+        ("+31 20 123 4567 8901 2345", [("phone", "+31 20 123 4567 8901")]),  # at most 15 digits
         ("mac 00:1A:2B:3C:4D:5E", [("mac", "00:1A:2B:3C:4D:5E")]),
         ("mac 001a.2b3c.4d5e", [("mac", "001a.2b3c.4d5e")]),
         ("uid 04A2B3C4D5E680", [("rfid_uid", "04A2B3C4D5E680")]),
@@ -509,3 +511,35 @@ def test_detect_option(tmp_path: Path) -> None:
     (tmp_path / "r.json").write_text("{}")
     line = error_line(run("redact", "--db", src, "--out", tmp_path / "y.db", "--report", tmp_path / "r.json"))
     assert "r.json exists" in line and not (tmp_path / "y.db").exists()
+
+
+_filler = st.text(
+    alphabet=st.sampled_from(list("abc XYZ.,:;-_/()\"'\\\n\u00e9\u202e0123456789")), max_size=12
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pieces=st.lists(st.tuples(_filler, st.sampled_from(PLANTED), _filler), min_size=1, max_size=4),
+    numbers=st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=3),
+)
+def test_planted_values_never_survive_and_frames_stay_json(
+    pieces: list[tuple[str, str, str]], numbers: list[int]
+) -> None:
+    """Whatever text surrounds a planted value (quotes, escapes, bidi overrides, other digits),
+    in whichever string of the payload, it is gone after redaction, and the frame is still the
+    same JSON apart from the strings that held it."""
+    payload = {
+        "vendorId": "com.alfen",
+        "data": " ".join(a + " " + v + " " + b for a, v, b in pieces),
+        "nested": [{"value": pieces[0][1]}, {"n": numbers}],
+    }
+    raw = json.dumps([2, "42", "DataTransfer", payload], ensure_ascii=False)
+    redactor = Redactor(KEY)
+    redactor.learn(raw, action="DataTransfer", message_type=2)
+    out = redactor.text(raw)
+    for _, value, _ in pieces:
+        assert value not in out
+    before, after = json.loads(raw), json.loads(out)
+    assert after[:3] == before[:3] and after[3]["vendorId"] == "com.alfen"
+    assert after[3]["nested"][1] == {"n": numbers}  # numbers are not touched

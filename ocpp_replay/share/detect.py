@@ -30,7 +30,7 @@ A match must stand alone: no letter, digit, ``_`` or ``-`` right before or after
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 __all__ = ["KINDS", "find", "iban_valid", "vin_check_digit"]
@@ -119,6 +119,16 @@ def _rfid(value: str) -> bool:
 
 
 _CHECKS: Final = {"vin": _vin, "iban": iban_valid, "phone": _phone, "rfid_uid": _rfid}
+#: Kinds whose pattern may run on into the next word (``IBAN 0``, ``+31 20 1234567 2``): when the
+#: whole match fails its check, the longest prefix that ends before a space and passes counts.
+_TRIMMED: Final = frozenset({"iban", "phone"})
+
+
+def _shorter(value: str, check: Callable[[str], bool]) -> str:
+    for end in range(len(value) - 1, 0, -1):
+        if value[end] == " " and value[end - 1] != " " and check(value[:end]):
+            return value[:end]
+    return ""
 
 
 def find(text: str, kinds: tuple[str, ...] = KINDS) -> Iterator[tuple[str, str]]:
@@ -137,8 +147,10 @@ def find(text: str, kinds: tuple[str, ...] = KINDS) -> Iterator[tuple[str, str]]
         for m in _COMPILED[kind].finditer(masked):
             value = m.group(0)
             if check is not None and not check(value):
-                continue
-            claimed.append(m.span())
+                value = _shorter(value, check) if kind in _TRIMMED else ""
+                if not value:
+                    continue
+            claimed.append((m.start(), m.start() + len(value)))
             yield kind, value
         if claimed:
             parts: list[str] = []
