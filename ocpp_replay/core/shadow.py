@@ -69,8 +69,17 @@ MAX_HELD = 256
 Answer = CallResult | CallError | str
 
 
+_second: list[Any] = [None, ""]
+
+
 def _iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ISO 8601 UTC with microseconds; the date part formatted once a second (it is the costly part)."""
+    second = int(wall)
+    micros = min(999_999, round((wall - second) * 1_000_000))
+    if _second[0] != second:
+        _second[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[0] = second
+    return f"{_second[1]}.{micros:06d}Z"
 
 
 @dataclass(slots=True)
