@@ -60,3 +60,11 @@ offered_subprotocols
 handshake_note
 batches
 _.batches
+# Locust: listeners registered by decorator, the user class and its task found by Locust,
+# the exit code its main reads (ocpp_replay/distributed/locustfile.py)
+_options
+_init
+OcppReplayUser
+_.wait_time
+_.idle
+_.process_exit_code

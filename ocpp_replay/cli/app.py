@@ -844,8 +844,9 @@ def demo(
 
 def _register_commands() -> None:
     """Commands that live in their own modules, each adding itself to the app."""
-    from ocpp_replay.cli import replay, share, ui
+    from ocpp_replay.cli import distributed, replay, share, ui
 
+    distributed.register(app)
     replay.register(app)
     share.register(app)
     ui.register(app)

@@ -1,0 +1,100 @@
+"""The worker's engine process: ``python -m ocpp_replay.distributed.engine`` (asyncio, no gevent).
+
+Reads one pickled :class:`~ocpp_replay.distributed.plan.Job` on stdin, replays its share with
+:func:`ocpp_replay.replay.run_replay`, and writes JSON lines on stdout:
+
+- ``{"x": [kind, action, rtt_ms, size, error]}`` per exchange, as each session finishes;
+- ``{"result": "<base64 pickle of the RunResult>"}`` at the end;
+- ``{"error": "one line"}`` (exit 2) when the target cannot be reached or the job is bad.
+
+SIGTERM (the worker stopping) ends the replay like Ctrl-C ends a local one: the finished
+sessions come back, the run marked ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import sys
+import threading
+from typing import IO, Any, cast
+
+from ocpp_replay.core.rules import parse_rules
+from ocpp_replay.distributed.plan import Job, dumps, exchanges, loads
+from ocpp_replay.errors import OcppReplayError
+from ocpp_replay.replay import Progress, run_replay
+from ocpp_replay.store import Store
+
+
+def _line(out: IO[str], obj: dict[str, Any]) -> None:
+    # A pipe the worker greenlet drains continuously: a line is written at once, never held.
+    out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+
+def _wait_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    while sys.stdin.buffer.read(65536):
+        pass
+    loop.call_soon_threadsafe(stop.set)
+
+
+def read_job(stream: IO[bytes]) -> Job:
+    """The job: its length in bytes on one line, then the pickle."""
+    header = stream.readline(32)
+    try:
+        size = int(header)
+    except ValueError:
+        raise OcppReplayError("the engine expects a job's length on its first line") from None
+    job = loads(stream.read(size))
+    if not isinstance(job, Job):
+        raise OcppReplayError("the engine was sent something that is not a job")
+    return job
+
+
+async def replay(job: Job, out: IO[str]) -> int:
+    options = dict(job.options)
+    rules_text = options.pop("rules_text", None)
+    rules = parse_rules(rules_text, source=options.pop("rules_source", "rules")) if rules_text else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # The worker keeps our stdin open; its end (the worker died) stops the replay.
+    threading.Thread(target=_wait_eof, args=(loop, stop), daemon=True).start()
+
+    def progress(p: Progress) -> None:
+        if p.finished is None:
+            return
+        for x in exchanges(p.finished):
+            _line(out, {"x": [x.kind, x.action, round(x.rtt_ms, 3), x.size, x.error]})
+        out.flush()
+
+    result = await run_replay(
+        cast(Store, None),  # not read: the sessions come with the job
+        job.target,
+        sessions=job.share.sessions,
+        rules=rules,
+        progress=progress,
+        stop=stop,
+        **options,
+    )
+    _line(out, {"result": base64.b64encode(dumps(result)).decode("ascii")})
+    out.flush()
+    return 0
+
+
+def main() -> int:
+    out = sys.stdout
+    try:
+        job = read_job(sys.stdin.buffer)
+        return asyncio.run(replay(job, out))
+    except OcppReplayError as exc:
+        _line(out, {"error": str(exc)})
+        out.flush()
+        return 2
+    except BrokenPipeError:  # the worker is gone: nobody to tell
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
