@@ -51,9 +51,17 @@ CHROMIUM_FLAGS = [
 ]
 
 
-async def steady(url: str, chargers: int, seconds: float, prefix: str, ready: Any = None) -> Result:
+async def steady(
+    url: str,
+    chargers: int,
+    seconds: float,
+    prefix: str,
+    ready: Any = None,
+    sent: dict[str, float] | None = None,
+) -> Result:
     """proxy_overhead.steady, with READY awaited once every charger is connected (the browser
-    opens the session it follows then)."""
+    opens the session it follows then); SENT gets the wall-clock time each CALL of the first
+    charger was sent, by unique id."""
     result = Result()
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as http:
@@ -70,6 +78,8 @@ async def steady(url: str, chargers: int, seconds: float, prefix: str, ready: An
             n = 0
             while at < end:
                 await asyncio.sleep(max(0.0, at - time.monotonic()))
+                if i == 0 and sent is not None:
+                    sent[str(n)] = time.time()
                 if not await round_trip(ws, n, result):
                     return
                 n += 1
@@ -105,11 +115,24 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
             time.sleep(0.1)
 
 
+#: In the followed page: note the wall-clock time each CALL's row appears (by its unique id).
+SEEN = """() => {
+  window.__seen = {};
+  new MutationObserver((changes) => {
+    for (const change of changes) for (const row of change.addedNodes) {
+      const d = row.dataset;
+      if (d && d.type === "2" && !(d.uid in window.__seen)) window.__seen[d.uid] = Date.now();
+    }
+  }).observe(document.querySelector(".seq .rows"), { childList: true });
+}"""
+
+
 class Pages:
     """In the browser process: Chromium with the UI's sessions list and one session followed."""
 
     def __init__(self, ui: str) -> None:
         self.ui = ui
+        self.api: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         from playwright.async_api import async_playwright
@@ -117,26 +140,68 @@ class Pages:
         self.pw = await async_playwright().start()
         self.browser = await self.pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
         self.sessions = await self.browser.new_page()
-        self.follow = await self.browser.new_page()
+        # (the page's CSP forbids the evaluated script that notes when each frame appears)
+        self.follow = await self.browser.new_page(bypass_csp=True)
 
     async def away(self) -> str:
         """Both pages on about:blank: nobody looks, the UI process idles."""
+        if self.api is not None:
+            self.api.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.api
+            self.api = None
         await self.sessions.goto("about:blank")
         await self.follow.goto("about:blank")
         return "ok"
 
-    async def follow_newest(self, charge_point: str) -> str:
-        """The sessions list, and CHARGE_POINT's newest session in follow mode."""
+    async def poll(self, charge_point: str) -> str:
+        """No browser: the requests the two pages make, from a plain HTTP client (the sessions
+        list once a second while the capture changes, the followed session's event stream), so
+        that the UI server does its work for a viewer without a browser's own CPU beside it."""
+        sid = await self._newest(charge_point)
+
+        async def client() -> None:
+            async with aiohttp.ClientSession() as http:
+
+                async def sessions() -> None:
+                    async with http.get(self.ui + "api/live") as events:
+                        last = 0.0
+                        async for _line in events.content:
+                            if time.monotonic() - last >= 1.0:
+                                last = time.monotonic()
+                                async with http.get(self.ui + "api/sessions") as r:
+                                    await r.read()
+
+                async def follow() -> None:
+                    async with http.get(f"{self.ui}api/live?session={sid}") as events:
+                        async for _line in events.content:
+                            pass
+
+                await asyncio.gather(sessions(), follow())
+
+        self.api = asyncio.get_running_loop().create_task(client())
+        return "ok"
+
+    async def _newest(self, charge_point: str) -> int:
         for _ in range(100):  # its session row reaches the capture with the writer's next batch
             data = await asyncio.to_thread(get_json, f"{self.ui}api/sessions?cp={charge_point}&limit=1")
             if data["sessions"]:
                 break
             await asyncio.sleep(0.05)
-        sid = data["sessions"][0]["id"]
+        return int(data["sessions"][0]["id"])
+
+    async def follow_newest(self, charge_point: str) -> str:
+        """The sessions list, and CHARGE_POINT's newest session in follow mode."""
+        sid = await self._newest(charge_point)
         await self.sessions.goto(self.ui + "#/sessions")
         await self.follow.goto(f"{self.ui}#/session/{sid}")
         await self.follow.wait_for_selector("#follow")
+        await self.follow.evaluate(SEEN)
         return "ok"
+
+    async def seen(self) -> str:
+        """When each CALL of the followed session appeared on the page: unique id -> epoch ms."""
+        return json.dumps(await self.follow.evaluate("window.__seen"))
 
     async def count(self) -> str:
         return str(await self.follow.locator(".frame").count())
@@ -150,8 +215,10 @@ class Pages:
                 break
             answer = await {
                 "follow": lambda: self.follow_newest(line[1]),
+                "poll": lambda: self.poll(line[1]),
                 "away": self.away,
                 "count": self.count,
+                "seen": self.seen,
             }[line[0]]()
             print(answer, flush=True)
         await self.browser.close()
@@ -194,8 +261,14 @@ class Browser:
     async def away(self) -> None:
         await asyncio.to_thread(self._ask, "away")
 
+    async def poll(self, charge_point: str) -> None:
+        await asyncio.to_thread(self._ask, f"poll {charge_point}")
+
     async def frames_shown(self) -> int:
         return int(await asyncio.to_thread(self._ask, "count"))
+
+    async def seen(self) -> dict[str, float]:
+        return {k: v / 1000 for k, v in json.loads(await asyncio.to_thread(self._ask, "seen")).items()}
 
     def pids(self) -> list[int]:
         return [self.proc.pid, *(p.pid for p in psutil.Process(self.proc.pid).children(recursive=True))]
@@ -250,6 +323,7 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
         "direct": f"ws://127.0.0.1:{csms_port}/ocpp",
         "proxy": f"ws://127.0.0.1:{plain_port}/ocpp",
         "--ui unwatched": f"ws://127.0.0.1:{ui_proxy_port}/ocpp",
+        "--ui, API client": f"ws://127.0.0.1:{ui_proxy_port}/ocpp",
         "proxy --ui": f"ws://127.0.0.1:{ui_proxy_port}/ocpp",
     }
     print(f"machine: {psutil.cpu_count()} cores (shared), python {sys.version.split()[0]}")
@@ -257,38 +331,54 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
         f"steady: {args.chargers} chargers x 1 MeterValues/s for {args.seconds:.0f} s per path, "
         f"{args.rounds} rounds; a browser on the UI's sessions list and following one session"
     )
-    added: dict[str, list[float]] = {"proxy": [], "--ui unwatched": [], "proxy --ui": []}
+    added: dict[str, list[float]] = {
+        "proxy": [],
+        "--ui unwatched": [],
+        "--ui, API client": [],
+        "proxy --ui": [],
+    }
     p99: dict[str, list[float]] = {name: [] for name in paths}
     names = list(paths)
     ui_cpu = browser_cpu = 0.0
+    delays: list[float] = []  # from a CALL sent to its row on the followed page, seconds
+    missed = 0
     shown = 0
     for r in range(args.rounds):
         print(f"round {r + 1}")
         results: dict[str, Result] = {}
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            prefix = f"R{r}"
+            prefix = f"R{r}P{names.index(name)}"  # a charge point id of its own per path
 
             async def ready(name: str = name, prefix: str = prefix) -> None:
                 if name == "proxy --ui":
+                    await browser.away()
                     await browser.follow_newest(f"{prefix}-00000")
+                elif name == "--ui, API client":
+                    await browser.away()
+                    await browser.poll(f"{prefix}-00000")
                 else:
                     await browser.away()
 
             before_ui, before_browser = cpu_of([ui_proc.pid]), cpu_of(browser.pids())
-            results[name] = await steady(paths[name], args.chargers, args.seconds, prefix, ready)
+            sent: dict[str, float] = {}
+            results[name] = await steady(paths[name], args.chargers, args.seconds, prefix, ready, sent)
             if name == "proxy --ui":
                 await asyncio.sleep(1.0)  # the last frames reach the page
                 shown += await browser.frames_shown()  # the followed session, this round
+                seen = await browser.seen()
+                delays += [seen[uid] - t for uid, t in sent.items() if uid in seen]
+                missed += sum(1 for uid in sent if uid not in seen)
                 ui_cpu += cpu_of([ui_proc.pid]) - before_ui
                 browser_cpu += cpu_of(browser.pids()) - before_browser
             print(line(name, results[name]))
             p99[name].append(results[name].pct(99))
         for name in added:
             added[name].append(results[name].pct(99) - results["direct"].pct(99))
-        plain, idle, with_ui = (added[n][-1] for n in added)
+        plain, idle, api, with_ui = (added[n][-1] for n in added)
         print(
-            f"  added p99: proxy +{plain:.3f} ms, --ui unwatched +{idle:.3f} ms, proxy --ui with the "
-            f"browser following +{with_ui:.3f} ms (the UI's cost {with_ui - plain:+.3f} ms)"
+            f"  added p99: proxy +{plain:.3f} ms, --ui unwatched +{idle:.3f} ms, --ui with an API client "
+            f"+{api:.3f} ms, proxy --ui with the browser following +{with_ui:.3f} ms "
+            f"(the UI's cost {with_ui - plain:+.3f} ms)"
         )
     await asyncio.to_thread(browser.stop)
     med = {name: statistics.median(v) for name, v in added.items()}
@@ -296,18 +386,27 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
     # the same proxy with nobody watching against the plain one: what the machine's noise alone
     # makes of two paths that do the same work
     null = [u - p for u, p in zip(added["--ui unwatched"], added["proxy"], strict=True)]
+    served = [u - p for u, p in zip(added["--ui, API client"], added["proxy"], strict=True)]
     seconds = args.rounds * args.seconds
     print(
         f"\nmedian added p99 over {args.rounds} rounds: proxy +{med['proxy']:.3f} ms, --ui unwatched "
         f"+{med['--ui unwatched']:.3f} ms, proxy --ui followed +{med['proxy --ui']:.3f} ms; the UI's "
         f"cost (median of the rounds' differences) {statistics.median(cost):+.3f} ms, against "
-        f"{statistics.median(null):+.3f} ms for the UI unwatched (the noise floor: the same work)"
+        f"{statistics.median(null):+.3f} ms for the UI unwatched (the noise floor: the same work) and "
+        f"{statistics.median(served):+.3f} ms for the UI serving an API client (no browser beside it)"
     )
     print(
         f"the UI process used {ui_cpu / seconds * 100:.1f} % of a core, the browser "
         f"{browser_cpu / seconds * 100:.1f} %, while the load went through proxy --ui; "
         f"the followed session showed {shown} frames live"
     )
+    if delays:
+        ds = sorted(delays)
+        print(
+            f"live: a CALL of the followed charger appeared on the page {1000 * ds[len(ds) // 2]:.0f} ms "
+            f"after it was sent (median), {1000 * ds[-1]:.0f} ms at most, {len(ds)} CALLs, "
+            f"{sum(1 for d in ds if d > 1.0)} later than 1 s, {missed} never shown"
+        )
     summary = {
         "added_p99_ms_proxy": added["proxy"],
         "added_p99_ms_proxy_ui_unwatched": added["--ui unwatched"],
@@ -316,9 +415,19 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
         "ui_cost_p99_ms_median": statistics.median(cost),
         "unwatched_cost_p99_ms_rounds": null,
         "unwatched_cost_p99_ms_median": statistics.median(null),
+        "added_p99_ms_proxy_ui_api_client": added["--ui, API client"],
+        "api_client_cost_p99_ms_rounds": served,
+        "api_client_cost_p99_ms_median": statistics.median(served),
         "ui_cpu_share": ui_cpu / seconds,
         "browser_cpu_share": browser_cpu / seconds,
         "frames_followed": shown,
+        "live_delay_ms": {
+            "p50": 1000 * statistics.median(delays) if delays else None,
+            "max": 1000 * max(delays) if delays else None,
+            "over_1s": sum(1 for d in delays if d > 1.0),
+            "calls": len(delays),
+            "missed": missed,
+        },
     }
     print(json.dumps(summary))
     return 0

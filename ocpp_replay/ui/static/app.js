@@ -300,6 +300,7 @@ class Diagram {
     if (f.violations && f.violations.length) classes.push("viol");
     const el = h("div", {
       class: "frame" + (f.match ? " match" : ""), role: "listitem", "data-seq": f.seq,
+      "data-type": f.type ?? "", "data-uid": f.unique_id ?? "",
       "data-dir": f.direction, tabindex: 0,
       onclick: () => this.select(f.seq),
       onkeydown: (e) => { if (e.key === "Enter") this.select(f.seq); },
