@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import queue
 import signal
 import sys
 import threading
@@ -29,8 +31,33 @@ from ocpp_replay.store import Store
 
 
 def _line(out: IO[str], obj: dict[str, Any]) -> None:
-    # A pipe the worker greenlet drains continuously: a line is written at once, never held.
     out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+
+class _Lines:
+    """Lines for the worker, written by a thread: a worker slow to drain the pipe (a busy
+    machine) blocks this thread, never the event loop that keeps the replay on time."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._write, name="engine-lines", daemon=True)
+        self.thread.start()
+
+    def put(self, text: str) -> None:
+        self.queue.put(text)
+
+    def _write(self) -> None:
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            while (text := self.queue.get()) is not None:
+                self.out.write(text)
+                if self.queue.empty():
+                    self.out.flush()
+            self.out.flush()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
 
 
 def _wait_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -62,22 +89,30 @@ async def replay(job: Job, out: IO[str]) -> int:
     # The worker keeps our stdin open; its end (the worker died) stops the replay.
     threading.Thread(target=_wait_eof, args=(loop, stop), daemon=True).start()
 
+    lines = _Lines(out)
+
     def progress(p: Progress) -> None:
         if p.finished is None:
             return
-        for x in exchanges(p.finished):
-            _line(out, {"x": [x.kind, x.action, round(x.rtt_ms, 3), x.size, x.error]})
-        out.flush()
+        text = "".join(
+            json.dumps({"x": [x.kind, x.action, round(x.rtt_ms, 3), x.size, x.error]}, separators=(",", ":"))
+            + "\n"
+            for x in exchanges(p.finished)
+        )
+        lines.put(text)
 
-    result = await run_replay(
-        cast(Store, None),  # not read: the sessions come with the job
-        job.target,
-        sessions=job.share.sessions,
-        rules=rules,
-        progress=progress,
-        stop=stop,
-        **options,
-    )
+    try:
+        result = await run_replay(
+            cast(Store, None),  # not read: the sessions come with the job
+            job.target,
+            sessions=job.share.sessions,
+            rules=rules,
+            progress=progress,
+            stop=stop,
+            **options,
+        )
+    finally:
+        await asyncio.to_thread(lines.close)
     _line(out, {"result": base64.b64encode(dumps(result)).decode("ascii")})
     out.flush()
     return 0
