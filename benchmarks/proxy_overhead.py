@@ -515,7 +515,8 @@ def shadow_main(args: argparse.Namespace) -> int:
         def sample() -> None:
             t0 = time.monotonic()
             while not done.wait(5.0):
-                samples.append(f"{time.monotonic() - t0:.0f}s {rss_mib(dproc):.1f}")
+                child = sum(rss_mib(c) for c in dproc.children())
+                samples.append(f"{time.monotonic() - t0:.0f}s {rss_mib(dproc):.1f}+{child:.1f}")
 
         print(f"\nshadow that never reads: {args.chargers} chargers x 1/s for {args.deaf_seconds:.0f} s")
         rss0 = rss_mib(dproc)
@@ -533,7 +534,10 @@ def shadow_main(args: argparse.Namespace) -> int:
         sampler.join()
         for i, w in enumerate(windows):
             print(line(f"{i * 10:>3}-{i * 10 + 10:<3} s", w))
-        print(f"  proxy RSS (MiB): start {rss0:.1f}; every 5 s: {', '.join(samples)}")
+        print(
+            f"  proxy RSS (MiB, relay + its shadow process): start {rss0:.1f}; "
+            f"every 5 s: {', '.join(samples)}"
+        )
         deaf.send_signal(signal.SIGTERM)
         deaf.wait(60)
         with sqlite3.connect(tmp / "deaf.db") as conn:

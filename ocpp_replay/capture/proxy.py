@@ -81,7 +81,7 @@ from ocpp_replay.store import CaptureWriter
 from ocpp_replay.store.schema import utc_iso
 
 if TYPE_CHECKING:
-    from ocpp_replay.capture.shadow import Mirror, Shadow
+    from ocpp_replay.capture.shadow import Tap, TapMirror
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ class _Relay:
         self.remote = ""
         self._timer: asyncio.TimerHandle | None = None
         self._ending = False
-        self.mirror: Mirror | None = None  # the shadow tap (--shadow): a deque append per message
+        self.mirror: TapMirror | None = None  # the shadow tap (--shadow): a deque append per message
 
     def start(self, session_id: int, started_mono: float) -> None:
         """Both handshakes are done: relay from now on, beginning with what each side sent early."""
@@ -544,7 +544,7 @@ class ProxyServer:
         id_from: str = "last",
         forwarded: bool = False,
         check_upstream: bool = False,
-        shadow: Shadow | None = None,
+        shadow: Tap | None = None,
     ) -> None:
         # (host, port) to dial; a ConfigError for anything but a ws:// or wss:// URL
         self._upstream_address = ws_address(upstream, "upstream")

@@ -22,6 +22,10 @@ Each shadow URL has its run of kind ``shadow`` in the capture, written from a th
 ``flush_interval`` with :func:`~ocpp_replay.store.runs.update_live_run`, so ``runs``, ``report``
 and ``tail --diffs`` see it while the proxy runs. The first difference of each (action, kind,
 path) is logged, then only counts.
+
+The ``proxy`` command runs all this in a child process (:class:`ShadowProcess`: the relay's
+hand-off is an append, and every 10 ms one pipe write), so that the shadow's CPU is not the
+relay's; :class:`Shadow` is the same work in the proxy's own process (the tests use it).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from ocpp_replay.core.results import LiveFrame, Timing
 from ocpp_replay.core.rules import RuleSet
 from ocpp_replay.core.shadow import ShadowJudge
 from ocpp_replay.core.text import escape_controls
-from ocpp_replay.errors import CaptureError, ConfigError
+from ocpp_replay.errors import CaptureError, ConfigError, OcppReplayError
 from ocpp_replay.store.reader import Store
 from ocpp_replay.store.runs import open_live_run, update_live_run
 from ocpp_replay.store.schema import utc_iso
@@ -778,3 +782,221 @@ def _frame(opcode: int, payload: bytes) -> bytes:
         head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
     mask = os.urandom(4)
     return head + mask + unmask(payload, mask)
+
+
+# ----------------------------------------------------------------------------- in a child process
+
+
+#: Bytes of batches the child has not read yet; past this, messages are not mirrored (counted).
+_PIPE_LIMIT = 16 * 1024 * 1024
+#: How long messages gather before they go to the child in one write (a write per loop turn
+#: would cost the relay as many system calls as the relay's own).
+_PIPE_INTERVAL = 0.01
+_FIELDS = ("subprotocol", "offered_subprotocols", "path_suffix", "query", "auth_user")
+
+
+class ShadowProcess:
+    """``--shadow`` as the command runs it: the judging and the shadow's sockets in a child
+    process (``python -m ocpp_replay.capture.shadow``), so that their CPU is not the relay's.
+
+    The relay's hand-off stays an append (to a list); every 10 ms the list goes to the child's
+    stdin as one marshal'd batch, one write. A child that falls behind by more than
+    16 MiB gets its messages counted as not mirrored instead. The child ignores SIGINT (the
+    proxy's to handle) and ends its runs when its stdin closes (:meth:`stop`).
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        production: str,
+        *,
+        rules_file: str | None = None,
+        auth_file: str | None = None,
+        queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        log_level: str = "INFO",
+    ) -> None:
+        for url in urls:
+            ws_address(url, "shadow")
+        if queue_limit < 1:
+            raise ConfigError("the shadow queue must hold at least one message")
+        self.args: dict[str, Any] = {
+            "urls": list(urls),
+            "production": production,
+            "rules": rules_file,
+            "auth": auth_file,
+            "queue_limit": queue_limit,
+            "log_level": log_level,
+        }
+        self._proc: asyncio.subprocess.Process | None = None
+        self._batch: list[tuple[Any, ...]] = []
+        self._flushing: asyncio.TimerHandle | None = None
+        self.not_sent = 0
+
+    async def start(self, db: str) -> None:
+        import json
+        import sys
+
+        args = json.dumps({**self.args, "db": db})
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ocpp_replay.capture.shadow",
+            args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert self._proc.stdout is not None
+        try:
+            async with asyncio.timeout(30):
+                line = await self._proc.stdout.readline()
+        except TimeoutError:
+            line = b""
+        if line.strip() != b"ready":
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await self._proc.wait()
+            raise CaptureError("the shadow could not start (its error is above)")
+
+    async def stop(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if self._flushing is not None:
+            self._flushing.cancel()
+        self._send()
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            async with asyncio.timeout(20):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if self.not_sent:
+            log.warning("shadow: %d messages not mirrored (the shadow process fell behind)", self.not_sent)
+
+    def opened(
+        self, session_id: int, cp_id: str, fields: Mapping[str, Any], wall: float, mono: float
+    ) -> _PipeMirror:
+        self._add(("o", session_id, cp_id, {k: fields.get(k) for k in _FIELDS}, wall, mono))
+        return _PipeMirror(self, session_id)
+
+    def _add(self, record: tuple[Any, ...]) -> None:
+        self._batch.append(record)
+        if self._flushing is None:  # one write per _PIPE_INTERVAL, whatever the traffic
+            self._flushing = asyncio.get_running_loop().call_later(_PIPE_INTERVAL, self._send)
+
+    def _send(self) -> None:
+        import marshal
+
+        self._flushing = None
+        batch, self._batch = self._batch, []
+        proc = self._proc
+        if not batch or proc is None or proc.stdin is None or proc.stdin.is_closing():
+            return
+        transport = proc.stdin.transport
+        if transport.get_write_buffer_size() > _PIPE_LIMIT:  # the child is not keeping up
+            kept = [r for r in batch if r[0] != "p"]
+            dropped: Counter[int] = Counter(r[1] for r in batch if r[0] == "p")
+            self.not_sent += sum(dropped.values())
+            batch = kept + [("d", sid, n) for sid, n in dropped.items()]
+        data = marshal.dumps(batch)
+        transport.write(len(data).to_bytes(4, "big") + data)
+
+
+class _PipeMirror:
+    __slots__ = ("owner", "session_id")
+
+    def __init__(self, owner: ShadowProcess, session_id: int) -> None:
+        self.owner = owner
+        self.session_id = session_id
+
+    def put(self, seq: int, to_csms: bool, payload: bytes, mask: bytes, text: bool, t_mono: float) -> None:
+        self.owner._add(("p", self.session_id, seq, to_csms, payload, mask, t_mono))
+
+    def closed(self) -> None:
+        self.owner._add(("c", self.session_id))
+
+
+async def _work(args: dict[str, Any]) -> None:
+    """The child: read batches from stdin, feed the runs, end them at EOF."""
+    import marshal
+    import sys
+
+    from ocpp_replay.replay import load_auth_file
+    from ocpp_replay.store.files import load_rules
+
+    rules = load_rules(args["rules"])
+    auth = load_auth_file(args["auth"]) if args["auth"] else {}
+    shadow = Shadow(
+        args["urls"],
+        args["production"],
+        ShadowOptions(rules=rules, auth=auth, queue_limit=args["queue_limit"]),
+    )
+    await shadow.start(args["db"])
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_PIPE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print("ready", flush=True)
+    mirrors: dict[int, Mirror] = {}
+    try:
+        while True:
+            try:
+                size = int.from_bytes(await reader.readexactly(4), "big")
+                batch = marshal.loads(await reader.readexactly(size))
+            except asyncio.IncompleteReadError:
+                break  # the proxy is stopping
+            for record in batch:
+                kind, sid = record[0], record[1]
+                if kind == "p":
+                    mirror = mirrors.get(sid)
+                    if mirror is not None:
+                        mirror.put(record[2], record[3], record[4], record[5], True, record[6])
+                elif kind == "o":
+                    mirrors[sid] = shadow.opened(sid, record[2], record[3], record[4], record[5])
+                elif kind == "c":
+                    mirror = mirrors.pop(sid, None)
+                    if mirror is not None:
+                        mirror.closed()
+                elif kind == "d":
+                    for leg in mirrors[sid].legs if sid in mirrors else ():
+                        leg.dropped += record[2]
+    finally:
+        await shadow.stop()
+
+
+def _child_main() -> int:
+    import json
+    import signal
+    import sys
+
+    global log
+    log = logging.getLogger("ocpp_replay.capture.shadow")  # not __main__: the name it logs under
+    args = json.loads(sys.argv[1])
+    logging.basicConfig(
+        level=getattr(logging, str(args.get("log_level", "INFO")).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    # The proxy stops it by closing its stdin (a proxy killed outright closes it too): a signal
+    # sent to the whole group (Ctrl-C, systemd's stop) must not cut its last flush short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - not on this platform
+            asyncio.run(_work(args))
+        else:
+            uvloop.run(_work(args))
+    except OcppReplayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+#: What the proxy takes as its shadow tap, and what that gives it for each charger.
+Tap = Shadow | ShadowProcess
+TapMirror = Mirror | _PipeMirror
+
+if __name__ == "__main__":
+    raise SystemExit(_child_main())

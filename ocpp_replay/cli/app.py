@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from ocpp_replay.capture.proxy import ProxyServer
-    from ocpp_replay.capture.shadow import Shadow
+    from ocpp_replay.capture.shadow import ShadowProcess
     from ocpp_replay.core.filters import FrameFilter
     from ocpp_replay.store import FrameRecord, Store
 
@@ -252,7 +252,7 @@ def proxy(
         insecure_upstream=insecure_upstream,
     )
     try:
-        mirror = _shadow(shadow, upstream, shadow_rules, shadow_auth_file, shadow_queue)
+        mirror = _shadow(shadow, upstream, shadow_rules, shadow_auth_file, shadow_queue, log_level)
         server = ProxyServer(
             upstream,
             db,
@@ -280,20 +280,33 @@ def proxy(
 
 
 def _shadow(
-    urls: list[str] | None, production: str, rules: Path | None, auth_file: Path | None, queue: int
-) -> Shadow | None:
-    """The proxy's --shadow tap, or None. Raises ConfigError."""
+    urls: list[str] | None,
+    production: str,
+    rules: Path | None,
+    auth_file: Path | None,
+    queue: int,
+    log_level: str,
+) -> ShadowProcess | None:
+    """The proxy's --shadow tap (a child process), or None. Raises ConfigError."""
     if not urls:
         if rules is not None or auth_file is not None:
             raise ConfigError("--shadow-rules and --shadow-auth-file need --shadow")
         return None
-    from ocpp_replay.capture.shadow import Shadow, ShadowOptions
+    from ocpp_replay.capture.shadow import ShadowProcess
     from ocpp_replay.replay import load_auth_file
     from ocpp_replay.store.files import load_rules
 
-    auth = load_auth_file(auth_file) if auth_file is not None else {}
-    options = ShadowOptions(rules=load_rules(rules), auth=auth, queue_limit=queue)
-    return Shadow(urls, production.rstrip("/"), options)
+    load_rules(rules)  # read here too: a bad file is one error line before anything starts
+    if auth_file is not None:
+        load_auth_file(auth_file)
+    return ShadowProcess(
+        urls,
+        production.rstrip("/"),
+        rules_file=str(rules) if rules is not None else None,
+        auth_file=str(auth_file) if auth_file is not None else None,
+        queue_limit=queue,
+        log_level=log_level,
+    )
 
 
 def _open(db: Path) -> Store:
