@@ -322,6 +322,9 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
     paths = {
         "direct": f"ws://127.0.0.1:{csms_port}/ocpp",
         "proxy": f"ws://127.0.0.1:{plain_port}/ocpp",
+        # the plain proxy takes as many paths a round as the --ui one: captures of the same size
+        "proxy (2)": f"ws://127.0.0.1:{plain_port}/ocpp",
+        "proxy (3)": f"ws://127.0.0.1:{plain_port}/ocpp",
         "--ui unwatched": f"ws://127.0.0.1:{ui_proxy_port}/ocpp",
         "--ui, API client": f"ws://127.0.0.1:{ui_proxy_port}/ocpp",
         "proxy --ui": f"ws://127.0.0.1:{ui_proxy_port}/ocpp",
@@ -333,6 +336,8 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
     )
     added: dict[str, list[float]] = {
         "proxy": [],
+        "proxy (2)": [],
+        "proxy (3)": [],
         "--ui unwatched": [],
         "--ui, API client": [],
         "proxy --ui": [],
@@ -374,12 +379,7 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
             p99[name].append(results[name].pct(99))
         for name in added:
             added[name].append(results[name].pct(99) - results["direct"].pct(99))
-        plain, idle, api, with_ui = (added[n][-1] for n in added)
-        print(
-            f"  added p99: proxy +{plain:.3f} ms, --ui unwatched +{idle:.3f} ms, --ui with an API client "
-            f"+{api:.3f} ms, proxy --ui with the browser following +{with_ui:.3f} ms "
-            f"(the UI's cost {with_ui - plain:+.3f} ms)"
-        )
+        print("  added p99: " + ", ".join(f"{n} {v[-1]:+.3f} ms" for n, v in added.items()))
     await asyncio.to_thread(browser.stop)
     med = {name: statistics.median(v) for name, v in added.items()}
     cost = [u - p for u, p in zip(added["proxy --ui"], added["proxy"], strict=True)]
@@ -387,13 +387,16 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
     # makes of two paths that do the same work
     null = [u - p for u, p in zip(added["--ui unwatched"], added["proxy"], strict=True)]
     served = [u - p for u, p in zip(added["--ui, API client"], added["proxy"], strict=True)]
+    # and two paths through the very same plain proxy: the machine's noise alone
+    same = [u - p for u, p in zip(added["proxy (2)"], added["proxy"], strict=True)]
     seconds = args.rounds * args.seconds
     print(
         f"\nmedian added p99 over {args.rounds} rounds: proxy +{med['proxy']:.3f} ms, --ui unwatched "
         f"+{med['--ui unwatched']:.3f} ms, proxy --ui followed +{med['proxy --ui']:.3f} ms; the UI's "
         f"cost (median of the rounds' differences) {statistics.median(cost):+.3f} ms, against "
         f"{statistics.median(null):+.3f} ms for the UI unwatched (the noise floor: the same work) and "
-        f"{statistics.median(served):+.3f} ms for the UI serving an API client (no browser beside it)"
+        f"{statistics.median(served):+.3f} ms for the UI serving an API client (no browser beside it); "
+        f"the plain proxy against itself {statistics.median(same):+.3f} ms"
     )
     print(
         f"the UI process used {ui_cpu / seconds * 100:.1f} % of a core, the browser "
@@ -409,6 +412,10 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
         )
     summary = {
         "added_p99_ms_proxy": added["proxy"],
+        "added_p99_ms_proxy_2": added["proxy (2)"],
+        "added_p99_ms_proxy_3": added["proxy (3)"],
+        "same_proxy_p99_ms_rounds": same,
+        "same_proxy_p99_ms_median": statistics.median(same),
         "added_p99_ms_proxy_ui_unwatched": added["--ui unwatched"],
         "added_p99_ms_proxy_ui": added["proxy --ui"],
         "ui_cost_p99_ms_rounds": cost,
