@@ -466,3 +466,36 @@ def test_shadow_options_without_shadow_are_one_error_line(tmp_path: Path) -> Non
     assert result.output.strip() == "error: --shadow-rules and --shadow-auth-file need --shadow"
     bad = CliRunner().invoke(app, ["proxy", "--upstream", "ws://127.0.0.1:1/x", "--shadow", "http://x/"])
     assert bad.exit_code == 2 and bad.output.startswith("error: shadow must be a ws:// or wss:// URL")
+
+
+async def test_the_shadow_process_with_two_shadows_one_down(tmp_path: Path) -> None:
+    """As the command runs it (a child process): one shadow blocks the card, the other is down;
+    production and the capture are whole, each shadow has its run."""
+    from ocpp_replay.capture.shadow import ShadowProcess
+
+    async with raw_server(lambda r, w: w.close()) as down:
+        pass  # nothing listens there any more
+    db = tmp_path / "capture.db"
+    async with run_csms() as prod, run_csms(CsmsBehaviour(blocked={TAG})) as staging:
+        shadow = ShadowProcess([staging.url, down], prod.url, log_level="WARNING")
+        async with ProxyServer(prod.url, db, shadow=shadow) as proxy:
+            async with charger(proxy.url, "ALF-0001") as cp:
+                await cp.call(call16.Authorize(id_tag=TAG))  # type: ignore[union-attr]
+                rec: Recording = cp.recording  # type: ignore[union-attr]
+            await settle(proxy)
+    assert rec.received == prod.connections[0].sent and len(rec.received) == 1
+    with Store.open(db) as store:
+        [session] = store.sessions()
+        assert len(list(store.frames(session.id))) == 2
+        runs = list_runs(store)
+        assert [(r["target"], r["diffs"]) for r in runs] == [(staging.url, 1), (down, 1)]
+        assert all(r["ended_at"] is not None for r in runs)
+        [d] = load_run(store, runs[0]["id"]).differences
+        assert (d.action, d.path, d.expected, d.actual) == (
+            "Authorize",
+            "idTagInfo.status",
+            "Accepted",
+            "Blocked",
+        )
+        [d] = load_run(store, runs[1]["id"]).differences
+        assert (d.path, d.expected) == ("handshake.status", 101)

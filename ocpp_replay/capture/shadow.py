@@ -324,7 +324,8 @@ class _Run:
                 judge.expire(now)
                 leg.send_outbox()
                 self.collect(judge)
-            if leg.closing and not leg.queue and (not judge.waiting or now >= leg.grace_until):
+            idle = not leg.queue and not leg.dialling and not judge.waiting
+            if leg.closing and (idle or now >= leg.grace_until):
                 leg.finish()
 
     # -- results ------------------------------------------------------------------------------
@@ -452,6 +453,7 @@ class _Leg(asyncio.Protocol):
         self._frames = _Frames(_MAX_MESSAGE)
         self._backoff = 0.5
         self._timer: asyncio.TimerHandle | None = None
+        self._connecting = False  # a dial under way (what is queued waits for it)
 
     # -- the relay's side: cheap, never blocks, never raises ----------------------------------
 
@@ -477,7 +479,7 @@ class _Leg(asyncio.Protocol):
         if self._timer is not None:  # waiting to dial again: no point now
             self._timer.cancel()
             self._timer = None
-        if not self.open:
+        if not self.open and not self._connecting:
             self.grace_until = 0.0
         self.owner.ready(self)
 
@@ -511,7 +513,7 @@ class _Leg(asyncio.Protocol):
 
     @property
     def dialling(self) -> bool:
-        return not self.open and not self.closing and not self.finished and self._timer is None
+        return self._connecting and not self.finished
 
     def send_outbox(self) -> None:
         judge = self.judge
@@ -564,7 +566,15 @@ class _Leg(asyncio.Protocol):
     def dial(self) -> None:
         self._timer = None
         if not self.closing and not self.finished:
-            self.owner.spawn(self._dial())
+            self._connecting = True
+            self.owner.spawn(self._dialled())
+
+    async def _dialled(self) -> None:
+        try:
+            await self._dial()
+        finally:
+            self._connecting = False
+            self.owner.ready(self)  # what queued meanwhile: mirrored, or not if the dial failed
 
     def _target(self) -> str:
         suffix = self.fields.get("path_suffix")
@@ -620,7 +630,7 @@ class _Leg(asyncio.Protocol):
         if response.headers.get("Sec-WebSocket-Accept", "").strip() != accept_key(self._key):
             self._failed("101 with a wrong Sec-WebSocket-Accept", 101)
             return
-        if self.closing or self.finished:
+        if self.finished:
             self._drop()
             return
         self.open = True
