@@ -23,19 +23,21 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-import ocpp_replay.distributed.locustfile as locustfile_module
 from ocpp_replay.capture.proxy import ProxyServer
+from ocpp_replay.cli.distributed import locustfile_path
 from ocpp_replay.core.diff import DiffKind
 from ocpp_replay.core.frames import Direction
 from ocpp_replay.core.results import LiveFrame, RunResult, SessionResult
-from ocpp_replay.distributed.plan import MessageError, exchanges, loads, merge_results, split
+from ocpp_replay.csms import ReferenceCsms
+from ocpp_replay.distributed.plan import MessageError, exchanges, loads, merge_results, split, split_fleet
 from ocpp_replay.replay import load_run, load_sessions, run_replay, store_run
 from ocpp_replay.store import CaptureWriter, Store
 from tests.replay_peers import TAG, Behaviour, csms, run_charger16
 
 pytestmark = pytest.mark.timeout(60)
 
-LOCUSTFILE = locustfile_module.__file__
+# The path, not an import: importing locust monkey-patches this process for gevent.
+LOCUSTFILE = locustfile_path()
 CHARGERS = ("CP-A", "CP-B", "CP-C", "CP-D", "CP-E")
 
 
@@ -350,3 +352,33 @@ def test_stored_run_loads_like_a_local_one(tmp_path: Path) -> None:
         again = load_run(store, stored.run_id or 0)
     assert again.options["incomplete"]["missing_charge_points"] == ["Z"]
     assert again.interrupted == {"finished": 1, "planned": 2}
+
+
+# ----------------------------------------------------------------------------- simulate mode
+
+
+def test_split_fleet_is_even_and_every_worker_has_its_own_prefix() -> None:
+    assert split_fleet(7, 3, "ALF-") == [(3, "ALF-w1-"), (2, "ALF-w2-"), (2, "ALF-w3-")]
+    assert sum(n for n, _ in split_fleet(10_000, 7, "X")) == 10_000
+
+
+async def test_simulate_mode_runs_a_virtual_fleet_over_two_workers(tmp_path: Path) -> None:
+    """--simulate 6: each worker runs its half of the fleet against the reference CSMS; every
+    charger once, under its worker's prefix; Locust counts every CALL as it is answered."""
+    async with ReferenceCsms() as backend:
+        url = backend.url
+        async with _cluster(
+            tmp_path, tmp_path / "unused.db", url,
+            "--simulate", "6", "--ocpp-version", "1.6,2.0.1", "--time-scale", "0.002",
+        ) as (master, _workers):  # fmt: skip
+            async with asyncio.timeout(45):
+                _out, err = await master.communicate()
+        ids = sorted(c.id for c in backend.backend.chargers.values())
+    log = err.decode()
+    assert master.returncode == 0, log
+    assert "ocpp-replay fleet: 6 chargers" in log
+    assert ids == ["ALF-w1-0001", "ALF-w1-0002", "ALF-w1-0003", "ALF-w2-0001", "ALF-w2-0002", "ALF-w2-0003"]
+    lines = (tmp_path / "stats_stats.csv").read_text(encoding="utf-8").splitlines()[1:]
+    rows = {(r[0], r[1]): r for r in (line.split(",") for line in lines)}
+    assert rows[("OCPP", "BootNotification")][2] == "6"
+    assert rows[("", "Aggregated")][3] == "0"  # no CALLERROR, no call unanswered

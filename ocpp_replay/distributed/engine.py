@@ -5,6 +5,7 @@ Reads one pickled :class:`~ocpp_replay.distributed.plan.Job` on stdin, replays i
 
 - ``{"x": [kind, action, rtt_ms, size, error]}`` per exchange, as each session finishes;
 - ``{"result": "<base64 pickle of the RunResult>"}`` at the end;
+- ``{"fleet": {...}}`` instead, in simulate mode (a :class:`FleetJob`): the fleet's counts;
 - ``{"error": "one line"}`` (exit 2) when the target cannot be reached or the job is bad.
 
 SIGTERM (the worker stopping) ends the replay like Ctrl-C ends a local one: the finished
@@ -21,10 +22,11 @@ import queue
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import IO, Any, cast
 
 from ocpp_replay.core.rules import parse_rules
-from ocpp_replay.distributed.plan import Job, dumps, exchanges, loads
+from ocpp_replay.distributed.plan import FleetJob, Job, dumps, exchanges, loads
 from ocpp_replay.errors import OcppReplayError
 from ocpp_replay.replay import Progress, run_replay
 from ocpp_replay.store import Store
@@ -60,13 +62,13 @@ class _Lines:
         self.thread.join()
 
 
-def _wait_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+def _wait_eof(loop: asyncio.AbstractEventLoop, stop: Callable[[], object]) -> None:
     while sys.stdin.buffer.read(65536):
         pass
-    loop.call_soon_threadsafe(stop.set)
+    loop.call_soon_threadsafe(stop)
 
 
-def read_job(stream: IO[bytes]) -> Job:
+def read_job(stream: IO[bytes]) -> Job | FleetJob:
     """The job: its length in bytes on one line, then the pickle."""
     header = stream.readline(32)
     try:
@@ -74,7 +76,7 @@ def read_job(stream: IO[bytes]) -> Job:
     except ValueError:
         raise OcppReplayError("the engine expects a job's length on its first line") from None
     job = loads(stream.read(size))
-    if not isinstance(job, Job):
+    if not isinstance(job, Job | FleetJob):
         raise OcppReplayError("the engine was sent something that is not a job")
     return job
 
@@ -87,7 +89,7 @@ async def replay(job: Job, out: IO[str]) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     # The worker keeps our stdin open; its end (the worker died) stops the replay.
-    threading.Thread(target=_wait_eof, args=(loop, stop), daemon=True).start()
+    threading.Thread(target=_wait_eof, args=(loop, stop.set), daemon=True).start()
 
     lines = _Lines(out)
 
@@ -118,16 +120,54 @@ async def replay(job: Job, out: IO[str]) -> int:
     return 0
 
 
+async def simulate(job: FleetJob, out: IO[str]) -> int:
+    """Simulate mode: the job's virtual chargers, one line per CALL as it is answered."""
+    from ocpp_replay.simulate.runner import run_fleet
+
+    lines = _Lines(out)
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    threading.Thread(target=_wait_eof, args=(loop, task.cancel), daemon=True).start()
+
+    def on_call(action: str, seconds: float, error: str | None) -> None:
+        x = ["OCPP", action, round(seconds * 1000, 3), 0, None if error is None else f"CALLERROR {error}"]
+        if error == "timeout":
+            x[4] = "no answer"
+        lines.put(json.dumps({"x": x}, separators=(",", ":")) + "\n")
+
+    try:
+        result = await run_fleet(
+            job.target, chargers=job.chargers, id_prefix=job.id_prefix, on_call=on_call, **job.options
+        )
+    finally:
+        await asyncio.to_thread(lines.close)
+    summary = {
+        "chargers": len(result.chargers),
+        "transactions": sum(c.transactions for c in result.chargers),
+        "calls": result.sent.total(),
+        "problems": dict(result.problem_counts()),
+        "broken": [str(p) for p in result.broken[:20]],
+        "broken_count": len(result.broken),
+    }
+    _line(out, {"fleet": summary})
+    out.flush()
+    return 0
+
+
 def main() -> int:
     out = sys.stdout
     try:
         job = read_job(sys.stdin.buffer)
+        if isinstance(job, FleetJob):
+            return asyncio.run(simulate(job, out))
         return asyncio.run(replay(job, out))
     except OcppReplayError as exc:
         _line(out, {"error": str(exc)})
         out.flush()
         return 2
-    except BrokenPipeError:  # the worker is gone: nobody to tell
+    except (BrokenPipeError, asyncio.CancelledError):  # the worker is gone, or stopped us
         return 2
 
 

@@ -30,7 +30,16 @@ from locust.env import Environment
 from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerRunner
 
 from ocpp_replay.core.results import RunResult
-from ocpp_replay.distributed.plan import Job, MessageError, dumps, loads, merge_results, split
+from ocpp_replay.distributed.plan import (
+    FleetJob,
+    Job,
+    MessageError,
+    dumps,
+    loads,
+    merge_results,
+    split,
+    split_fleet,
+)
 from ocpp_replay.errors import OcppReplayError, ReplayError
 from ocpp_replay.replay import Selection, load_sessions, store_run
 from ocpp_replay.store import Store, utc_iso
@@ -55,6 +64,13 @@ def _options(parser: Any) -> None:
     group.add_argument("--max-gap", type=float, default=None, help="Shorten idle gaps to this many seconds.")
     group.add_argument("--rules", default=None, help="TOML rules file (read by the master).")
     group.add_argument("--answer-timeout", type=float, default=10.0, help="Seconds to wait for an answer.")
+    sim = parser.add_argument_group("ocpp-replay simulate", "A virtual fleet instead of a capture")
+    sim.add_argument("--simulate", type=int, default=0, metavar="N", help="Run N virtual chargers instead.")
+    sim.add_argument("--ocpp-version", default="1.6", help="1.6, 2.0.1, 2.1 or several, comma separated.")
+    sim.add_argument("--scenario", default="session", help="A built-in scenario or a TOML file.")
+    sim.add_argument("--time-scale", type=float, default=1.0, help="Real seconds per virtual second.")
+    sim.add_argument("--cycles", type=int, default=1, help="Scenario cycles per charger.")
+    sim.add_argument("--id-prefix", default="ALF-", help="Charger ids: PREFIX w<worker>-<n>.")
 
 
 class OcppReplayUser(User):
@@ -82,6 +98,7 @@ class _Master:
         self.options: dict[str, Any] = {}
         self.done = False
         self.lost: dict[str, tuple[str, ...]] = {}  # worker gone missing -> its charge points
+        self.fleet: dict[str, dict[str, Any]] | None = None  # simulate mode: worker -> summary
 
     def start(self) -> None:
         runner = self.env.runner
@@ -89,6 +106,9 @@ class _Master:
         assert runner is not None and opts is not None
         if self.pending or self.done:
             return  # one replay per master process
+        if opts.simulate:
+            self._start_fleet(opts)
+            return
         try:
             job_options, loaded = self._load(opts)
         except OcppReplayError as exc:
@@ -118,6 +138,34 @@ class _Master:
             job = Job(capture=str(opts.capture), target=opts.target, share=share, options=job_options)
             runner.send_message(JOB, dumps(job), client_id=None if worker == "local" else worker)
         if not isinstance(runner, LocalRunner):
+            gevent.spawn(self._watch)
+
+    def _start_fleet(self, opts: Any) -> None:
+        runner = self.env.runner
+        assert runner is not None
+        if not opts.target:
+            self._fail("--target is required (the ws:// URL of the CSMS under test)")
+            return
+        workers = list(runner.clients) if isinstance(runner, MasterRunner) else ["local"]
+        if not workers:
+            self._fail("no worker is connected to the master")
+            return
+        self.fleet = {}
+        options = {
+            "version": opts.ocpp_version,
+            "scenario": opts.scenario,
+            "time_scale": opts.time_scale,
+            "cycles": opts.cycles,
+            "answer_timeout": opts.answer_timeout,
+        }
+        for i, (worker, (count, prefix)) in enumerate(
+            zip(workers, split_fleet(opts.simulate, len(workers), opts.id_prefix), strict=True)
+        ):
+            self.pending[worker] = (f"{prefix}* ({count} chargers)",)
+            log.info("worker %s runs %d virtual chargers (%s...)", worker, count, prefix)
+            job = FleetJob(opts.target, count, prefix, {**options, "seed": i})
+            runner.send_message(JOB, dumps(job), client_id=None if worker == "local" else worker)
+        if isinstance(runner, MasterRunner):
             gevent.spawn(self._watch)
 
     def _load(self, opts: Any) -> tuple[dict[str, Any], list[Any]]:
@@ -157,6 +205,10 @@ class _Master:
         if "error" in data:
             self._fail(f"worker {worker}: {data['error']}")
             return
+        if self.fleet is not None and "fleet" in data:
+            self.fleet[worker] = dict(data["fleet"])
+            self._maybe_finish()
+            return
         try:
             result = loads(data["result"])
             if not isinstance(result, RunResult):
@@ -174,7 +226,7 @@ class _Master:
         while not self.done:
             gevent.sleep(0.5)
             for worker in list(self.pending):
-                if worker in self.results or worker in self.lost:
+                if worker in self.results or worker in self.lost or worker in (self.fleet or {}):
                     continue
                 node = runner.clients.get(worker)
                 if node is None or node.state == STATE_MISSING:
@@ -183,9 +235,13 @@ class _Master:
             self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if self.done or len(self.results) + len(self.lost) < len(self.pending):
+        finished = len(self.results) + len(self.lost) + len(self.fleet or {})
+        if self.done or finished < len(self.pending):
             return
         self.done = True
+        if self.fleet is not None:
+            self._finish_fleet(self.fleet)
+            return
         opts = self.env.parsed_options
         assert opts is not None
         parts = list(self.results.values())
@@ -222,6 +278,29 @@ class _Master:
             self.env.process_exit_code = 2
         else:
             self.env.process_exit_code = 1 if run.gating else 0
+        self._quit()
+
+    def _finish_fleet(self, parts: dict[str, dict[str, Any]]) -> None:
+        problems: dict[str, int] = {}
+        for part in parts.values():
+            for kind, n in part["problems"].items():
+                problems[kind] = problems.get(kind, 0) + int(n)
+        broken = [b for part in parts.values() for b in part["broken"]]
+        log.info(
+            "ocpp-replay fleet: %d chargers, %d transactions, %d calls, problems %s",
+            sum(int(p["chargers"]) for p in parts.values()),
+            sum(int(p["transactions"]) for p in parts.values()),
+            sum(int(p["calls"]) for p in parts.values()),
+            ", ".join(f"{k} {n}" for k, n in sorted(problems.items())) or "none",
+        )
+        for line in broken[:20]:
+            log.info("  %s", line)
+        if self.lost:
+            missing = sorted(cp for cps in self.lost.values() for cp in cps)
+            log.error("error: the fleet is incomplete: not run (worker lost): %s", ", ".join(missing))
+            self.env.process_exit_code = 2
+        else:
+            self.env.process_exit_code = 1 if sum(int(p["broken_count"]) for p in parts.values()) else 0
         self._quit()
 
     def _fail(self, message: str) -> None:
@@ -289,6 +368,8 @@ class _Worker:
                 )
             elif "result" in line:
                 reply = {"result": base64.b64decode(line["result"])}
+            elif "fleet" in line:
+                reply = {"fleet": line["fleet"]}
             elif "error" in line:
                 reply = {"error": str(line["error"])}
         code = engine.wait()

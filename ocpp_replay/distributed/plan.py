@@ -26,6 +26,7 @@ from ocpp_replay.store import FrameRecord, SessionInfo
 
 __all__ = [
     "Exchange",
+    "FleetJob",
     "Job",
     "Share",
     "dumps",
@@ -33,6 +34,7 @@ __all__ = [
     "loads",
     "merge_results",
     "split",
+    "split_fleet",
 ]
 
 Loaded = Sequence[tuple[SessionInfo, Sequence[FrameRecord]]]
@@ -62,6 +64,26 @@ class Job:
     target: str
     share: Share
     options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetJob:
+    """Simulate mode: ``chargers`` virtual chargers named ``id_prefix`` + number, and the
+    keywords of :func:`ocpp_replay.simulate.runner.run_fleet` (version, scenario, time_scale...)."""
+
+    target: str
+    chargers: int
+    id_prefix: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def split_fleet(chargers: int, workers: int, id_prefix: str) -> list[tuple[int, str]]:
+    """(chargers, id prefix) per worker: as even as can be, each worker its own prefix
+    (``ALF-w1-0001``...) so that no two workers build a charger of the same id."""
+    if workers < 1:
+        raise ValueError("at least one worker")
+    base, extra = divmod(chargers, workers)
+    return [(base + (i < extra), f"{id_prefix}w{i + 1}-") for i in range(workers)]
 
 
 def split(sessions: Loaded, workers: int) -> list[Share]:
@@ -215,7 +237,7 @@ class _OursOnly(pickle.Unpickler):
         raise MessageError(f"a distributed message holds {module}.{name}, which is not one of ours")
 
 
-def dumps(obj: Job | RunResult) -> bytes:
+def dumps(obj: Job | FleetJob | RunResult) -> bytes:
     return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 

@@ -206,6 +206,12 @@ class _Fleet:
     answer_timeout: float
     connect_timeout: float
     cycles: int
+    on_call: CallHook | None = None
+
+
+#: Called after each CALL of a charger: (action, seconds to the answer, CALLERROR code or
+#: "timeout", or None for a CALLRESULT). The distributed runner feeds Locust's statistics with it.
+CallHook = Callable[[str, float, str | None], None]
 
 
 class _Abort(Exception):
@@ -428,6 +434,7 @@ class _Runner:
             self._check_sent(out.action, payload, response=False)
             future: asyncio.Future[CallResult | CallError] = loop.create_future()
             self.pending[uid] = future
+            sent_at = loop.time()
             try:
                 await ws.send_str(dump(Call(uid, out.action, payload)))
                 async with asyncio.timeout(self.fleet.answer_timeout):
@@ -435,6 +442,8 @@ class _Runner:
             except TimeoutError:
                 self.pending.pop(uid, None)
                 self.problem("timeout", out.action, f"no answer in {self.fleet.answer_timeout:.0f} s")
+                if self.fleet.on_call is not None:
+                    self.fleet.on_call(out.action, loop.time() - sent_at, "timeout")
                 continue
             except ConnectionError:
                 self.pending.pop(uid, None)
@@ -442,6 +451,9 @@ class _Runner:
                 self.machine.requeue_front([out, *work])
                 return first
             self.result.sent[out.action] += 1
+            if self.fleet.on_call is not None:
+                code = answer.error_code if isinstance(answer, CallError) else None
+                self.fleet.on_call(out.action, loop.time() - sent_at, code)
             if out.action == "BootNotification":
                 self.result.boots += 1
             self._check_answer(out, answer)
@@ -683,6 +695,7 @@ async def run_fleet(
     answer_timeout: float = 30.0,
     connect_timeout: float = 10.0,
     progress: Callable[[FleetProgress], None] | None = None,
+    on_call: CallHook | None = None,
 ) -> FleetResult:
     """Run CHARGERS virtual Alfen chargers against TARGET (ws://host:port/path) concurrently.
 
@@ -693,7 +706,8 @@ async def run_fleet(
     file. ``time_scale`` is real seconds per virtual second (1.0: real time; 0.001: an hour in
     3.6 s). ``start_time`` is the virtual clock's origin (default now); ``ramp_up`` the virtual
     seconds over which chargers connect (default 0.25 s per charger, at most 120 s).
-    ``progress`` gets a :class:`FleetProgress` four times a second while the fleet runs.
+    ``progress`` gets a :class:`FleetProgress` four times a second while the fleet runs;
+    ``on_call`` (:data:`CallHook`) each CALL's action, round trip and error as it is answered.
     Raises ConfigError for bad options and UpstreamError if no charger could connect.
     """
     versions = [schemas.normalize_version(v) for v in version.split(",") if v.strip()]
@@ -725,6 +739,7 @@ async def run_fleet(
             answer_timeout,
             connect_timeout,
             cycles,
+            on_call,
         )
         runners = []
         for i in range(chargers):
