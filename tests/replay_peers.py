@@ -61,6 +61,8 @@ class Seen:
     actions: list[str] = field(default_factory=list)
     extra_answers: list[Any] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # request paths (and queries) of the connections
+    id_tags: list[tuple[str, str, str]] = field(default_factory=list)  # 1.6: (charge point, action, idTag)
+    tx_by_cp: list[tuple[str, str, Any]] = field(default_factory=list)  # 1.6: (charge point, action, tx id)
 
 
 class _Filter:
@@ -121,15 +123,20 @@ class Csms16(ChargePoint16):
 
     @on(enums16.Action.authorize)
     async def on_authorize(self, id_tag: str, **_: Any) -> result16.Authorize:
+        self.seen.id_tags.append((self.id, "Authorize", id_tag))
         return result16.Authorize(id_tag_info=self._info(id_tag, authorize=True))  # type: ignore[arg-type]
 
     @on(enums16.Action.start_transaction)
     async def on_start(self, id_tag: str, **_: Any) -> result16.StartTransaction:
-        return result16.StartTransaction(transaction_id=next(self.tx), id_tag_info=self._info(id_tag))  # type: ignore[arg-type]
+        self.seen.id_tags.append((self.id, "StartTransaction", id_tag))
+        tx = next(self.tx)
+        self.seen.tx_by_cp.append((self.id, "StartTransaction", tx))
+        return result16.StartTransaction(transaction_id=tx, id_tag_info=self._info(id_tag))  # type: ignore[arg-type]
 
     @on(enums16.Action.meter_values)
     async def on_meter_values(self, transaction_id: Any = None, **_: Any) -> result16.MeterValues:
         self.seen.transaction_ids.append(transaction_id)
+        self.seen.tx_by_cp.append((self.id, "MeterValues", transaction_id))
         self.meter_values += 1
         if self.b.remote_stop_after is not None and self.meter_values == self.b.remote_stop_after:
             self.tasks.append(asyncio.create_task(self._remote_stop(transaction_id)))
@@ -146,6 +153,7 @@ class Csms16(ChargePoint16):
         self, transaction_id: Any = None, id_tag: str = TAG, **_: Any
     ) -> result16.StopTransaction:
         self.seen.transaction_ids.append(transaction_id)
+        self.seen.tx_by_cp.append((self.id, "StopTransaction", transaction_id))
         return result16.StopTransaction(id_tag_info=self._info(id_tag))  # type: ignore[arg-type]
 
 

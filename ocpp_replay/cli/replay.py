@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -32,7 +32,7 @@ from ocpp_replay.cli.common import (
     printable,
     real_console,
 )
-from ocpp_replay.errors import ConfigError, OcppReplayError
+from ocpp_replay.errors import ConfigError, OcppReplayError, ReplayError
 
 if TYPE_CHECKING:
     import asyncio
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from ocpp_replay.core.rules import RuleSet
     from ocpp_replay.replay import Progress as ReplayProgress
     from ocpp_replay.replay import Selection
-    from ocpp_replay.store import Store
+    from ocpp_replay.store import FrameRecord, SessionInfo, Store
 
 __all__ = ["register"]
 
@@ -378,6 +378,25 @@ async def _stop_on_ctrl_c() -> AsyncIterator[asyncio.Event]:
         loop.remove_signal_handler(signal.SIGINT)
 
 
+def _amplified(
+    store: Store, selection: Selection, copies: int, spread: float
+) -> list[tuple[SessionInfo, Sequence[FrameRecord]]]:
+    """The selected sessions, amplified (replay/amplify.py); checked against every charger id."""
+    from ocpp_replay.replay import load_sessions
+    from ocpp_replay.replay.amplify import amplify_sessions
+
+    sessions = load_sessions(store, selection)
+    recorded = store.sessions()
+    out, _ = amplify_sessions(
+        sessions,
+        copies,
+        spread=spread,
+        known_charge_points={info.charge_point_id for info in recorded},
+        highest_session_id=max((info.id for info in recorded), default=0),
+    )
+    return out
+
+
 def _run_and_store(
     db: Path,
     prepare: Callable[
@@ -490,6 +509,19 @@ def replay(
     optional_operator_calls: OperatorCallsOption = False,
     strict_end: StrictEndOption = False,
     force: ForceOption = False,
+    amplify: Annotated[
+        int | None,
+        typer.Option(
+            "--amplify",
+            metavar="N",
+            help="Replay each selected session N times as N distinct chargers (ids <id>-x1..xN, "
+            "idTags and serial numbers pseudonymised per copy).",
+        ),
+    ] = None,
+    amplify_spread: Annotated[
+        float,
+        typer.Option("--amplify-spread", metavar="SECONDS", help="Spread the copies' starts over SECONDS."),
+    ] = 0.0,
 ) -> None:
     """Replay captured sessions against TARGET and report where its answers differ.
 
@@ -504,15 +536,25 @@ def replay(
         rule_set, auth = _load_inputs(rules, auth_file)
         rewriter = _load_rewriter(rules, rewrite)
         selection = _selection(session, charge_point, since, until)
+        if amplify is not None and amplify < 1:
+            raise ReplayError(f"--amplify must be at least 1, not {amplify}")
+        if not amplify_spread >= 0:
+            raise ReplayError(f"--amplify-spread must not be negative, not {amplify_spread}")
         _check_outputs(force, report=report, junit=junit, html=html)
         display = _Display(console.is_terminal)
 
         async def run(store: Store) -> RunResult:
+            import asyncio
+
+            loaded = None
+            if amplify is not None:
+                loaded = await asyncio.to_thread(_amplified, store, selection, amplify, amplify_spread)
             async with _stop_on_ctrl_c() as stop:
                 return await run_replay(
                     store,
                     target,
                     selection=selection,
+                    sessions=loaded,
                     speed=speed,
                     max_gap=max_gap,
                     rules=rule_set,

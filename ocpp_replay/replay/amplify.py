@@ -1,0 +1,136 @@
+"""Amplification: replay each selected session N times as N distinct chargers (``replay --amplify N``).
+
+Copy ``k`` (1..N) of a session is the recorded session with
+
+- charge point id ``<id>-x<k>`` (the same suffix for every session of one charger, so a charger's
+  reconnects stay one charger, in order), also in the URL path it dials and its Basic auth user;
+- idTags, idTokens and serial numbers replaced by keyed pseudonyms (:class:`~ocpp_replay.share.redact.
+  Redactor`'s field rules, one key per copy): the same recorded value gives the same pseudonym within
+  a copy (an idTag's Authorize, StartTransaction and StopTransaction stay linked) and a different
+  one in every other copy; the same copy number gives the same identities on every run;
+- a session id ``k * stride + <recorded id>`` (``stride``, a power of ten, is above every session id
+  of the capture), so that a
+  report groups the copies by their original: :func:`original_session`;
+- a start moved by ``spread * (k - 1) / N`` seconds, so that copies do not fire in lockstep.
+
+Transaction ids and other values the backend assigns are correlated per copy by the replay itself,
+since every copy is its own session. Pure functions over loaded sessions: no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
+
+from ocpp_replay.errors import ReplayError
+from ocpp_replay.share.redact import Redactor
+from ocpp_replay.store import FrameRecord, SessionInfo
+
+__all__ = ["AMPLIFY_KEY", "amplify_sessions", "copy_charge_point", "original_session"]
+
+#: The key the copies' pseudonyms derive from: fixed, so identities are stable across runs.
+AMPLIFY_KEY = b"ocpp-replay amplify v1"
+
+Loaded = tuple[SessionInfo, Sequence[FrameRecord]]
+
+
+def copy_charge_point(cp_id: str, copy: int) -> str:
+    """The charge point id of copy ``copy`` (1-based) of charger ``cp_id``."""
+    return f"{cp_id}-x{copy}"
+
+
+def _renamed(path: str | None, cp_id: str, copy_id: str) -> str | None:
+    """A recorded path (or path suffix) with its last segment, the charger's id, the copy's."""
+    if path is None:
+        return None
+    quoted = quote(cp_id, safe="")
+    for old in (quoted, cp_id):
+        if path.endswith("/" + old):
+            return path[: -len(old)] + quote(copy_id, safe="")
+    return None  # not where a charger's id is: the replay dials the copy's id instead
+
+
+def _stride(sessions: Sequence[Loaded], highest_id: int) -> int:
+    """A power of ten above every session id: copy ``k`` of session 7 is ``k0..07``, readable."""
+    top = max([highest_id, *(info.id for info, _ in sessions)])
+    return int(10 ** len(str(max(top, 1))))
+
+
+def original_session(session_id: int, stride: int) -> tuple[int, int]:
+    """(recorded session id, copy number) of an amplified session id."""
+    return session_id % stride, session_id // stride
+
+
+def _shift(iso: str | None, seconds: float) -> str | None:
+    if iso is None or seconds == 0:
+        return iso
+    try:
+        t = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ReplayError(f"unreadable session time {iso!r}") from exc
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    text = (t + timedelta(seconds=seconds)).astimezone(UTC).isoformat(timespec="microseconds")
+    return text.replace("+00:00", "Z")
+
+
+def amplify_sessions(
+    sessions: Sequence[Loaded],
+    copies: int,
+    *,
+    spread: float = 0.0,
+    known_charge_points: Collection[str] = (),
+    highest_session_id: int = 0,
+    key: bytes = AMPLIFY_KEY,
+) -> tuple[list[Loaded], int]:
+    """``copies`` copies of every session (see the module's doc) and the id stride.
+
+    ``known_charge_points`` are every charge point id in the capture: a copy's id equal to one of
+    them is a :class:`~ocpp_replay.errors.ReplayError` (two chargers would share an identity).
+    ``highest_session_id`` (the capture's) keeps the copies' session ids apart from every recorded one.
+    """
+    if copies < 1:
+        raise ReplayError(f"--amplify must be at least 1, not {copies}")
+    if not spread >= 0:
+        raise ReplayError(f"--amplify-spread must not be negative, not {spread}")
+    known = set(known_charge_points) | {info.charge_point_id for info, _ in sessions}
+    for cp in sorted({info.charge_point_id for info, _ in sessions}):
+        for k in range(1, copies + 1):
+            copy_id = copy_charge_point(cp, k)
+            if copy_id in known:
+                raise ReplayError(
+                    f"--amplify {copies}: copy {k} of charger {cp!r} would be {copy_id!r}, "
+                    "a charge point id already in the capture"
+                )
+    stride = _stride(sessions, highest_session_id)
+    out: list[Loaded] = []
+    for k in range(1, copies + 1):
+        redactor = Redactor(hashlib.sha256(key + b"/copy/%d" % k).digest(), detect=())
+        offset = spread * (k - 1) / copies
+        for info, frames in sessions:
+            sid = k * stride + info.id
+            cp = info.charge_point_id
+            copy_id = copy_charge_point(cp, k)
+            new_info = replace(
+                info,
+                id=sid,
+                charge_point_id=copy_id,
+                path=_renamed(info.path, cp, copy_id),
+                path_suffix=_renamed(info.path_suffix, cp, copy_id),
+                auth_user=copy_id if info.auth_user == cp else info.auth_user,
+                started_at=_shift(info.started_at, offset) or info.started_at,
+                ended_at=_shift(info.ended_at, offset),
+            )
+            new_frames = [
+                replace(
+                    f,
+                    session_id=sid,
+                    raw=redactor.text(f.raw) if f.raw is not None else None,
+                )
+                for f in frames
+            ]
+            out.append((new_info, new_frames))
+    return out, stride
