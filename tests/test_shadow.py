@@ -206,7 +206,9 @@ async def test_the_charger_sees_production_only_and_the_run_holds_exactly_the_di
     # The charger saw exactly production's frames, byte for byte, and the same as without --shadow.
     assert rec.received == prod.connections[0].sent
     assert prod.connections[0].received == rec.sent
-    assert shape(rec.received) == shape(plain_rec.received)
+    # The same frames as without --shadow (times and ids aside; the CSMS's remote stop may come
+    # before or after the last MeterValues answer in either run).
+    assert sorted(shape(rec.received)) == sorted(shape(plain_rec.received))
     assert result["tx"] == 1000
     # The shadow got the charger's frames with its own transaction id in them.
     station = staging.stations["ALF-0001"]
