@@ -382,3 +382,22 @@ async def test_simulate_mode_runs_a_virtual_fleet_over_two_workers(tmp_path: Pat
     rows = {(r[0], r[1]): r for r in (line.split(",") for line in lines)}
     assert rows[("OCPP", "BootNotification")][2] == "6"
     assert rows[("", "Aggregated")][3] == "0"  # no CALLERROR, no call unanswered
+
+
+async def test_the_wrapper_runs_locust_with_the_packaged_locustfile(tmp_path: Path) -> None:
+    """ocpp-replay locust ... execs locust (here its local runner, no --master): a missing
+    --target is one error line at the master and exit 2, before anything is replayed."""
+    db = tmp_path / "slow.db"
+    _slow_capture(db, 1, last=1.0)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ocpp_replay.cli", "locust", "--headless", "-u", "1", "-r", "1",
+        "--capture", str(db),
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(45):
+        _out, err = await proc.communicate()
+    assert proc.returncode == 2
+    [line] = [x for x in err.decode().splitlines() if "ocpp_replay.distributed: error: " in x]
+    assert line.endswith("error: --target is required (the ws:// URL of the CSMS under test)")
+    with Store.open(db) as store:
+        assert list(store.db.query("SELECT id FROM runs")) == []
