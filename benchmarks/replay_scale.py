@@ -1,6 +1,7 @@
 """Replay at scale: many concurrent charger sessions against a fast local CSMS.
 
     python benchmarks/replay_scale.py [--sessions 1000] [--interval 3] [--duration 30] [--ramp 3]
+    python benchmarks/replay_scale.py --sessions 20000 --amplify 20 ...   # 1,000 recorded x 20 copies
 
 Builds a synthetic capture with CaptureWriter (each session: BootNotification,
 StartTransaction, then MeterValues every ``--interval`` seconds with a timestamp and the
@@ -35,15 +36,20 @@ from ocpp_replay.store import CaptureWriter, Store, utc_iso
 # ----------------------------------------------------------------------------- the backend
 
 
-def serve(port_file: str) -> None:
-    """A fast CSMS: answers every CALL with a CALLRESULT (own transaction ids)."""
+def serve(port_file: str, log_file: str | None = None) -> None:
+    """A fast CSMS: answers every CALL with a CALLRESULT (own transaction ids).
+
+    With ``log_file``: one line ``<charge point> <action> <idTag or transactionId>`` for every
+    StartTransaction (with the id it assigned) and MeterValues, to check amplified identities."""
     from aiohttp import WSMsgType, web
 
     tx = itertools.count(900_000)
+    log = open(log_file, "w", encoding="utf-8") if log_file else None  # noqa: SIM115 (lives as long as the process)
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(protocols=("ocpp1.6",), autoping=True)
         await ws.prepare(request)
+        cp = request.path.rsplit("/", 1)[-1]
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
                 continue
@@ -51,6 +57,8 @@ def serve(port_file: str) -> None:
             if data[0] != 2:
                 continue
             action = data[2]
+            if log is not None and action == "MeterValues":
+                log.write(f"{cp} MeterValues {data[3].get('transactionId')}\n")
             if action == "BootNotification":
                 payload: dict[str, object] = {
                     "currentTime": utc_iso(time.time()),
@@ -59,6 +67,9 @@ def serve(port_file: str) -> None:
                 }
             elif action == "StartTransaction":
                 payload = {"transactionId": next(tx), "idTagInfo": {"status": "Accepted"}}
+                if log is not None:
+                    log.write(f"{cp} StartTransaction {data[3].get('idTag')} {payload['transactionId']}\n")
+                    log.flush()
             else:
                 payload = {}
             await ws.send_str(json.dumps([3, data[1], payload]))
@@ -153,10 +164,13 @@ async def bench(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="replay-scale-"))
     db = tmp / "capture.db"
     started = time.monotonic()
-    frames = make_capture(db, args.sessions, args.interval, args.duration, args.ramp)
-    print(f"capture: {args.sessions} sessions, {frames} frames in {time.monotonic() - started:.1f}s")
+    recorded = args.sessions // args.amplify if args.amplify else args.sessions
+    frames = make_capture(db, recorded, args.interval, args.duration, args.ramp)
+    print(f"capture: {recorded} sessions, {frames} frames in {time.monotonic() - started:.1f}s")
     port_file = tmp / "port"
-    proc = await asyncio.create_subprocess_exec(sys.executable, __file__, "--serve", str(port_file))
+    backend_log = tmp / "backend.log"
+    extra = ["--backend-log", str(backend_log)] if args.amplify else []
+    proc = await asyncio.create_subprocess_exec(sys.executable, __file__, "--serve", str(port_file), *extra)
     try:
         for _ in range(200):
             if port_file.exists() and port_file.read_text():
@@ -165,6 +179,11 @@ async def bench(args: argparse.Namespace) -> int:
         target = f"ws://127.0.0.1:{port_file.read_text()}/ocpp"
         store = Store.open(db)
         sessions = await asyncio.to_thread(load_sessions, store)
+        if args.amplify:
+            from ocpp_replay.replay.amplify import amplify_sessions
+
+            sessions, _ = amplify_sessions(sessions, args.amplify, spread=args.ramp)
+            print(f"amplified: {len(sessions)} sessions ({args.amplify} copies, spread over {args.ramp}s)")
         if args.gc_freeze:
             gc.collect()
             gc.freeze()
@@ -224,12 +243,36 @@ async def bench(args: argparse.Namespace) -> int:
     for d in result.differences[:5]:
         print("  diff:", d)
     ok = t.p99 < 0.010 and not result.differences
+    if args.amplify:
+        ok = check_backend_log(backend_log, len(result.sessions), args.amplify) and ok
     print("PASS" if ok else "FAIL", "(floor: p99 lateness < 10 ms, no differences)")
     if args.keep:
         print("capture kept in", db)
     else:
         await asyncio.to_thread(shutil.rmtree, tmp)
     return 0 if ok else 1
+
+
+def check_backend_log(path: Path, sessions: int, copies: int) -> bool:
+    """The amplified identities as the backend saw them: one charge point per session, one idTag per
+    copy (every recorded session has the tag "T"), each charger's MeterValues with its own id."""
+    started: dict[str, tuple[str, str]] = {}
+    wrong = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if parts[1] == "StartTransaction":
+            started[parts[0]] = (parts[2], parts[3])
+        elif started.get(parts[0], ("", ""))[1] != parts[2]:
+            wrong += 1
+    tags = {tag for tag, _ in started.values()}
+    txs = {t for _, t in started.values()}
+    ok = len(started) == sessions and len(tags) == copies and len(txs) == sessions and wrong == 0
+    print(
+        f"  backend log: {len(started)} charge points started a transaction, {len(tags)} distinct idTags, "
+        f"{len(txs)} transaction ids, {wrong} MeterValues with another charger's id: "
+        f"{'ok' if ok else 'WRONG'}"
+    )
+    return ok
 
 
 def main() -> None:
@@ -241,10 +284,12 @@ def main() -> None:
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() the loaded capture")
     parser.add_argument("--no-quiet-gc", action="store_true", help="let full GC run during the replay")
     parser.add_argument("--keep", action="store_true", help="keep the temporary capture")
+    parser.add_argument("--amplify", type=int, default=0, help="replay sessions/N recorded sessions N times")
     parser.add_argument("--serve", metavar="PORT_FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--backend-log", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.backend_log)
         return
     resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536)) if resource.getrlimit(resource.RLIMIT_NOFILE)[
         1
