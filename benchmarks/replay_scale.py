@@ -197,6 +197,16 @@ async def bench(args: argparse.Namespace) -> int:
                 pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
 
         gc.callbacks.append(on_gc)
+        rss_samples: list[float] = []  # MiB, every 0.25 s of the run
+
+        async def sample_rss() -> None:
+            page = resource.getpagesize() / 2**20
+            while True:
+                with open("/proc/self/statm", encoding="ascii") as f:  # noqa: ASYNC230 (procfs: no disk)
+                    rss_samples.append(int(f.read().split()[1]) * page)
+                await asyncio.sleep(0.25)
+
+        sampler = asyncio.create_task(sample_rss())
         cpu0 = time.process_time()
         wall0 = time.monotonic()
         result = await run_replay(
@@ -209,6 +219,7 @@ async def bench(args: argparse.Namespace) -> int:
             quiet_gc=not args.no_quiet_gc,
         )
         wall = time.monotonic() - wall0
+        sampler.cancel()
         gc.callbacks.remove(on_gc)
         cpu = time.process_time() - cpu0
         t0 = time.monotonic()
@@ -235,6 +246,21 @@ async def bench(args: argparse.Namespace) -> int:
         f"({cpu / wall * 100:.0f}% of a core)"
     )
     print(f"  run {stored.run_id} stored in {store_s:.1f}s; peak RSS {rss:.0f} MiB")
+    if rss_samples:
+        at = [rss_samples[min(len(rss_samples) - 1, int(len(rss_samples) * q))] for q in (0.1, 0.5, 0.9)]
+        print(f"  RSS at 10 % / 50 % / 90 % of the run: {at[0]:.0f} / {at[1]:.0f} / {at[2]:.0f} MiB")
+    by_action: dict[str, list[float]] = {}
+    for s in result.sessions:
+        for f in s.frames:
+            if f.lateness is not None:
+                by_action.setdefault(f.action or "?", []).append(f.lateness)
+    for action, values in sorted(by_action.items()):
+        values.sort()
+        p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
+        print(
+            f"  {action}: {len(values)} frames, lateness p50 {values[len(values) // 2] * 1e3:.3f} ms, "
+            f"p99 {p99 * 1e3:.3f} ms, max {values[-1] * 1e3:.3f} ms"
+        )
     worst = max(pauses, key=lambda p: p[1], default=(0, 0.0))
     print(
         f"  gc: {len(pauses)} collections in run_replay (setup included), "
