@@ -251,3 +251,63 @@ def test_a_row_sqlite_refuses_does_not_hold_back_the_rest(tmp_path: Path) -> Non
     info = store.session(sid)
     assert info.close_code == 1000 and info.frames_lost == 1 == writer.stats.frames_lost
     assert writer.pending == 0
+
+
+def test_backup_copies_what_only_the_wal_holds_while_the_writer_is_open(tmp_path: Path) -> None:
+    from ocpp_replay.store.backup import backup_capture
+
+    db = tmp_path / "site.db"
+    writer = CaptureWriter(db, flush_interval=0.01)
+    writer.start()
+    try:
+        for n in range(3):
+            write_session(writer, f"CP{n}", [(Direction.TO_CSMS, f'[2,"{n}","Heartbeat",{{}}]')] * 4)
+        deadline = time.monotonic() + 10
+        with sqlite3.connect(db) as reader:  # wait until the writer has committed all 12 frames
+            while reader.execute("SELECT count(*) FROM frames").fetchone()[0] < 12:
+                assert time.monotonic() < deadline, "the writer never committed the frames"
+                time.sleep(0.01)
+        # The proxy is still writing: its frames are in site.db-wal, not (all) in site.db.
+        assert Path(f"{db}-wal").stat().st_size > 0
+        out = tmp_path / "backup.db"
+        result = backup_capture(db, out)
+    finally:
+        writer.close()
+    assert (result.sessions, result.frames) == (3, 12)
+    assert not Path(f"{out}-wal").exists()  # one self-contained file
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    with Store.open(out) as store:
+        assert [s.charge_point_id for s in store.sessions()] == ["CP0", "CP1", "CP2"]
+
+
+def test_backup_refuses_an_existing_out_and_a_non_capture(tmp_path: Path) -> None:
+    from ocpp_replay.errors import ConfigError
+    from ocpp_replay.store.backup import backup_capture
+
+    db = tmp_path / "c.db"
+    Store.open(db, create=True).close()
+    out = tmp_path / "out.db"
+    out.write_text("keep me")
+    with pytest.raises(ConfigError, match="exists; choose another --out or pass --force"):
+        backup_capture(db, out)
+    assert out.read_text() == "keep me"
+    assert backup_capture(db, out, force=True).sessions == 0
+    with pytest.raises(CaptureNotFound):
+        backup_capture(tmp_path / "missing.db", tmp_path / "x.db")
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_backup_command_one_line_and_errors(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    writer = CaptureWriter(db)
+    writer.start()
+    write_session(writer, "CP1", [(Direction.TO_CSMS, '[2,"1","Heartbeat",{}]')])
+    writer.close()
+    out = tmp_path / "b.db"
+    cmd = [sys.executable, "-m", "ocpp_replay.cli", "backup", "--db", str(db), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "backed up" in done.stdout and "1 session, 1 frame" in done.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [f"error: {out} exists; choose another --out or pass --force"]

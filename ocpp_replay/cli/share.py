@@ -1,4 +1,6 @@
-"""The ``mitm``, ``import``, ``export``, ``redact`` and ``merge`` commands. ``register(app)`` adds them.
+"""The ``mitm``, ``import``, ``export``, ``redact``, ``merge`` and ``backup`` commands.
+
+``register(app)`` adds them.
 
 Thin: parse options, call one library function, print one summary line; an
 :class:`~ocpp_replay.errors.OcppReplayError` becomes one line on stderr and exit status 2.
@@ -289,6 +291,28 @@ def merge(
     )
 
 
+def backup(
+    out: OutOption,
+    db: DbOption = DEFAULT_DB,
+    force: ForceFlag = False,
+) -> None:
+    """Copy a capture, also while a proxy writes it, into one self-contained file (SQLite's online backup).
+
+    A capture in use is the .db plus its -wal: cp of the .db alone misses what the WAL holds.
+    """
+    from ocpp_replay.store.backup import backup_capture
+
+    try:
+        result = backup_capture(db, out, force=force)
+    except OcppReplayError as exc:
+        fail(exc)
+    console.print(
+        f"backed up {db}: {_times(result.sessions, 'session')}, {_times(result.frames, 'frame')}, "
+        f"{result.bytes} bytes → {out}",
+        markup=False,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add the capture tool commands to ``app``."""
     app.command(
@@ -299,3 +323,4 @@ def register(app: typer.Typer) -> None:
     app.command("export")(export)
     app.command("redact")(redact)
     app.command("merge")(merge)
+    app.command("backup")(backup)

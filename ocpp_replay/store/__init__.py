@@ -2,7 +2,8 @@
 
 ``schema`` (tables, migrations, opening a file), ``writer`` (the batched off-loop writer the
 proxy and the mitmproxy addon feed), ``reader`` (sessions and frames), ``runs`` (replay,
-compare and shadow results), ``files`` (owner-only files for exports and reports).
+compare and shadow results), ``files`` (owner-only files for exports and reports),
+``backup`` (an online copy of a capture in use).
 """
 
 from __future__ import annotations
