@@ -258,6 +258,11 @@ class ReplaySession:
         return out
 
     @property
+    def has_actions(self) -> bool:
+        """Whether ``actions()`` has something to hand out."""
+        return bool(self._out)
+
+    @property
     def wakeup(self) -> float | None:
         """When ``advance`` must be called next if no event comes first (None: never)."""
         if self._phase in (_Phase.CONNECTING, _Phase.CLOSING, _Phase.DONE):

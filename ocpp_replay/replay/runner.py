@@ -188,7 +188,7 @@ class _SessionRun:
         self.loop = asyncio.get_running_loop()
         self.anchor = anchor
         self.wake = asyncio.Event()  # the reader changed the session: look at its wakeup again
-        self.lock = asyncio.Lock()  # one sender at a time, so that frames go out in order
+        self.sleeping_until: float | None = None  # the wakeup _drive waits for (None: none)
         self.ended = asyncio.Event()  # the connection is over (the reader has told the session)
 
     def _now(self) -> float:
@@ -310,30 +310,34 @@ class _SessionRun:
             await self._perform(ws, session)
             if session.done:
                 return
-            wakeup = session.wakeup
             self.wake.clear()
+            if session.has_actions:  # the reader fed it while the actions above went out
+                continue
+            wakeup = session.wakeup
             if wakeup is not None and wakeup <= self._now():
                 session.advance(self._now())
                 continue
             timeout = None if wakeup is None else self.anchor + wakeup - loop.time()
+            self.sleeping_until = wakeup
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self.wake.wait()
+            self.sleeping_until = None
             if wakeup is not None and self._now() >= wakeup:
                 session.advance(self._now())
 
     async def _perform(self, ws: aiohttp.ClientWebSocketResponse, session: ReplaySession) -> None:
-        async with self.lock:
-            for action in session.actions():
-                if isinstance(action, Send):
-                    await self._send(ws, session, action)
-                elif isinstance(action, Close):
-                    await self._close(ws, action)
-                else:
-                    self.ctx.counters.diffs += 1
-                    if log.isEnabledFor(logging.DEBUG):
-                        d = action.difference
-                        log.debug("session %d: %s %s %s", d.session_id, d.kind, d.action or "-", d.path)
+        """Perform the actions in order (only the driver does: the reader just feeds the session)."""
+        for action in session.actions():
+            if isinstance(action, Send):
+                await self._send(ws, session, action)
+            elif isinstance(action, Close):
+                await self._close(ws, action)
+            else:
+                self.ctx.counters.diffs += 1
+                if log.isEnabledFor(logging.DEBUG):
+                    d = action.difference
+                    log.debug("session %d: %s %s %s", d.session_id, d.kind, d.action or "-", d.path)
 
     def _count(self, actions: Sequence[Action]) -> None:
         self.ctx.counters.diffs += sum(1 for a in actions if isinstance(a, Finding))
@@ -388,7 +392,13 @@ class _SessionRun:
                 msg = await ws.receive()
                 if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
                     session.receive(self._now(), msg.data)
-                    self.wake.set()
+                    # Wake the driver only when there is something to do sooner than it planned:
+                    # most answers just settle a call.
+                    wakeup, sleeping = session.wakeup, self.sleeping_until
+                    if session.has_actions or (
+                        wakeup is not None and (sleeping is None or wakeup < sleeping)
+                    ):
+                        self.wake.set()
                     continue
                 if msg.type is WSMsgType.CLOSE:
                     code = msg.data or None  # 0: a close frame without a status code
