@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ocpp_replay.core.diff import DiffKind
 from ocpp_replay.core.frames import Direction
@@ -542,3 +544,82 @@ def test_options_are_frozen_and_replaceable() -> None:
     assert o.faithful and not o.optional_calls
     assert replace(o, faithful=False).faithful is False
     assert Direction.TO_CP.reverse is Direction.TO_CSMS
+
+
+def test_backend_close_during_the_grace_for_a_missing_call() -> None:
+    s = start(with_backend_call(), answer_timeout=0.5, grace=5.0)
+    s.actions()
+    s.receive(0.01, BOOT_LIVE)
+    s.advance(2.0)
+    s.receive(2.01, hb_live("2"))
+    s.advance(6.0)
+    s.receive(6.01, hb_live("3"))
+    s.advance(7.0)
+    assert s.wakeup == 12.0  # grace for the RemoteStop
+    s.closed(8.0, 1000, "")
+    assert s.done
+    assert kinds(s) == [
+        (DiffKind.MISSING_CALL, "", "RemoteStopTransaction", 3),
+        (DiffKind.CHANGED, "close.by", None, None),
+    ]
+    assert s.error is None  # every frame went out: not a connection difference
+
+
+def test_well_behaved_replay_gives_up_on_a_missing_call_the_same_way() -> None:
+    s = start(with_backend_call(), answer_timeout=2.0, faithful=False)
+    s.actions()
+    s.receive(0.01, BOOT_LIVE)
+    s.advance(2.0)
+    assert sent(s.actions()) == []
+    s.advance(3.0)
+    assert sent(s.actions()) == [hb("2")]
+    assert s.held_seconds == pytest.approx([1.0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=20, allow_nan=False),
+            st.one_of(
+                st.text(max_size=40),
+                st.binary(max_size=40),
+                st.sampled_from(
+                    [
+                        hb_live("1"),
+                        hb_live("2"),
+                        '[4,"1","NotImplemented","",{}]',
+                        '[2,"x","Reset",{"type":"Hard"}]',
+                        '[2,"b","RemoteStopTransaction",{"transactionId":17}]',
+                        "[3]",
+                        '[2.0,"1"]',
+                    ]
+                ),
+            ),
+        ),
+        max_size=12,
+    )
+)
+def test_any_backend_traffic_at_any_time_is_judged_without_raising(
+    events: list[tuple[float, str | bytes]],
+) -> None:
+    """Whatever the backend sends, whenever: findings, never an exception; time only moves on."""
+    s = start(with_backend_call(), answer_timeout=1.0, grace=0.5)
+    now = 0.0
+    for at, data in sorted(events, key=lambda e: e[0]):
+        now = max(now, at)
+        s.advance(now)
+        s.receive(now, data)
+        s.actions()
+    while not s.done:
+        wakeup = s.wakeup
+        if wakeup is None:  # the session's close went out: the connection ends
+            closes = [a for a in s.actions() if isinstance(a, Close)]
+            s.closed(now, closes[0].code if closes else 1000)
+            break
+        now = max(now, wakeup)
+        s.advance(now)
+    assert s.done
+    held = [f.held for f in s.frames if f.held is not None]
+    late = [f.lateness for f in s.frames if f.lateness is not None]
+    assert all(h >= 0 for h in held) and all(x >= 0 for x in late)
