@@ -360,9 +360,21 @@ def _summary_section(result: RunResult) -> str:
         (
             "scheduling lateness",
             f"p50 {t.p50 * 1000:.2f} ms · p99 {t.p99 * 1000:.2f} ms · max {t.max * 1000:.2f} ms "
-            f"over {t.frames} frames ({t.held} held by causal waits)",
+            f"over {t.frames} frames",
         )
     )
+    rows.append(
+        (
+            "held for causality",
+            f"{t.held} frames · max {t.held_max * 1000:.2f} ms · total {t.held_total * 1000:.2f} ms"
+            if t.held
+            else "none",
+        )
+    )
+    information = result.information
+    if information:
+        counts = Counter(str(d.kind) for d in information)
+        rows.append(("information", ", ".join(f"{_e(k)} {v}" for k, v in sorted(counts.items()))))
     by_kind = Counter(str(d.kind) for d in gating)
     if by_kind:
         rows.append(("by kind", ", ".join(f"{_e(k)} {v}" for k, v in sorted(by_kind.items()))))
