@@ -187,8 +187,10 @@ class _SessionRun:
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
         self.anchor = anchor
-        self.wake = asyncio.Event()  # the reader changed the session: look at its wakeup again
-        self.sleeping_until: float | None = None  # the wakeup _drive waits for (None: none)
+        #: The driver's sleep: a future the reader resolves when the session has something to do
+        #: sooner (cheaper per frame than asyncio.timeout, whose expiry raises two exceptions).
+        self.waiter: asyncio.Future[None] | None = None
+        self.sleeping_until: float | None = None  # the wakeup the driver sleeps until
         self.ended = asyncio.Event()  # the connection is over (the reader has told the session)
 
     def _now(self) -> float:
@@ -310,21 +312,27 @@ class _SessionRun:
             await self._perform(ws, session)
             if session.done:
                 return
-            self.wake.clear()
             if session.has_actions:  # the reader fed it while the actions above went out
                 continue
             wakeup = session.wakeup
             if wakeup is not None and wakeup <= self._now():
                 session.advance(self._now())
                 continue
-            timeout = None if wakeup is None else self.anchor + wakeup - loop.time()
+            waiter = self.waiter = loop.create_future()
             self.sleeping_until = wakeup
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self.wake.wait()
-            self.sleeping_until = None
+            timer = None if wakeup is None else loop.call_at(self.anchor + wakeup, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                self.waiter = self.sleeping_until = None
+                if timer is not None:
+                    timer.cancel()
             if wakeup is not None and self._now() >= wakeup:
                 session.advance(self._now())
+
+    def _wake(self) -> None:
+        if self.waiter is not None:
+            _wake(self.waiter)
 
     async def _perform(self, ws: aiohttp.ClientWebSocketResponse, session: ReplaySession) -> None:
         """Perform the actions in order (only the driver does: the reader just feeds the session)."""
@@ -394,11 +402,12 @@ class _SessionRun:
                     session.receive(self._now(), msg.data)
                     # Wake the driver only when there is something to do sooner than it planned:
                     # most answers just settle a call.
-                    wakeup, sleeping = session.wakeup, self.sleeping_until
-                    if session.has_actions or (
-                        wakeup is not None and (sleeping is None or wakeup < sleeping)
-                    ):
-                        self.wake.set()
+                    if self.waiter is not None:  # the driver sleeps: wake it if it must act sooner
+                        wakeup, sleeping = session.wakeup, self.sleeping_until
+                        if session.has_actions or (
+                            wakeup is not None and (sleeping is None or wakeup < sleeping)
+                        ):
+                            self._wake()
                     continue
                 if msg.type is WSMsgType.CLOSE:
                     code = msg.data or None  # 0: a close frame without a status code
@@ -411,7 +420,12 @@ class _SessionRun:
         finally:
             session.closed(self._now(), code, reason)
             self.ended.set()
-            self.wake.set()
+            self._wake()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 # ----------------------------------------------------------------------------- the run
