@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ocpp_replay.core.frames import Call, CallError, CallResult, Direction, _peek_slowly, dump, parse, peek
-from ocpp_replay.core.pairing import MAX_PENDING_PER_CONNECTION, Pairer
+from ocpp_replay.core.pairing import Pairer
 from ocpp_replay.errors import InvalidFrame
 
 
@@ -140,10 +140,19 @@ def test_pairing_is_per_connection_and_direction() -> None:
     assert len(p) == 0
 
 
-def test_pairing_memory_is_bounded() -> None:
+def test_pairing_is_exact_for_many_outstanding_calls_and_marks_the_budget() -> None:
     p = Pairer()
-    for i in range(MAX_PENDING_PER_CONNECTION + 100):
+    for i in range(3000):  # a charger flushing an offline queue without waiting: all paired
         p.see("c", Direction.TO_CSMS, 2, str(i), "Heartbeat")
-    assert len(p) == MAX_PENDING_PER_CONNECTION
-    assert p.see("c", Direction.TO_CP, 3, "0", None) is None  # the oldest was forgotten
-    assert p.see("c", Direction.TO_CP, 3, str(MAX_PENDING_PER_CONNECTION + 99), None) == "Heartbeat"
+    assert all(p.see("c", Direction.TO_CP, 3, str(i), None) == "Heartbeat" for i in range(3000))
+    assert len(p) == 0 and p.overflowed == []
+    small = Pairer(budget=10)
+    for i in range(15):
+        small.see("c", Direction.TO_CSMS, 2, str(i), "Heartbeat")
+    small.see("d", Direction.TO_CSMS, 2, "x", "Authorize")
+    assert len(small) == 10
+    assert small.overflowed == ["c"] and small.forgotten("c") == 6  # d's only call is kept
+    assert small.see("c", Direction.TO_CP, 3, "0", None) is None  # the oldest was forgotten
+    assert small.see("c", Direction.TO_CP, 3, "14", None) == "Heartbeat"
+    small.forget("c")
+    assert len(small) == 1 and small.forgotten("c") == 0

@@ -311,3 +311,20 @@ def test_backup_command_one_line_and_errors(tmp_path: Path) -> None:
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2
     assert again.stderr.strip().splitlines() == [f"error: {out} exists; choose another --out or pass --force"]
+
+
+def test_calls_past_the_pairing_budget_are_marked_in_the_capture(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    writer = CaptureWriter(db, pairing_budget=100)
+    writer.start()
+    calls = [(Direction.TO_CSMS, f'[2,"{i}","Heartbeat",{{}}]') for i in range(150)]
+    results = [(Direction.TO_CP, f'[3,"{i}",{{"currentTime":"2026-01-01T00:00:00Z"}}]') for i in range(150)]
+    sid = write_session(writer, "CP1", calls + results)
+    writer.close()
+    with sqlite3.connect(db) as conn:
+        sql = "SELECT action FROM frames WHERE message_type = 3 ORDER BY seq"
+        actions = [r[0] for r in conn.execute(sql)]
+        events = conn.execute("SELECT session_id, kind, detail FROM capture_events").fetchall()
+    assert actions == [None] * 50 + ["Heartbeat"] * 100  # the 100 newest paired exactly
+    assert [(s, k) for s, k, _ in events] == [(sid, "pairing_overflow")]
+    assert "more than 100 unanswered calls" in events[0][2]

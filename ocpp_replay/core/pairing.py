@@ -13,17 +13,26 @@ from collections.abc import Hashable
 
 from ocpp_replay.core.frames import Direction, MessageType
 
-#: Unanswered CALLs remembered per connection; older ones are forgotten first.
-MAX_PENDING_PER_CONNECTION = 1024
+#: Unanswered CALLs remembered over all connections (about 200 bytes each: ~50 MB). Within it
+#: pairing is exact for any number of outstanding calls on one connection (a charger flushing an
+#: offline queue without waiting); past it the connection adding a call forgets its oldest one
+#: (a connection with only that call: the connection holding the most forgets its oldest),
+#: and the connection is listed in ``Pairer.overflowed`` once so the capture can say so.
+MAX_PENDING = 262_144
 
 
 class Pairer:
     """Resolves the action of results from the CALLs seen before them."""
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_count", "_forgotten", "_pending", "budget", "overflowed")
 
-    def __init__(self) -> None:
+    def __init__(self, budget: int = MAX_PENDING) -> None:
         self._pending: dict[Hashable, OrderedDict[tuple[Direction, str], str]] = {}
+        self._count = 0
+        self._forgotten: dict[Hashable, int] = {}
+        self.budget = budget
+        #: Connections that went over the budget since the caller last cleared this list.
+        self.overflowed: list[Hashable] = []
 
     def see(
         self,
@@ -42,19 +51,38 @@ class Pairer:
                 if pending is None:
                     pending = self._pending[connection] = OrderedDict()
                 key = (direction, unique_id)
-                pending.pop(key, None)
+                if pending.pop(key, None) is None:
+                    self._count += 1
                 pending[key] = action
-                if len(pending) > MAX_PENDING_PER_CONNECTION:
-                    pending.popitem(last=False)
+                if self._count > self.budget:
+                    victim = connection
+                    if len(pending) == 1:
+                        victim = max(self._pending, key=lambda c: len(self._pending[c]))
+                    self._pending[victim].popitem(last=False)
+                    self._count -= 1
+                    forgotten = self._forgotten.get(victim, 0)
+                    if not forgotten:
+                        self.overflowed.append(victim)
+                    self._forgotten[victim] = forgotten + 1
             return action
         pending = self._pending.get(connection)
         if pending is None:
             return None
-        return pending.pop((direction.reverse, unique_id), None)
+        found = pending.pop((direction.reverse, unique_id), None)
+        if found is not None:
+            self._count -= 1
+        return found
+
+    def forgotten(self, connection: Hashable) -> int:
+        """How many unanswered CALLs of ``connection`` were forgotten for the budget."""
+        return self._forgotten.get(connection, 0)
 
     def forget(self, connection: Hashable) -> None:
         """The connection is closed: drop its unanswered CALLs."""
-        self._pending.pop(connection, None)
+        pending = self._pending.pop(connection, None)
+        if pending is not None:
+            self._count -= len(pending)
+        self._forgotten.pop(connection, None)
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self._pending.values())
+        return self._count

@@ -23,7 +23,7 @@ from typing import Any
 
 from ocpp_replay.capture.wsframes import unmask
 from ocpp_replay.core.frames import Direction, peek
-from ocpp_replay.core.pairing import Pairer
+from ocpp_replay.core.pairing import MAX_PENDING, Pairer
 from ocpp_replay.errors import CaptureError
 from ocpp_replay.store.schema import open_database, utc_iso
 
@@ -143,6 +143,7 @@ class CaptureWriter:
         *,
         flush_interval: float = 0.05,
         max_pending: int = 200_000,
+        pairing_budget: int = MAX_PENDING,
     ) -> None:
         self.path = Path(path)
         self.flush_interval = flush_interval
@@ -164,7 +165,7 @@ class CaptureWriter:
             raise
         self._queue: deque[tuple[Any, ...]] = deque()
         self._retry: list[_Op] = []
-        self._pairer = Pairer()
+        self._pairer = Pairer(pairing_budget)
         self._lost_lock = threading.Lock()
         self._lost: dict[int, list[int]] = {}  # session -> [count, first seq, last seq]
         self._stop = threading.Event()
@@ -334,6 +335,13 @@ class CaptureWriter:
                 ops.append((_INSERT_EVENT, [(item[1], utc_iso(item[2]), item[3], item[4])]))
         if rows:
             ops.append((_INSERT_FRAME, rows))
+        if pairer.overflowed:  # explicit in the capture, not a silent NULL action
+            now = utc_iso(time.time())
+            for session_id in pairer.overflowed:
+                ops.append((_INSERT_EVENT, [(session_id, now, "pairing_overflow", (
+                    f"more than {pairer.budget} unanswered calls: the oldest are forgotten and the "
+                    "results answering them are recorded with no action"))]))  # fmt: skip
+            pairer.overflowed.clear()
         return ops
 
     def _hold_back(self, ops: list[_Op], lost: dict[int, list[int]], exc: sqlite3.Error) -> None:
