@@ -328,3 +328,59 @@ def test_calls_past_the_pairing_budget_are_marked_in_the_capture(tmp_path: Path)
     assert actions == [None] * 50 + ["Heartbeat"] * 100  # the 100 newest paired exactly
     assert [(s, k) for s, k, _ in events] == [(sid, "pairing_overflow")]
     assert "more than 100 unanswered calls" in events[0][2]
+
+
+def _runs_capture(db: Path, n: int) -> list[int]:
+    from ocpp_replay.core.diff import Difference, DiffKind
+    from ocpp_replay.core.results import RunResult, SessionResult
+    from ocpp_replay.store import store_run
+
+    d = Difference(1, "CP1", 2, "Heartbeat", DiffKind.CHANGED, "currentTime", "a", "b")
+    s = SessionResult(1, "CP1", "ocpp1.6", None, None, (d,), {"Heartbeat": 1})
+    ids = []
+    with Store.open(db, create=True) as store:
+        for _ in range(n):
+            run_id = store_run(store, RunResult("ws://t/ocpp", "2026-01-01T00:00:00Z", "", (s,))).run_id
+            assert run_id is not None
+            ids.append(run_id)
+    return ids
+
+
+def _counts(db: Path) -> dict[str, list[int]]:
+    with sqlite3.connect(db) as conn:
+        diffs = sorted({r[0] for r in conn.execute("SELECT run_id FROM run_diffs")})
+        return {"run_diffs": diffs, "runs": [r[0] for r in conn.execute("SELECT id FROM runs ORDER BY id")]}
+
+
+def test_runs_delete_and_prune_remove_runs_with_their_differences(tmp_path: Path) -> None:
+    from ocpp_replay.errors import ReplayError
+    from ocpp_replay.store.runs import delete_run, prune_runs
+
+    db = tmp_path / "c.db"
+    assert _runs_capture(db, 5) == [1, 2, 3, 4, 5]
+    with Store.open(db) as store:
+        delete_run(store, 2)
+        with pytest.raises(ReplayError, match="no run 2 in"):
+            delete_run(store, 2)
+        assert _counts(db) == {"run_diffs": [1, 3, 4, 5], "runs": [1, 3, 4, 5]}
+        assert prune_runs(store, 2) == [1, 3]
+        assert _counts(db) == {"run_diffs": [4, 5], "runs": [4, 5]}
+        assert prune_runs(store, 2) == []
+
+
+def test_runs_delete_and_prune_commands(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    _runs_capture(db, 4)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "ocpp_replay.cli", "runs", *args, "--db", str(db)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    assert cli("delete", "1").stdout.strip() == "deleted run 1"
+    gone = cli("delete", "1")
+    assert gone.returncode == 2 and gone.stderr.startswith("error: no run 1 in ")
+    assert cli("prune", "--keep", "1").stdout.strip() == "deleted 2 runs: 2, 3"
+    bad = cli("prune")
+    assert bad.returncode == 2
+    assert bad.stderr == "error: runs prune takes --keep N: ocpp-replay runs prune --keep N\n"
+    assert _counts(db)["runs"] == [4]

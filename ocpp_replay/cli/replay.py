@@ -704,14 +704,27 @@ RUN_COLUMNS = (
 )  # fmt: skip
 
 
-def runs(db: DbOption = DEFAULT_DB, json_: JsonFlag = False, csv_: CsvFlag = False) -> None:
-    """List the replay runs stored in the capture."""
+def runs(
+    action: Annotated[
+        str | None,
+        typer.Argument(metavar="[delete ID | prune]", help="delete ID: remove a run; prune: all but --keep."),
+    ] = None,
+    run_id: Annotated[int | None, typer.Argument(metavar="[ID]", show_default=False)] = None,
+    keep: Annotated[int | None, typer.Option("--keep", help="With prune: the newest runs kept.")] = None,
+    db: DbOption = DEFAULT_DB,
+    json_: JsonFlag = False,
+    csv_: CsvFlag = False,
+) -> None:
+    """List the replay runs stored in the capture; `runs delete ID` and `runs prune --keep N` remove them."""
     from rich.table import Table
     from rich.text import Text
 
     from ocpp_replay.replay import list_runs
     from ocpp_replay.store import Store
 
+    if action is not None:
+        _change_runs(action, run_id, keep, db)
+        return
     try:
         fmt = output_format(json_, csv_)
         with Store.open(db) as store:
@@ -745,6 +758,30 @@ def runs(db: DbOption = DEFAULT_DB, json_: JsonFlag = False, csv_: CsvFlag = Fal
             "" if p99 is None else f"{p99:.2f}",
         )
     console.print(table)
+
+
+def _change_runs(action: str, run_id: int | None, keep: int | None, db: Path) -> None:
+    from ocpp_replay.store import Store
+    from ocpp_replay.store.runs import delete_run, prune_runs
+
+    if action == "delete" and (run_id is None or keep is not None):
+        fail("runs delete takes one run id: ocpp-replay runs delete ID")
+    if action == "prune" and (keep is None or run_id is not None):
+        fail("runs prune takes --keep N: ocpp-replay runs prune --keep N")
+    if action not in ("delete", "prune"):
+        fail(f"{action!r} is not one of 'delete', 'prune'")
+    try:
+        with Store.open(db) as store:
+            if run_id is not None:
+                delete_run(store, run_id)
+                console.print(f"deleted run {run_id}", markup=False)
+            else:
+                assert keep is not None
+                gone = prune_runs(store, keep)
+                shown = f": {', '.join(map(str, gone))}" if gone else ""
+                console.print(f"deleted {len(gone)} run{'s' if len(gone) != 1 else ''}{shown}", markup=False)
+    except OcppReplayError as exc:
+        fail(exc)
 
 
 def register(app: typer.Typer) -> None:

@@ -393,3 +393,41 @@ def diffs_since(store: Store, after: int) -> list[tuple[int, int, Difference]]:
             )
         )
     return out
+
+
+def _delete(store: Store, ids: list[int]) -> None:
+    conn = store.db.conn
+    try:
+        with contextlib.closing(conn.cursor()) as cur:
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                for table, column in (("run_frames", "run_id"), ("run_diffs", "run_id"), ("runs", "id")):
+                    cur.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in ids])
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise CaptureError(f"cannot delete runs from {store.path}: {exc}") from exc
+
+
+def delete_run(store: Store, run_id: int) -> None:
+    """Remove run ``run_id`` with its differences and frames, in one transaction (blocking).
+
+    Raises ReplayError when the capture has no such run.
+    """
+    if store.db.execute("SELECT 1 FROM runs WHERE id = ?", [run_id]).fetchone() is None:
+        raise ReplayError(f"no run {run_id} in {store.path} (ocpp-replay runs lists them)")
+    _delete(store, [run_id])
+
+
+def prune_runs(store: Store, keep: int) -> list[int]:
+    """Remove every run but the ``keep`` newest (by id), in one transaction; return the removed ids."""
+    if keep < 0:
+        raise ReplayError(f"--keep must be 0 or more, not {keep}")
+    ids = [
+        int(r[0]) for r in store.db.execute("SELECT id FROM runs ORDER BY id DESC LIMIT -1 OFFSET ?", [keep])
+    ]
+    if ids:
+        _delete(store, ids)
+    return sorted(ids)
