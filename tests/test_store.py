@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -384,3 +385,34 @@ def test_runs_delete_and_prune_commands(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr == "error: runs prune takes --keep N: ocpp-replay runs prune --keep N\n"
     assert _counts(db)["runs"] == [4]
+
+
+def test_a_newer_schema_is_read_with_one_warning_and_refused_for_writing(tmp_path: Path) -> None:
+    db = tmp_path / "future.db"
+    writer = CaptureWriter(db)
+    writer.start()
+    write_session(writer, "CP1", [(Direction.TO_CSMS, '[2,"1","Heartbeat",{}]')])
+    writer.close()
+    with sqlite3.connect(db) as conn:  # what a newer ocpp-replay would have done to it
+        conn.execute("ALTER TABLE frames ADD COLUMN future_column TEXT")
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+            "VALUES ('ocpp_replay', 'm999_future', '2027-01-01T00:00:00')"
+        )
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "ocpp_replay.cli", *args, "--db", str(db)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    shown = cli("show", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert "Heartbeat" in shown.stdout
+    assert shown.stderr.count("warning:") == 1 and "m999_future" in shown.stderr
+    exported = cli("export", "--out", str(tmp_path / "x.jsonl"))
+    assert exported.returncode == 2
+    assert exported.stderr.startswith("error: ") and exported.stderr.count("\n") == 1
+    newer = r"schema version m999_future, newer than this ocpp-replay's m\d{3}_\w+: upgrade"
+    assert re.search(newer, exported.stderr)
+    assert not (tmp_path / "x.jsonl").exists()
+    with pytest.raises(CaptureError, match="m999_future"):
+        CaptureWriter(db)

@@ -313,7 +313,7 @@ def _open(db: Path) -> Store:
     from ocpp_replay.store.reader import Store
 
     try:
-        return Store.open(db)
+        return Store.open(db, read_only=True)  # sessions, show, tail, validate only read
     except OcppReplayError as exc:
         if not db.exists() and db == DEFAULT_DB:
             fail(f"{exc} (give --db, or set {DB_ENV})")

@@ -107,8 +107,9 @@ class Store:
         self.path = path
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, create: bool = False) -> Store:
-        return cls(open_database(path, create=create), Path(path))
+    def open(cls, path: str | os.PathLike[str], *, create: bool = False, read_only: bool = False) -> Store:
+        """Open a capture; ``read_only``: a command that only reads (a newer schema: a warning)."""
+        return cls(open_database(path, create=create, read_only=read_only), Path(path))
 
     def close(self) -> None:
         self.db.conn.close()

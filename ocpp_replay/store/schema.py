@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -188,10 +189,41 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def open_database(path: str | os.PathLike[str], *, create: bool = False) -> sqlite_utils.Database:
+_warned_newer: set[str] = set()
+
+
+def _newer_schema(db: sqlite_utils.Database, p: Path, read_only: bool) -> bool:
+    """Whether the capture was migrated by a newer ocpp-replay (a migration this code lacks).
+
+    Writing or exporting it could lose what the newer schema holds: CaptureError naming the
+    version. Reading goes on (the columns read are named), with one warning on stderr per file.
+    """
+    known = {m.name for m in migrations._migrations}
+    unknown = [m.name for m in migrations.applied(db) if m.name not in known]
+    if not unknown:
+        return False
+    latest = max(known)
+    if not read_only:
+        raise CaptureError(
+            f"{p} has schema version {unknown[-1]}, newer than this ocpp-replay's {latest}: "
+            "upgrade ocpp-replay to write or export it"
+        )
+    if str(p.resolve()) not in _warned_newer:
+        _warned_newer.add(str(p.resolve()))
+        sys.stderr.write(
+            f"warning: {p} has schema version {unknown[-1]}, newer than this ocpp-replay's {latest}: "
+            "reading what this version knows\n"
+        )
+    return True
+
+
+def open_database(
+    path: str | os.PathLike[str], *, create: bool = False, read_only: bool = False
+) -> sqlite_utils.Database:
     """Open (and, with create, make) a capture database, migrating it to the current schema.
 
-    Raises CaptureNotFound, or CaptureError for a file that is not SQLite or not a capture.
+    Raises CaptureNotFound, or CaptureError for a file that is not SQLite or not a capture, or
+    (unless ``read_only``) one whose schema is newer than this code's.
     """
     p = Path(path)
     if not p.exists():
@@ -207,7 +239,8 @@ def open_database(path: str | os.PathLike[str], *, create: bool = False) -> sqli
         ours = "_sqlite_migrations" in names and any(m.name == "m001_capture" for m in migrations.applied(db))
         if names - {"_sqlite_migrations"} and not ours:
             raise CaptureError(f"{p} is an SQLite file but not an ocpp-replay capture")
-        migrations.apply(db)
+        if not _newer_schema(db, p, read_only):
+            migrations.apply(db)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise CaptureError(f"{p} is not a readable capture database: {exc}") from exc
