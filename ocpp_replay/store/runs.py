@@ -11,6 +11,7 @@ import contextlib
 import json
 import sqlite3
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from ocpp_replay.core.diff import Difference, DiffKind
@@ -21,6 +22,28 @@ from ocpp_replay.store.reader import Store
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _insert_diffs(conn: sqlite3.Connection, run_id: int, differences: Iterable[Difference]) -> None:
+    conn.executemany(
+        "INSERT INTO run_diffs (run_id, session_id, charge_point_id, seq, action, kind, path, expected, "
+        "actual, side) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        [
+            (
+                run_id,
+                d.session_id,
+                d.charge_point_id,
+                d.seq,
+                d.action,
+                str(d.kind),
+                d.path,
+                _json(d.expected),
+                _json(d.actual),
+                d.side,
+            )
+            for d in differences
+        ],
+    )
 
 
 def store_run(store: Store, result: RunResult, *, frames: bool = True) -> RunResult:
@@ -70,25 +93,7 @@ def store_run(store: Store, result: RunResult, *, frames: bool = True) -> RunRes
         )
         run_id = cur.lastrowid
         assert run_id is not None
-        conn.executemany(
-            "INSERT INTO run_diffs (run_id, session_id, charge_point_id, seq, action, kind, path, expected, "
-            "actual, side) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [
-                (
-                    run_id,
-                    d.session_id,
-                    d.charge_point_id,
-                    d.seq,
-                    d.action,
-                    str(d.kind),
-                    d.path,
-                    _json(d.expected),
-                    _json(d.actual),
-                    d.side,
-                )
-                for d in result.differences
-            ],
-        )
+        _insert_diffs(conn, run_id, result.differences)
         if frames:
             conn.executemany(
                 "INSERT INTO run_frames (run_id, side, session_id, seq, recorded_seq, timestamp, elapsed, "
@@ -305,25 +310,7 @@ def update_live_run(
     conn = store.db.conn
     try:
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "INSERT INTO run_diffs (run_id, session_id, charge_point_id, seq, action, kind, path, expected, "
-            "actual, side) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [
-                (
-                    run_id,
-                    d.session_id,
-                    d.charge_point_id,
-                    d.seq,
-                    d.action,
-                    str(d.kind),
-                    d.path,
-                    _json(d.expected),
-                    _json(d.actual),
-                    d.side,
-                )
-                for d in differences
-            ],
-        )
+        _insert_diffs(conn, run_id, differences)
         conn.executemany(
             "INSERT OR REPLACE INTO run_frames (run_id, side, session_id, seq, recorded_seq, timestamp, "
             "elapsed, direction, message_type, unique_id, action, raw, lateness) "
