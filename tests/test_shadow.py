@@ -425,10 +425,16 @@ async def test_proxy_shadow_command_tail_runs_and_reports(tmp_path: Path) -> Non
             proxy.send_signal(signal.SIGINT)
             _out, err = await asyncio.to_thread(proxy.communicate, timeout=20)
         finally:
-            for proc in (proxy, tail):
+            # tail with SIGTERM: a suite started in the background (nohup, `&` in a script) passes
+            # SIGINT on ignored, and tail (unlike the proxy) installs no handler of its own for it
+            for proc, sig in ((proxy, signal.SIGINT), (tail, signal.SIGTERM)):
                 if proc.poll() is None:
-                    proc.send_signal(signal.SIGINT)
-                    await asyncio.to_thread(proc.communicate, timeout=10)
+                    proc.send_signal(sig)
+                    try:
+                        await asyncio.to_thread(proc.communicate, timeout=10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        await asyncio.to_thread(proc.communicate)
     assert proxy.returncode == 0, err
     live = json.loads(lines[0])
     assert (live["charge_point_id"], live["action"], live["path"], live["expected"], live["actual"]) == (
