@@ -1060,7 +1060,12 @@ async def test_v21_against_the_ocpp_package_21_csms(scenario: str) -> None:
     assert {tuple(p.replace(" ", "").split(",")) for p in state["offered"]} == {("ocpp2.1", "ocpp2.0.1")}
     assert {proto for proto, _ in state["connections"]} == {"ocpp2.1"}
     assert validate_both_ways(state["connections"]) > 100
-    assert sum(c.transactions for c in result.chargers) >= 5
+    # every charger charges; the toured one may not: its EVSE is Inoperative for a moment of
+    # the tour and the tour resets it, both in real time against the scenario's virtual clock
+    untoured = [c for c in result.chargers if c.identity.charge_point_id != state["tour"]]
+    assert len(untoured) == 4 and all(c.transactions >= 1 for c in untoured), [
+        (c.identity.charge_point_id, c.transactions) for c in result.chargers
+    ]
     assert result.received["RequestStopTransaction"] >= 1
     # ALF-0002's tour, Reset ImmediateAndResume (2.1 only) last: answered in order, none lost or
     # repeated across reconnects; then a reboot. The tour runs in real time, the scenario in

@@ -416,3 +416,59 @@ def test_a_newer_schema_is_read_with_one_warning_and_refused_for_writing(tmp_pat
     assert not (tmp_path / "x.jsonl").exists()
     with pytest.raises(CaptureError, match="m999_future"):
         CaptureWriter(db)
+
+
+def test_a_stalled_capture_holds_at_most_its_byte_budget(tmp_path: Path) -> None:
+    """Issue 14.2: 1 MB frames while nothing drains the queue: memory stays within the byte
+    budget; the frames past it are forwarded unrecorded, counted and marked in the capture."""
+    db = tmp_path / "c.db"
+    writer = CaptureWriter(db, max_pending_bytes=5 * 1024 * 1024)
+    sid = writer.open_session(time.time(), charge_point_id="CP")
+    blob = '[2,"1","DataTransfer",{"vendorId":"Alfen BV","data":"' + "x" * 1_000_000 + '"}]'
+    for seq in range(1, 21):
+        writer.frame(sid, seq, time.time(), 0.0, Direction.TO_CSMS, blob)
+        assert writer.pending_bytes <= 5 * 1024 * 1024
+    assert writer.pending_bytes == 5 * len(blob) and writer.stats.frames_lost == 15
+    writer.close_session(sid, time.time(), frames=20)
+    writer.close()
+    info = Store.open(db).session(sid)
+    assert (info.frames, info.frames_lost) == (5, 15)
+    assert writer.pending_bytes == 0
+
+
+def test_a_full_disk_takes_what_fits_as_soon_as_space_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14.2: a batch held back by a full disk is retried in bounded transactions, so a
+    little free space lets part of it in (one transaction of the whole backlog would still fail);
+    nothing within the budget is lost. The database's page limit plays the full disk."""
+    from ocpp_replay.store import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "RETRY_CHUNK_BYTES", 256 * 1024)
+    db = tmp_path / "c.db"
+    writer = CaptureWriter(db, max_pending_bytes=8 * 1024 * 1024)
+    sid = writer.open_session(time.time(), charge_point_id="CP")
+    writer._flush()
+    conn = writer._conn
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    [(pages,)] = conn.execute("PRAGMA page_count").fetchall()
+    conn.execute(f"PRAGMA max_page_count = {pages}")  # full
+    blob = '[2,"1","DataTransfer",{"vendorId":"Alfen BV","data":"' + "y" * 100_000 + '"}]'
+    for seq in range(1, 31):
+        writer.frame(sid, seq, time.time(), 0.0, Direction.TO_CSMS, blob)
+    writer._flush()
+    assert writer.stats.failures >= 1 and writer.stats.frames_written == 0
+    assert writer.pending == 30 and writer.pending_bytes == 30 * len(blob)
+    conn.execute(f"PRAGMA max_page_count = {pages + 400}")  # ~1.6 MB free: room for some, not all
+    writer._flush()
+    assert 0 < writer.stats.frames_written < 30
+    assert writer.pending == 30 - writer.stats.frames_written
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    writer._flush()
+    writer.close_session(sid, time.time(), frames=30)
+    writer.close()
+    assert writer.stats.frames_lost == 0
+    info = Store.open(db).session(sid)
+    assert (info.frames, info.frames_lost) == (30, 0)
+    seqs = [r[0] for r in sqlite3.connect(db).execute("SELECT seq FROM frames ORDER BY rowid")]
+    assert seqs == list(range(1, 31))  # oldest first, in order

@@ -79,6 +79,7 @@ from ocpp_replay.core.text import escape_controls
 from ocpp_replay.errors import ConfigError, UpstreamError
 from ocpp_replay.store import CaptureWriter
 from ocpp_replay.store.schema import utc_iso
+from ocpp_replay.store.writer import DEFAULT_MAX_PENDING_BYTES
 
 if TYPE_CHECKING:
     from ocpp_replay.capture.shadow import Tap, TapMirror
@@ -537,6 +538,7 @@ class ProxyServer:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         connect_timeout: float = 10.0,
         flush_interval: float = 0.05,
+        capture_buffer: int = DEFAULT_MAX_PENDING_BYTES,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         max_connections_per_address: int = 0,
@@ -555,6 +557,8 @@ class ProxyServer:
         # 0 would make the writer thread spin without pause, taking a core from the traffic.
         if not flush_interval > 0:
             raise ConfigError(f"flush interval must be more than 0 seconds, not {flush_interval:g}")
+        if capture_buffer < 1:
+            raise ConfigError(f"capture buffer must be 1 byte or more, not {capture_buffer}")
         if not connect_timeout > 0:
             raise ConfigError(f"connect timeout must be more than 0 seconds, not {connect_timeout:g}")
         if not handshake_timeout > 0:
@@ -577,6 +581,7 @@ class ProxyServer:
         self.max_message_size = max_message_size
         self.connect_timeout = connect_timeout
         self.flush_interval = flush_interval
+        self.capture_buffer = capture_buffer
         self.handshake_timeout = handshake_timeout
         self.max_handshakes = max_handshakes
         self.max_connections_per_address = max_connections_per_address
@@ -634,7 +639,12 @@ class ProxyServer:
             except UpstreamError as exc:
                 self._upstream_failed(str(exc).removeprefix("upstream "))
         # The capture is opened in a thread: SQLite never runs on the event loop.
-        self.writer = await asyncio.to_thread(CaptureWriter, self.db_path, flush_interval=self.flush_interval)
+        self.writer = await asyncio.to_thread(
+            CaptureWriter,
+            self.db_path,
+            flush_interval=self.flush_interval,
+            max_pending_bytes=self.capture_buffer,
+        )
         self.writer.start()
         if self.shadow is not None:
             try:
@@ -761,6 +771,8 @@ class ProxyServer:
             "connections": self.stats.connections,
             "frames": self.stats.frames,
             "frames_lost": self.writer.stats.frames_lost if self.writer else 0,
+            "capture_pending_frames": self.writer.pending if self.writer else 0,
+            "capture_pending_bytes": self.writer.pending_bytes if self.writer else 0,
             "upstream": "down" if down is not None else "up",
             "upstream_down_since": utc_iso(down) if down is not None else None,
             "upstream_error": self.upstream_error,

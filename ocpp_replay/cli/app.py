@@ -174,6 +174,14 @@ def proxy(
     flush_interval: Annotated[
         float, typer.Option(help="Seconds between capture writes (frames reach disk within this).")
     ] = 0.05,
+    capture_buffer: Annotated[
+        int,
+        typer.Option(
+            metavar="MIB",
+            help="Frame data held in memory while the capture cannot be written (disk full, locked), "
+            "in MiB; past it frames are forwarded but not recorded, counted and marked in the capture.",
+        ),
+    ] = 128,
     path_prefix: Annotated[
         str | None,
         typer.Option(
@@ -252,6 +260,8 @@ def proxy(
         insecure_upstream=insecure_upstream,
     )
     try:
+        if capture_buffer < 1:
+            raise ConfigError(f"--capture-buffer must be 1 MiB or more, not {capture_buffer}")
         mirror = _shadow(shadow, upstream, shadow_rules, shadow_auth_file, shadow_queue, log_level)
         server = ProxyServer(
             upstream,
@@ -261,6 +271,7 @@ def proxy(
             tls=tls,
             max_message_size=max_message_size,
             flush_interval=flush_interval,
+            capture_buffer=capture_buffer * 1024 * 1024,
             handshake_timeout=handshake_timeout,
             connect_timeout=connect_timeout,
             max_handshakes=max_handshakes,

@@ -4,7 +4,10 @@ The proxy hands frames to :class:`CaptureWriter` from the event loop. That costs
 ``deque.append`` of a tuple: parsing, pairing and SQLite all happen in the writer's thread,
 which drains the queue every ``flush_interval`` seconds and commits one transaction a batch.
 Nothing the writer does can stop or slow the traffic: when SQLite fails or stalls, frames are
-retried and, past ``max_pending``, dropped, counted, logged and marked in the capture.
+retried and, past ``max_pending`` frames or ``max_pending_bytes`` of frame data held in memory,
+dropped, counted, logged and marked in the capture. What waits for a retry is written back in
+transactions of at most ``RETRY_CHUNK_ROWS`` frames and ``RETRY_CHUNK_BYTES``, oldest first, so
+that a disk with a little space again takes what fits instead of failing one huge transaction.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from ocpp_replay.capture.wsframes import unmask
 from ocpp_replay.core.frames import Direction, peek
@@ -46,6 +49,45 @@ _INSERT_FRAME = (
 
 
 _Op = tuple[str, Sequence[Sequence[Any]]]
+
+#: Frame data the writer holds in memory (queued, or waiting for a retry) before it drops.
+DEFAULT_MAX_PENDING_BYTES: Final = 128 * 1024 * 1024
+#: A transaction of retried frames holds at most this many frames and bytes.
+RETRY_CHUNK_ROWS: Final = 2_000
+RETRY_CHUNK_BYTES: Final = 4 * 1024 * 1024
+
+
+def _row_bytes(row: Sequence[Any]) -> int:
+    """The size of a frame row's data: its text (characters) or its binary content."""
+    data = row[8] if row[8] is not None else row[9]
+    return len(data) if data is not None else 0
+
+
+def _chunks(ops: list[_Op]) -> list[list[_Op]]:
+    """Cut operations, in order, into transactions of at most RETRY_CHUNK_ROWS frames and
+    RETRY_CHUNK_BYTES of frame data (a larger single frame is a transaction of its own)."""
+    chunks: list[list[_Op]] = [[]]
+    rows = size = 0
+    for sql, params in ops:
+        if sql is not _INSERT_FRAME:
+            chunks[-1].append((sql, params))
+            continue
+        part: list[Sequence[Any]] = []
+        for row in params:
+            n = _row_bytes(row)
+            if (rows >= RETRY_CHUNK_ROWS or size + n > RETRY_CHUNK_BYTES) and (rows or chunks[-1]):
+                if part:
+                    chunks[-1].append((sql, part))
+                    part = []
+                chunks.append([])
+                rows = size = 0
+            part.append(row)
+            rows += 1
+            size += n
+        if part:
+            chunks[-1].append((sql, part))
+    return [c for c in chunks if c]
+
 
 #: A direction as a plain str: sqlite3 binds a str subclass (the StrEnum) through its slower
 #: adaptation path.
@@ -143,11 +185,13 @@ class CaptureWriter:
         *,
         flush_interval: float = 0.05,
         max_pending: int = 200_000,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         pairing_budget: int = MAX_PENDING,
     ) -> None:
         self.path = Path(path)
         self.flush_interval = flush_interval
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self.stats = WriterStats()
         db = open_database(self.path, create=True)
         self._conn: sqlite3.Connection = db.conn
@@ -165,6 +209,12 @@ class CaptureWriter:
             raise
         self._queue: deque[tuple[Any, ...]] = deque()
         self._retry: list[_Op] = []
+        # Frame data held, as two counters each only one thread adds to (no lock on the
+        # event loop's path): queued by the loop, taken off the queue by the writer; plus
+        # what the writer holds for a retry.
+        self._bytes_queued = 0
+        self._bytes_taken = 0
+        self._retry_bytes = 0
         self._pairer = Pairer(pairing_budget)
         self._lost_lock = threading.Lock()
         self._lost: dict[int, list[int]] = {}  # session -> [count, first seq, last seq]
@@ -199,9 +249,14 @@ class CaptureWriter:
         """Queue one frame. ``data`` is str for a text frame, bytes for a binary one, or the
         undecoded bytes of a text frame with ``text=True``; bytes still masked as they were on
         the wire come with their ``mask`` (the writer thread unmasks them)."""
-        if len(self._queue) >= self.max_pending:
+        size = len(data)
+        if (
+            len(self._queue) >= self.max_pending
+            or self._bytes_queued - self._bytes_taken + self._retry_bytes + size > self.max_pending_bytes
+        ):
             self._note_lost(session_id, seq, seq, 1)
             return
+        self._bytes_queued += size
         self._queue.append((_TEXT if text else _FRAME, session_id, seq, wall, elapsed, direction, data, mask))
 
     def close_session(self, session_id: int, ended_wall: float, **fields: Any) -> None:
@@ -213,7 +268,13 @@ class CaptureWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._queue) + len(self._retry)
+        """Items not yet in the capture: queued, or rows waiting for a retry."""
+        return len(self._queue) + sum(len(params) for _, params in self._retry)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Frame data held in memory: queued, or waiting for a retry."""
+        return self._bytes_queued - self._bytes_taken + self._retry_bytes
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush what is queued and stop the writer thread."""
@@ -251,30 +312,44 @@ class CaptureWriter:
     def _flush(self) -> None:
         queue = self._queue
         items = [queue.popleft() for _ in range(len(queue))]
-        ops = self._retry + self._prepare(items)
+        retrying = bool(self._retry)
+        new, taken = self._prepare(items)
+        ops = self._retry + new
         self._retry = []
+        # In flight until written or held back: counted before it leaves the queue's count.
+        self._retry_bytes += taken
+        self._bytes_taken += taken
         with self._lost_lock:
             lost, self._lost = self._lost, {}
         if not ops and not lost:
             return
         started = time.monotonic()
-        try:
-            self._write(ops, lost)
-        except sqlite3.Error as exc:
-            self.stats.failures += 1
-            if self._conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
-            if _is_transient(exc):
-                self._hold_back(ops, lost, exc)
-            else:
-                self._write_apart(ops, lost, exc)
-            return
+        # One transaction a batch as a rule; after a failure, what was held back goes in
+        # bounded chunks, so that whatever space came free takes what fits.
+        chunks = _chunks(ops) if retrying else [ops]
+        for i, chunk in enumerate(chunks):
+            try:
+                self._write(chunk, lost)
+            except sqlite3.Error as exc:
+                self.stats.failures += 1
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                rest = [op for c in chunks[i:] for op in c]
+                self._retry_bytes = 0  # what is still held is counted again below
+                if _is_transient(exc):
+                    self._hold_back(rest, lost, exc)
+                else:
+                    self._write_apart(rest, lost, exc)
+                return
+            lost = {}
+        self._retry_bytes = 0
         self.stats.batches += 1
         self.stats.max_flush_seconds = max(self.stats.max_flush_seconds, time.monotonic() - started)
 
-    def _prepare(self, items: list[tuple[Any, ...]]) -> list[_Op]:
-        """Turn queued items into SQL operations; frames are parsed and paired here, once."""
+    def _prepare(self, items: list[tuple[Any, ...]]) -> tuple[list[_Op], int]:
+        """Turn queued items into SQL operations; frames are parsed and paired here, once.
+        Returns them and the frame data they carry (as the queue counted it)."""
         pairer = self._pairer
         ops: list[_Op] = []
         rows: list[tuple[Any, ...]] = []
@@ -282,7 +357,7 @@ class CaptureWriter:
         append = rows.append
         sleep = time.sleep
         plain = _PLAIN_DIRECTION
-        n = 0
+        n = taken = 0
         for item in items:
             n += 1
             if n == 64:
@@ -293,6 +368,7 @@ class CaptureWriter:
             kind = item[0]
             if kind in (_FRAME, _TEXT):
                 _, session_id, seq, wall, elapsed, direction, data, mask = item
+                taken += len(data)
                 if mask:
                     data = unmask(data, mask)
                 mtype: int | None
@@ -342,24 +418,44 @@ class CaptureWriter:
                     f"more than {pairer.budget} unanswered calls: the oldest are forgotten and the "
                     "results answering them are recorded with no action"))]))  # fmt: skip
             pairer.overflowed.clear()
-        return ops
+        return ops, taken
 
     def _hold_back(self, ops: list[_Op], lost: dict[int, list[int]], exc: sqlite3.Error) -> None:
         """Keep a failed batch for the next flush; past max_pending, drop its frames and count them."""
         with self._lost_lock:
             for session_id, (count, first, last) in lost.items():
                 _merge_lost(self._lost, session_id, count, first, last)
-        frames = sum(len(params) for sql, params in ops if sql is _INSERT_FRAME)
-        if frames + len(self._queue) <= self.max_pending:
-            self._retry.extend(ops)
-            log.warning("capture write failed (%s); %d frames held for retry", exc, frames)
-            return
-        self._retry.extend(op for op in ops if op[0] is not _INSERT_FRAME)
+        # Oldest first: frames are kept while both budgets allow, the rest are dropped.
+        frames = len(self._queue) + sum(len(p) for sql, p in self._retry if sql is _INSERT_FRAME)
+        size = self._bytes_queued - self._bytes_taken + self._retry_bytes
+        held = dropped = 0
         for sql, params in ops:
-            if sql is _INSERT_FRAME:
-                for row in params:
+            if sql is not _INSERT_FRAME:
+                self._retry.append((sql, params))
+                continue
+            keep = []
+            for row in params:
+                n = _row_bytes(row)
+                if frames + 1 <= self.max_pending and size + n <= self.max_pending_bytes:
+                    keep.append(row)
+                    frames += 1
+                    size += n
+                    self._retry_bytes += n
+                    held += 1
+                else:
                     self._note_lost(row[0], row[1], row[1], 1)
-        log.error("capture write failed (%s); %d frames dropped, counted and marked", exc, frames)
+                    dropped += 1
+            if keep:
+                self._retry.append((sql, keep))
+        if dropped:
+            log.error(
+                "capture write failed (%s); %d frames held for retry, %d dropped, counted and marked",
+                exc,
+                held,
+                dropped,
+            )
+        else:
+            log.warning("capture write failed (%s); %d frames held for retry", exc, held)
 
     def _write_apart(self, ops: list[_Op], lost: dict[int, list[int]], exc: sqlite3.Error) -> None:
         """A batch failed for a reason retrying will not cure (a constraint, a damaged or
