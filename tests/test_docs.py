@@ -37,3 +37,34 @@ def test_docs_links_resolve() -> None:
     for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
         for target in re.findall(r"\]\(([^)#:]+\.md)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def test_the_grafana_dashboard_queries_metrics_the_tool_exports(tmp_path: Path) -> None:
+    """docs/grafana-dashboard.json names only series that a proxy's /metrics or replay's and
+    simulate's --metrics-port serve (scraped from the real collectors)."""
+    import asyncio
+    import json
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ocpp_replay.capture.proxy import ProxyServer
+    from ocpp_replay.cli.metrics import FleetCollector, ReplayCollector
+
+    async def proxy_metrics() -> str:
+        async with ProxyServer("ws://127.0.0.1:9/ocpp", tmp_path / "c.db") as proxy:
+            proxy.writer.traffic[("to_csms", "Heartbeat")] = [1, 2]  # type: ignore[union-attr]
+            proxy.stats.handshakes["101"] = 1  # labelled series appear once counted
+            return proxy.http_routes["/metrics"]()[1].decode()
+
+    texts = [asyncio.run(proxy_metrics())]
+    for collector in (ReplayCollector(), FleetCollector(1)):
+        registry = CollectorRegistry()
+        registry.register(collector)
+        texts.append(generate_latest(registry).decode())
+    exported = {s.name for text in texts for f in text_string_to_metric_families(text) for s in f.samples}
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    queried = {name for e in exprs for name in re.findall(r"\b((?:ocpp|process)_[a-z_]+)", e)}
+    assert len(queried) >= 20
+    assert queried - exported == set()

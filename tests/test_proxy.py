@@ -302,6 +302,10 @@ async def test_the_proxy_starts_while_its_upstream_is_down_and_answers_as_its_ab
         health = json.loads(body)
         assert health["upstream"] == "down" and health["upstream_failures"] == 4  # start-up probe + 3
         assert health["upstream_down_since"].endswith("Z")
+        metrics = _scrape((await http_get(proxy.port, "/metrics"))[1])
+        assert metrics[("ocpp_proxy_upstream_up", ())] == 0
+        assert metrics[("ocpp_proxy_handshakes_total", (("status", "none"),))] == 3
+        assert metrics[("ocpp_proxy_upstream_errors_total", ())] == 4
 
         # The CSMS comes back on its port: the next charger gets through.
         async def csms(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -325,6 +329,60 @@ async def test_the_proxy_starts_while_its_upstream_is_down_and_answers_as_its_ab
     assert [s.charge_point_id for s in sessions] == ["DOWN0", "DOWN1", "DOWN2", "BACK"]
     for s in sessions[:3]:
         assert "unreachable" in (s.error or "") and s.upstream_status is None and s.closed_by == "upstream"
+
+
+def _scrape(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics parsed by prometheus_client's own parser: {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+async def test_metrics_move_as_a_charger_talks_through_the_proxy(tmp_path: Path) -> None:
+    """Issue 22.3: GET /metrics in Prometheus' text format; its counters follow the traffic."""
+    async with run_csms() as csms, ProxyServer(csms.url, tmp_path / "c.db") as proxy:
+        head, body = await http_get(proxy.port, "/metrics")
+        assert head.startswith(b"HTTP/1.1 200") and b"text/plain; version=0.0.4" in head
+        before = _scrape(body)
+        assert before[("ocpp_proxy_connections_total", ())] == 0
+        assert before[("ocpp_proxy_upstream_up", ())] == 1
+        assert before[("process_resident_memory_bytes", ())] > 0
+        async with charger(proxy.url, "MET-1", version="1.6") as cp:
+            await session16(cp, meter_values=2)  # type: ignore[arg-type]
+            sent = len(cp.recording.sent)  # type: ignore[union-attr]
+            async with asyncio.timeout(10):  # the writer has taken what was relayed
+                while proxy.writer is not None and proxy.writer.stats.frames_written < proxy.stats.frames:
+                    await asyncio.sleep(0.01)
+            during = _scrape((await http_get(proxy.port, "/metrics"))[1])
+        await settle(proxy)
+        after = _scrape((await http_get(proxy.port, "/metrics"))[1])
+    assert during[("ocpp_proxy_connections_open", ())] == 1
+    assert after[("ocpp_proxy_connections_open", ())] == 0
+    assert after[("ocpp_proxy_connections_total", ())] == 1
+    assert after[("ocpp_proxy_handshakes_total", (("status", "101"),))] == 1
+
+    def count(name: str, direction: str, action: str) -> float:
+        return after.get((name, (("action", action), ("direction", direction))), 0)
+
+    # the charger's BootNotification and the CSMS's answer to it, paired to its action
+    assert count("ocpp_capture_frames_total", "to_csms", "BootNotification") == 1
+    assert count("ocpp_capture_frames_total", "to_cp", "BootNotification") == 1
+    assert count("ocpp_capture_frames_total", "to_csms", "MeterValues") == 2
+    assert count("ocpp_capture_bytes_total", "to_csms", "BootNotification") > 100
+    frames = sum(v for (name, _), v in after.items() if name == "ocpp_capture_frames_total")
+    assert (
+        frames
+        == after[("ocpp_capture_frames_written_total", ())]
+        == after[("ocpp_proxy_frames_relayed_total", ())]
+    )
+    assert frames >= 2 * sent - 1  # every call answered (the last one's answer may be the CSMS's own)
+    assert after[("ocpp_capture_frames_lost_total", ())] == 0
+    assert after[("ocpp_capture_pending_frames", ())] == 0
+    assert after[("ocpp_capture_writes_total", ())] > before[("ocpp_capture_writes_total", ())]
 
 
 async def test_upstream_drop_mid_session_drops_the_charger(tmp_path: Path) -> None:

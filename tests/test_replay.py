@@ -1064,3 +1064,68 @@ async def test_a_last_frame_due_with_the_close_still_goes_out_before_it(tmp_path
         await asyncio.wait_for(seen.closed.wait(), 5)
     assert seen.received() == ["goodbye"]
     assert seen.close_code == 4100
+
+
+def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_metrics_of_a_replay_follow_its_progress(capture16: Path, tmp_path: Path) -> None:
+    """Issue 22.3: what `replay --metrics-port` serves, scraped with Prometheus' own parser."""
+    from ocpp_replay.cli.metrics import ReplayCollector, serve_metrics
+    from tests.test_cli_capture import free_port
+
+    db = _copy(capture16, tmp_path)
+    collector = ReplayCollector()
+    port = free_port()
+    stop = serve_metrics(port, "127.0.0.1", collector)
+    try:
+        before = await asyncio.to_thread(_metrics, port)
+        async with csms("1.6", Behaviour(tx_base=9000, blocked={"ACE0177305"})) as (url, _seen):
+            result = await _replay(db, url, progress=collector.update)
+        after = await asyncio.to_thread(_metrics, port)
+    finally:
+        stop()
+    assert before[("ocpp_replay_frames_sent_total", ())] == 0
+    assert after[("ocpp_replay_sessions", ())] == after[("ocpp_replay_sessions_done_total", ())] == 1
+    assert after[("ocpp_replay_differences_total", ())] == len(result.differences) == 1
+    [session] = result.sessions
+    assert after[("ocpp_replay_frames_sent_total", ())] >= len(session.lateness) > 0
+    assert after[("ocpp_replay_lateness_seconds_count", ())] == len(session.lateness)
+    assert after[("ocpp_replay_lateness_seconds_sum", ())] == pytest.approx(sum(session.lateness))
+    assert after[("ocpp_replay_lateness_seconds_bucket", (("le", "+Inf"),))] == len(session.lateness)
+    assert after[("process_resident_memory_bytes", ())] > 0
+    with pytest.raises(OSError):  # stopped with the run
+        await asyncio.to_thread(_metrics, port)
+
+
+async def test_metrics_port_on_the_command_line(capture16: Path, tmp_path: Path) -> None:
+    """A port in use is one error line and exit 2, before anything is replayed; a free one
+    serves while the run goes as it would without it."""
+    import socket
+
+    from tests.test_cli_capture import free_port
+
+    db = _copy(capture16, tmp_path)
+    async with csms("1.6") as (url, _seen):
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            taken = busy.getsockname()[1]
+            res = await _invoke(["replay", "--db", str(db), "--target", url, "--metrics-port", str(taken)])
+        assert res.exit_code == 2 and res.stderr.startswith("error: --metrics-port"), res.stderr
+        assert res.stderr.count("\n") == 1
+        with Store.open(db) as store:
+            assert store.db.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+        res = await _invoke(["replay", "--db", str(db), "--target", url, "--metrics-port", str(free_port())])
+    assert res.exit_code == 0, res.output

@@ -1099,3 +1099,43 @@ async def test_v21_charger_falls_back_to_201_when_the_backend_picks_it() -> None
     out = io.StringIO()
     print_summary(result, Console(file=out, width=200))
     assert f"the backend picked an older version: 2.1 -> 2.0.1 ({connections} connections)" in out.getvalue()
+
+
+async def test_simulate_metrics_port_serves_the_fleet_while_it_runs() -> None:
+    """Issue 22.3: `simulate --metrics-port`: scraped (Prometheus' parser) while the fleet runs,
+    the chargers connected and the CALLs they sent are there."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_cli_capture import free_port
+    from tests.test_replay import _metrics
+
+    port = free_port()
+    async with ReferenceCsms() as csms:
+        proc = await asyncio.to_thread(
+            subprocess.Popen,
+            [sys.executable, "-m", "ocpp_replay.cli", "simulate", "--target", csms.url, "--chargers", "3",
+             "--time-scale", "0.01", "--metrics-port", str(port), "--no-progress"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        seen: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        try:
+            async with asyncio.timeout(20):
+                while seen.get(("ocpp_simulate_calls_total", ()), 0) < 3:
+                    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                    with suppress(OSError):
+                        seen = await asyncio.to_thread(_metrics, port)
+                    await asyncio.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.communicate, timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.communicate)
+    assert seen[("ocpp_simulate_chargers", ())] == 3
+    assert seen[("ocpp_simulate_chargers_connected", ())] >= 1
+    assert seen[("ocpp_simulate_problems_total", ())] == 0
+    assert len(csms.backend.chargers) >= 1

@@ -34,8 +34,9 @@ import json
 import logging
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -63,6 +64,7 @@ from ocpp_replay.capture.handshake import (
     path_suffix,
     upgrade_request,
 )
+from ocpp_replay.capture.metrics import metrics_route
 from ocpp_replay.capture.reach import probe, ws_address
 from ocpp_replay.capture.wsframes import (
     CLOSE,
@@ -210,6 +212,9 @@ class ProxyStats:
     handshakes_dropped: int = 0  # unfinished, dropped for a new one at max_handshakes
     refused_per_address: int = 0  # over max_connections_per_address
     upstream_failures: int = 0  # dials that found no CSMS (connection refused, timeout, ...)
+    #: upgrades by outcome: "101" relayed, the CSMS's status when it refused, "none" when no
+    #: CSMS answered (unreachable, no answer, or the proxy refused the charger itself)
+    handshakes: Counter[str] = field(default_factory=Counter)
 
 
 _SIDES = {"cp": "charge point", "csms": "CSMS"}
@@ -593,7 +598,10 @@ class ProxyServer:
         self.shadow = shadow  # --shadow: mirrors each charger to other backends (capture/shadow.py)
         self.writer: CaptureWriter | None = None
         #: Paths answered to plain HTTP GETs on the listener: path -> () -> (content type, body).
-        self.http_routes: dict[str, Callable[[], tuple[str, bytes]]] = {"/healthz": self._healthz}
+        self.http_routes: dict[str, Callable[[], tuple[str, bytes]]] = {
+            "/healthz": self._healthz,
+            "/metrics": metrics_route(self),
+        }
         #: Connections the process can hold at the open-file limit (set by start()).
         self.capacity = 0
         #: Since when the CSMS could not be reached (None while it answers), and why.
@@ -1039,6 +1047,7 @@ class ProxyServer:
             )
         self.stats.connections += 1
         self.stats.active += 1
+        self.stats.handshakes["101"] += 1
         log.info(
             "open   %s session=%d subprotocol=%s from %s",
             escape_controls(relay.cp_id),
@@ -1186,6 +1195,7 @@ class ProxyServer:
         and who refused (``by``)."""
         assert self.writer is not None
         self.stats.refused += 1
+        self.stats.handshakes[str(upstream_status) if upstream_status is not None else "none"] += 1
         fields = dict(relay.fields or {})
         fields.update(upstream_status=upstream_status, error=error)
         session_id = self.writer.open_session(time.time(), **fields)

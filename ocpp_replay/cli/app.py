@@ -27,6 +27,8 @@ from ocpp_replay.cli.common import (
     DirectionName,
     JsonFlag,
     LogLevelOption,
+    MetricsHostOption,
+    MetricsPortOption,
     OneLineErrors,
     Profile,
     Version,
@@ -759,15 +761,23 @@ def simulate(
             "--progress/--no-progress", help="A live display on stderr (default: when it is a terminal)."
         ),
     ] = None,
+    metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = "127.0.0.1",
 ) -> None:
     """Run virtual Alfen chargers against a CSMS (exit 1 if a charger could not play its scenario)."""
     import asyncio
 
     from ocpp_replay.cli.live import FleetDisplay
+    from ocpp_replay.cli.metrics import FleetCollector, serve_metrics, tee
     from ocpp_replay.simulate import print_summary, run_fleet
 
     live = err_console.is_terminal if progress is None else progress
+    collector: FleetCollector | None = None
+    stop_metrics: Callable[[], None] = lambda: None  # noqa: E731
     try:
+        if metrics_port is not None:
+            collector = FleetCollector(chargers)
+            stop_metrics = serve_metrics(metrics_port, metrics_host, collector)
         # the display is gone before the summary prints: stdout and stderr share the terminal
         with FleetDisplay(real_console(err_console), chargers, live) as display:
             result = asyncio.run(
@@ -781,13 +791,15 @@ def simulate(
                     seed=seed,
                     time_scale=time_scale,
                     password=password,
-                    progress=display.update if live else None,
+                    progress=tee(display.update if live else None, collector.update if collector else None),
                 )
             )
     except OcppReplayError as exc:
         fail(exc)
     except KeyboardInterrupt:
         fail("interrupted", code=130)
+    finally:
+        stop_metrics()
     print_summary(result, real_console(console))
     raise typer.Exit(1 if result.broken else 0)
 

@@ -38,6 +38,17 @@ DbOption = Annotated[
         show_default=True,
     ),
 ]
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        metavar="PORT",
+        help="Serve Prometheus metrics of the run on http://HOST:PORT/metrics while it runs.",
+    ),
+]
+MetricsHostOption = Annotated[
+    str, typer.Option("--metrics-host", metavar="HOST", help="Address for --metrics-port (0.0.0.0: all).")
+]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 CsvFlag = Annotated[bool, typer.Option("--csv", help="Print CSV (a header row) instead of a table.")]
 Version = Literal["1.6", "2.0.1", "2.1"]

@@ -22,6 +22,8 @@ from ocpp_replay.cli.common import (
     CsvFlag,
     DbOption,
     JsonFlag,
+    MetricsHostOption,
+    MetricsPortOption,
     console,
     err_console,
     fail,
@@ -522,6 +524,8 @@ def replay(
         float,
         typer.Option("--amplify-spread", metavar="SECONDS", help="Spread the copies' starts over SECONDS."),
     ] = 0.0,
+    metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = "127.0.0.1",
 ) -> None:
     """Replay captured sessions against TARGET and report where its answers differ.
 
@@ -542,8 +546,22 @@ def replay(
             raise ReplayError(f"--amplify-spread must not be negative, not {amplify_spread}")
         _check_outputs(force, report=report, junit=junit, html=html)
         display = _Display(console.is_terminal)
+        progress: Callable[[Any], None] | None = display
+        stop_metrics: Callable[[], None] = lambda: None  # noqa: E731
+        if metrics_port is not None:
+            from ocpp_replay.cli.metrics import ReplayCollector, serve_metrics, tee
+
+            collector = ReplayCollector()
+            stop_metrics = serve_metrics(metrics_port, metrics_host, collector)
+            progress = tee(display, collector.update)
 
         async def run(store: Store) -> RunResult:
+            try:
+                return await _replay(store)
+            finally:
+                stop_metrics()
+
+        async def _replay(store: Store) -> RunResult:
             import asyncio
 
             loaded = None
@@ -561,7 +579,7 @@ def replay(
                     keep_timestamps=keep_timestamps,
                     auth=auth,
                     rewrite=rewriter,
-                    progress=display,
+                    progress=progress,
                     answer_timeout=timeout,
                     grace=grace,
                     stop=stop,

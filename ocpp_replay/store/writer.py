@@ -52,6 +52,8 @@ _Op = tuple[str, Sequence[Sequence[Any]]]
 
 #: Frame data the writer holds in memory (queued, or waiting for a retry) before it drops.
 DEFAULT_MAX_PENDING_BYTES: Final = 128 * 1024 * 1024
+#: Distinct (direction, action) pairs counted in CaptureWriter.traffic before "(other)".
+TRAFFIC_KEYS: Final = 400
 #: A transaction of retried frames holds at most this many frames and bytes.
 RETRY_CHUNK_ROWS: Final = 2_000
 RETRY_CHUNK_BYTES: Final = 4 * 1024 * 1024
@@ -119,6 +121,7 @@ class WriterStats:
     batches: int = 0
     failures: int = 0
     max_flush_seconds: float = 0.0
+    flush_seconds: float = 0.0  # all successful flushes together (with batches: their mean)
 
 
 class WriterLock:
@@ -216,6 +219,10 @@ class CaptureWriter:
         self._bytes_taken = 0
         self._retry_bytes = 0
         self._pairer = Pairer(pairing_budget)
+        #: (direction, action) -> [frames, bytes] of the frames taken off the queue; counted in
+        #: the writer's thread, read by the proxy's metrics. An action no OCPP message has
+        #: does not get a key of its own past TRAFFIC_KEYS (a charger cannot grow it without end).
+        self.traffic: dict[tuple[str, str], list[int]] = {}
         self._lost_lock = threading.Lock()
         self._lost: dict[int, list[int]] = {}  # session -> [count, first seq, last seq]
         self._stop = threading.Event()
@@ -345,7 +352,9 @@ class CaptureWriter:
             lost = {}
         self._retry_bytes = 0
         self.stats.batches += 1
-        self.stats.max_flush_seconds = max(self.stats.max_flush_seconds, time.monotonic() - started)
+        took = time.monotonic() - started
+        self.stats.flush_seconds += took
+        self.stats.max_flush_seconds = max(self.stats.max_flush_seconds, took)
 
     def _prepare(self, items: list[tuple[Any, ...]]) -> tuple[list[_Op], int]:
         """Turn queued items into SQL operations; frames are parsed and paired here, once.
@@ -357,6 +366,7 @@ class CaptureWriter:
         append = rows.append
         sleep = time.sleep
         plain = _PLAIN_DIRECTION
+        traffic = self.traffic
         n = taken = 0
         for item in items:
             n += 1
@@ -368,7 +378,8 @@ class CaptureWriter:
             kind = item[0]
             if kind in (_FRAME, _TEXT):
                 _, session_id, seq, wall, elapsed, direction, data, mask = item
-                taken += len(data)
+                size = len(data)  # as on the wire (before unmasking and decoding)
+                taken += size
                 if mask:
                     data = unmask(data, mask)
                 mtype: int | None
@@ -387,6 +398,14 @@ class CaptureWriter:
                     mtype, uid, action, error = peek(data)
                     if mtype is not None:
                         action = see(session_id, direction, mtype, uid, action)
+                key = (plain[direction], action or "")
+                counts = traffic.get(key)
+                if counts is None:
+                    if len(traffic) >= TRAFFIC_KEYS:
+                        key = (plain[direction], "(other)")
+                    counts = traffic.setdefault(key, [0, 0])
+                counts[0] += 1
+                counts[1] += size
                 text, blob = (data, None) if type(data) is str else (None, bytes(data))
                 append((session_id, seq, utc_iso(wall), elapsed, plain[direction], mtype, uid, action,
                         text, blob, error))  # fmt: skip
