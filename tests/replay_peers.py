@@ -48,6 +48,7 @@ class Behaviour:
     extra_call: str | None = None  # 1.6: an action to send that the recording does not have
     no_answer: set[str] = field(default_factory=set)  # actions the CSMS never answers
     password: str | None = None  # require Basic auth with this password
+    known_transactions_only: bool = False  # 1.6: StopTransaction of a transaction it never started: Invalid
 
 
 @dataclass
@@ -153,7 +154,10 @@ class Csms16(ChargePoint16):
         self, transaction_id: Any = None, id_tag: str = TAG, **_: Any
     ) -> result16.StopTransaction:
         self.seen.transaction_ids.append(transaction_id)
+        known = {t for _, action, t in self.seen.tx_by_cp if action == "StartTransaction"}
         self.seen.tx_by_cp.append((self.id, "StopTransaction", transaction_id))
+        if self.b.known_transactions_only and transaction_id not in known:
+            return result16.StopTransaction(id_tag_info={"status": "Invalid"})  # type: ignore[arg-type]
         return result16.StopTransaction(id_tag_info=self._info(id_tag))  # type: ignore[arg-type]
 
 

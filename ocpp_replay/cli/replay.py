@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ocpp_replay.core.results import RunResult
     from ocpp_replay.core.rewrite import Hook, Rewriter
     from ocpp_replay.core.rules import RuleSet
+    from ocpp_replay.core.window import Window
     from ocpp_replay.replay import Progress as ReplayProgress
     from ocpp_replay.replay import Selection
     from ocpp_replay.store import FrameRecord, SessionInfo, Store
@@ -264,6 +265,27 @@ SinceOption = Annotated[
 UntilOption = Annotated[
     str | None, typer.Option(metavar="TIME", help="Sessions started at or before this ISO time.")
 ]
+FromOption = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        metavar="TIME",
+        help="Replay the frames from this ISO time on, cutting connections open then (primed first).",
+    ),
+]
+ToOption = Annotated[str | None, typer.Option("--to", metavar="TIME", help="End of the --from window.")]
+DurationOption = Annotated[
+    str | None,
+    typer.Option(
+        "--duration", metavar="DURATION", help="Length of the --from window: 90s, 15m, 1h, 2d, 1h30m."
+    ),
+]
+NoPrimeFlag = Annotated[
+    bool,
+    typer.Option(
+        "--no-prime", help="Send a window as recorded, without re-establishing the backend's state."
+    ),
+]
 SpeedOption = Annotated[float, typer.Option(help="Play faster (2 = twice as fast) or slower.")]
 MaxGapOption = Annotated[float | None, typer.Option("--max-gap", help="Cap idle gaps at this many seconds.")]
 RulesOption = Annotated[
@@ -431,6 +453,43 @@ def _run_and_store(
             store.close()
 
 
+def _windowed_result(
+    result: RunResult, window: Window, priming: dict[int, frozenset[int]], *, prime: bool
+) -> RunResult:
+    """The run with its priming differences set apart, the window in its options, and a line
+    on stderr saying what was primed."""
+    from dataclasses import replace
+
+    from ocpp_replay.replay.window import set_apart_priming
+
+    result, apart = set_apart_priming(result, priming)
+    primed = sum(1 for seqs in priming.values() if seqs)
+    frames = sum(len(seqs) for seqs in priming.values())
+    info = {
+        "from": _iso_time(window.start),
+        "to": _iso_time(window.end) if window.end is not None else None,
+        "prime": prime,
+        "primed_connections": primed,
+        "priming_frames": frames,
+        "priming_differences_set_apart": apart,
+    }
+    what = (
+        f"{primed} open connections primed with {frames} frames, {apart} differences on them set apart"
+        if prime
+        else "not primed (--no-prime)"
+    )
+    err_console.print(
+        f"window {info['from']} to {info['to'] or 'the end of the capture'}: {what}", highlight=False
+    )
+    return replace(result, options={**result.options, "window": info})
+
+
+def _iso_time(t: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _load_hook(spec: str) -> Hook:
     """``module:function``, imported from the working directory or the environment. Raises ConfigError."""
     import importlib
@@ -470,6 +529,47 @@ def _load_inputs(rules: Path | None, auth_file: Path | None) -> tuple[RuleSet, d
     return load_rules(rules), load_auth_file(auth_file) if auth_file is not None else {}
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds of ``90``, ``90s``, ``15m``, ``1h30m``, ``2d``. Raises ConfigError."""
+    import re
+
+    spec = text.strip().lower()
+    parts = (
+        re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", spec)
+        if re.fullmatch(r"(?:\d+(?:\.\d+)?[smhd]?)+", spec)
+        else []
+    )
+    if not parts:
+        raise ConfigError(f"--duration: not a duration: {text!r} (for example 90s, 15m, 1h, 1h30m, 2d)")
+    seconds = sum(float(n) * _UNITS[u or "s"] for n, u in parts)
+    if not seconds > 0:
+        raise ConfigError(f"--duration must be more than 0, not {text!r}")
+    return seconds
+
+
+def _window(start: str | None, end: str | None, duration: str | None) -> Window | None:
+    """The --from/--to/--duration window, or None. Raises ConfigError."""
+    from ocpp_replay.core.correlate import utc_seconds
+    from ocpp_replay.core.window import Window
+
+    if start is None:
+        if end is not None or duration is not None:
+            raise ConfigError(f"{'--to' if end is not None else '--duration'} needs --from")
+        return None
+    if end is not None and duration is not None:
+        raise ConfigError("give --to or --duration, not both")
+    t0 = utc_seconds(iso_option(start, "--from") or "")
+    t1 = utc_seconds(iso_option(end, "--to") or "") if end is not None else None
+    if duration is not None:
+        t1 = t0 + _duration(duration)
+    if t1 is not None and not t1 > t0:
+        raise ConfigError(f"--to ({end}) must be after --from ({start})")
+    return Window(t0, t1)
+
+
 def _selection(
     session: list[int] | None, charge_point: list[str] | None, since: str | None, until: str | None
 ) -> Selection:
@@ -495,6 +595,10 @@ def replay(
     ] = None,
     since: SinceOption = None,
     until: UntilOption = None,
+    from_: FromOption = None,
+    to: ToOption = None,
+    duration: DurationOption = None,
+    no_prime: NoPrimeFlag = False,
     speed: SpeedOption = 1.0,
     max_gap: MaxGapOption = None,
     rules: RulesOption = None,
@@ -544,6 +648,15 @@ def replay(
             raise ReplayError(f"--amplify must be at least 1, not {amplify}")
         if not amplify_spread >= 0:
             raise ReplayError(f"--amplify-spread must not be negative, not {amplify_spread}")
+        window = _window(from_, to, duration)
+        if window is not None and (since is not None or until is not None):
+            raise ConfigError("--since/--until select whole sessions; with --from the window selects frames")
+        if window is not None and amplify is not None:
+            raise ConfigError(
+                "--amplify cannot be combined with --from (a window of copies is not supported yet)"
+            )
+        if no_prime and window is None:
+            raise ConfigError("--no-prime needs --from")
         _check_outputs(force, report=report, junit=junit, html=html)
         display = _Display(console.is_terminal)
         progress: Callable[[Any], None] | None = display
@@ -565,10 +678,17 @@ def replay(
             import asyncio
 
             loaded = None
+            priming: dict[int, frozenset[int]] = {}
             if amplify is not None:
                 loaded = await asyncio.to_thread(_amplified, store, selection, amplify, amplify_spread)
+            elif window is not None:
+                from ocpp_replay.replay.window import load_window
+
+                loaded, priming = await asyncio.to_thread(
+                    load_window, store, selection, window, prime=not no_prime
+                )
             async with _stop_on_ctrl_c() as stop:
-                return await run_replay(
+                result = await run_replay(
                     store,
                     target,
                     selection=selection,
@@ -588,6 +708,9 @@ def replay(
                     operator_calls_optional=optional_operator_calls,
                     strict_end=strict_end,
                 )
+            if window is not None:
+                result = _windowed_result(result, window, priming, prime=not no_prime)
+            return result
 
         return display, run
 

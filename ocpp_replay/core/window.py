@@ -1,0 +1,183 @@
+"""Time windows that cut connections: which frames of a session a window replays, and which
+earlier frames prime the backend first.
+
+A charger stays connected for days; an incident happens at 14:32. A window selects frames, not
+sessions: a connection already open when the window starts is replayed from there, after the
+state the backend needs has been re-established, in the order it was recorded:
+
+- the charger's last BootNotification before the window,
+- its last StatusNotification of each connector (1.6: ``connectorId``; 2.x: EVSE and connector),
+- each transaction still open at the window's start: its StartTransaction (1.6; the backend's
+  new transaction id is correlated into the window's frames as replay always does) or its
+  TransactionEvent ``Started`` (2.x),
+
+each with its recorded answer, so that the replay compares and correlates them as any other
+frame. Answers inside the window to calls made before it are left out (nothing sent them).
+
+Pure: frames in, sequence numbers out; the replay builds the windowed sessions from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ocpp_replay.core.frames import Call, CallResult, Direction, InvalidFrame, MessageType, parse
+from ocpp_replay.core.records import FrameLike
+
+__all__ = ["Cut", "Window", "cut_session"]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """From ``start`` (included) to ``end`` (excluded, None: the end of the capture), in epoch seconds."""
+
+    start: float
+    end: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.end is not None and not self.end > self.start:
+            raise ValueError("a window must end after it starts")
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """What a window replays of one session."""
+
+    prime: tuple[int, ...]  # seqs sent first, at once and in order: calls and their recorded answers
+    frames: tuple[int, ...]  # seqs inside the window, in order
+    opened_before: bool  # the connection was open when the window started
+    cut_at_end: bool  # the connection was still open when the window ended
+
+
+def _call(f: FrameLike) -> Call | None:
+    if f.message_type != MessageType.CALL or f.raw is None:
+        return None
+    try:
+        frame = parse(f.raw)
+    except InvalidFrame:
+        return None
+    return frame if isinstance(frame, Call) else None
+
+
+def _get(payload: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(payload, dict):
+            return None
+        payload = payload.get(key)
+    return payload
+
+
+def cut_session(
+    frames: Sequence[FrameLike],
+    session_start: float,
+    session_end: float | None,
+    version: str | None,
+    window: Window,
+    *,
+    prime: bool = True,
+) -> Cut | None:
+    """What ``window`` replays of a session that started at ``session_start`` (epoch seconds)
+    and ended at ``session_end`` (None: still open when the capture ended), its frames in wire
+    order; None when the session lies outside the window. With ``prime=False`` nothing is primed."""
+    if session_end is not None and session_end < window.start:
+        return None
+    if window.end is not None and session_start >= window.end:
+        return None
+    opened_before = session_start < window.start
+    cut_at_end = window.end is not None and (session_end is None or session_end >= window.end)
+
+    before: list[FrameLike] = []
+    inside: list[FrameLike] = []
+    for f in frames:
+        t = session_start + f.elapsed
+        if t < window.start:
+            before.append(f)
+        elif window.end is None or t < window.end:
+            inside.append(f)
+
+    primed: list[FrameLike] = _priming_calls(before, version) if opened_before and prime else []
+    # the recorded answer to each priming call: the first answer with its id after it
+    answers: dict[tuple[Direction, str | None], FrameLike] = {
+        (f.direction, f.unique_id): f
+        for f in reversed(before)
+        if f.message_type in (MessageType.CALL_RESULT, MessageType.CALL_ERROR) and f.unique_id is not None
+    }
+    prime_seqs: list[int] = []
+    for call in primed:
+        prime_seqs.append(call.seq)
+        answer = answers.get((call.direction.reverse, call.unique_id))
+        if answer is not None and answer.seq > call.seq:
+            prime_seqs.append(answer.seq)
+    prime_seqs.sort()
+
+    # Answers inside the window to calls made before it (and not primed) have no call to answer.
+    earlier_calls = {
+        (f.direction, f.unique_id)
+        for f in before
+        if f.message_type == MessageType.CALL and f.unique_id is not None and f.seq not in prime_seqs
+    }
+    window_calls: set[tuple[Direction, str | None]] = set()
+    kept: list[int] = []
+    for f in inside:
+        if f.message_type == MessageType.CALL:
+            window_calls.add((f.direction, f.unique_id))
+        elif f.message_type in (MessageType.CALL_RESULT, MessageType.CALL_ERROR):
+            key = (f.direction.reverse, f.unique_id)
+            if key in earlier_calls and key not in window_calls:
+                continue
+        kept.append(f.seq)
+    return Cut(tuple(prime_seqs), tuple(kept), opened_before, cut_at_end)
+
+
+def _priming_calls(before: Sequence[FrameLike], version: str | None) -> list[FrameLike]:
+    """The charger's calls that re-establish the backend's state at the window's start."""
+    v16 = version == "1.6"
+    boot: FrameLike | None = None
+    statuses: dict[Any, FrameLike] = {}
+    open_tx: dict[Any, FrameLike] = {}  # transaction id -> the frame that started it
+    start_calls: dict[str | None, FrameLike] = {}  # 1.6: StartTransaction by unique id, until answered
+    for f in before:
+        if f.direction is Direction.TO_CP and f.message_type == MessageType.CALL_RESULT and v16:
+            start = start_calls.pop(f.unique_id, None)
+            if start is not None and f.raw is not None:
+                try:
+                    answer = parse(f.raw)
+                except InvalidFrame:
+                    continue
+                tx = _get(answer.payload, "transactionId") if isinstance(answer, CallResult) else None
+                if tx is not None:
+                    open_tx[tx] = start
+            continue
+        if f.direction is not Direction.TO_CSMS or f.action is None:
+            continue
+        if f.action not in ("BootNotification", "StatusNotification", "StartTransaction", "StopTransaction",
+                            "TransactionEvent"):  # fmt: skip
+            continue
+        call = _call(f)
+        if call is None:
+            continue
+        payload = call.payload
+        if call.action == "BootNotification":
+            boot = f
+        elif call.action == "StatusNotification":
+            key = (
+                _get(payload, "connectorId")
+                if v16
+                else (_get(payload, "evseId"), _get(payload, "connectorId"))
+            )
+            statuses[key] = f
+        elif v16 and call.action == "StartTransaction":
+            start_calls[call.unique_id] = f
+        elif v16 and call.action == "StopTransaction":
+            open_tx.pop(_get(payload, "transactionId"), None)
+        elif not v16 and call.action == "TransactionEvent":
+            tx = _get(payload, "transactionInfo", "transactionId")
+            event = _get(payload, "eventType")
+            if event == "Started":
+                open_tx[tx] = f
+            elif event == "Ended":
+                open_tx.pop(tx, None)
+    chosen = [f for f in (boot, *statuses.values(), *open_tx.values()) if f is not None]
+    return sorted(chosen, key=lambda f: f.seq)

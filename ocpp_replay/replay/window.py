@@ -1,0 +1,100 @@
+"""Replay a window of the capture (``--from/--to``): frames, not sessions (core/window.py).
+
+A connection open when the window starts is dialled ``PRIME_LEAD`` seconds ahead of it, sends
+its priming frames at once (each after the previous answer, as a charger does), then the
+window's frames at their recorded offsets; a connection still open at the window's end is
+closed there by the charger (1000). Differences on priming frames are set apart from the
+window's unless they say the backend refused the state (:func:`set_apart_priming`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from ocpp_replay.core.correlate import ocpp_version, utc_seconds
+from ocpp_replay.core.diff import Difference, DiffKind
+from ocpp_replay.core.results import RunResult
+from ocpp_replay.core.window import Window, cut_session
+from ocpp_replay.errors import ReplayError
+from ocpp_replay.replay.runner import Selection
+from ocpp_replay.store.reader import FrameRecord, SessionInfo, Store
+
+Loaded = tuple[SessionInfo, Sequence[FrameRecord]]
+
+#: Seconds between dialling an already open connection and the window's start: time to prime.
+PRIME_LEAD = 2.0
+
+#: Differences on priming frames that count: the backend did not take the state.
+_FAILING = frozenset({DiffKind.CALL_ERROR, DiffKind.TIMEOUT, DiffKind.SCHEMA, DiffKind.UNEXPECTED_ANSWER})
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def load_window(
+    store: Store, selection: Selection, window: Window, *, prime: bool = True
+) -> tuple[list[Loaded], dict[int, frozenset[int]]]:
+    """The selected sessions cut by ``window``, and the priming frames' seqs of each.
+    Raises ReplayError when no session overlaps the window. Blocking."""
+    out: list[Loaded] = []
+    priming: dict[int, frozenset[int]] = {}
+    for info in store.sessions(ids=selection.session_ids, charge_points=selection.charge_points):
+        if info.error and info.frames == 0:
+            continue  # a handshake the upstream refused: nothing to replay
+        try:
+            start = utc_seconds(info.started_at)
+            end = utc_seconds(info.ended_at) if info.ended_at else None
+        except ValueError as exc:
+            raise ReplayError(f"session {info.id}: unreadable time ({exc})") from exc
+        if (end is not None and end < window.start) or (window.end is not None and start >= window.end):
+            continue  # frames are read only for the sessions the window meets
+        frames = list(store.frames(info.id))
+        cut = cut_session(frames, start, end, ocpp_version(info.subprotocol), window, prime=prime)
+        if cut is None:
+            continue
+        by_seq = {f.seq: f for f in frames}
+        changes: dict[str, object] = {}
+        if cut.opened_before:
+            new_start = window.start - (PRIME_LEAD if cut.prime else 0.0)
+            changes["started_at"] = _iso(new_start)
+            kept = [replace(by_seq[s], elapsed=0.0) for s in cut.prime] + [
+                replace(by_seq[s], elapsed=start + by_seq[s].elapsed - new_start) for s in cut.frames
+            ]
+        else:
+            kept = [by_seq[s] for s in cut.frames]
+        if cut.cut_at_end:
+            assert window.end is not None
+            changes.update(
+                ended_at=_iso(window.end),
+                close_code=1000,
+                close_reason="end of the window",
+                closed_by="cp",
+                error=None,
+            )
+        out.append((replace(info, **changes), kept))  # type: ignore[arg-type]
+        priming[info.id] = frozenset(cut.prime)
+    if not out:
+        raise ReplayError(f"no sessions in capture {store.path} meet the window")
+    return out, priming
+
+
+def _counts(d: Difference) -> bool:
+    """A difference on a priming frame that still counts: the backend refused the state."""
+    if d.kind in _FAILING:
+        return True
+    return d.kind is DiffKind.CHANGED and d.path.rsplit(".", 1)[-1] == "status"
+
+
+def set_apart_priming(result: RunResult, priming: Mapping[int, frozenset[int]]) -> tuple[RunResult, int]:
+    """The run without the differences on priming frames that do not count, and how many were set apart."""
+    apart = 0
+    sessions = []
+    for s in result.sessions:
+        primed = priming.get(s.session_id, frozenset())
+        kept = tuple(d for d in s.differences if d.seq not in primed or _counts(d))
+        apart += len(s.differences) - len(kept)
+        sessions.append(replace(s, differences=kept) if len(kept) != len(s.differences) else s)
+    return replace(result, sessions=tuple(sessions)), apart
