@@ -126,6 +126,17 @@ def test_a_201_window_primes_the_started_transaction_event() -> None:
     assert calls[-1]["transactionInfo"]["transactionId"] == "T2"
 
 
+async def _app(args: list[str]) -> Any:
+    """The whole command line (export and import too), in a thread."""
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from ocpp_replay.cli import app
+
+    return await asyncio.to_thread(CliRunner().invoke, app, args, catch_exceptions=False)
+
+
 def _first(db: Path, action: str) -> str:
     """The capture time of the first CALL of ACTION, as --from takes it."""
     with Store.open(db) as store:
@@ -217,3 +228,53 @@ async def test_bad_windows_are_one_error_line(
     res = await _invoke(["replay", "--db", str(db), "--target", "ws://127.0.0.1:9/ocpp", *args])
     assert res.exit_code == 2, res.output
     assert res.stderr.startswith("error: ") and message in res.stderr and res.stderr.count("\n") == 1
+
+
+async def test_compare_takes_a_window_too(capture16: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Both backends primed alike: each assigns its own transaction id, the window's frames carry
+    each side's, and the two agree."""
+    db = _copy(capture16, tmp_path)
+    start = _first(db, "MeterValues")
+    async with (
+        csms("1.6", Behaviour(tx_base=5000, known_transactions_only=True)) as (a, seen_a),
+        csms("1.6", Behaviour(tx_base=7000, known_transactions_only=True)) as (b, seen_b),
+    ):
+        res = await _invoke(["compare", "--db", str(db), "--baseline", a, "--candidate", b, "--from", start,
+                             "--noise-runs", "0"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "1 open connections primed with 6 frames" in res.stderr
+    assert {t for _, act, t in seen_a.tx_by_cp if act == "StopTransaction"} == {5000}
+    assert {t for _, act, t in seen_b.tx_by_cp if act == "StopTransaction"} == {7000}
+
+
+async def test_an_exported_window_imports_and_replays_as_the_window_does(
+    capture16: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`export --from`: the window as a capture of its own (for a ticket), primed frames first:
+    imported into an empty capture, it replays with no differences against a backend that
+    checks its state."""
+    db = _copy(capture16, tmp_path)
+    start = _first(db, "MeterValues")
+    out, fresh = tmp_path / "window.jsonl", tmp_path / "fresh.db"
+    res = await _app(["export", "--db", str(db), "--out", str(out), "--from", start])
+    assert res.exit_code == 0, res.output
+    kinds = [
+        json.loads(line).get("kind", json.loads(line).get("type"))
+        for line in out.read_text().splitlines()[1:]
+    ]
+    assert res.exit_code == 0 and kinds.count("session") == 1
+    res = await _app(["import", str(out), "--db", str(fresh)])
+    assert res.exit_code == 0, res.output
+    with Store.open(fresh) as store:
+        [info] = store.sessions()
+        frames = list(store.frames(info.id))
+    assert [f.action for f in frames if f.message_type == MessageType.CALL][:3] == [
+        "BootNotification",
+        "StartTransaction",
+        "StatusNotification",  # Charging: after the start, in the order recorded
+    ]
+    async with csms("1.6", Behaviour(tx_base=5000, known_transactions_only=True)) as (url, seen):
+        res = await _invoke(["replay", "--db", str(fresh), "--target", url])
+    assert res.exit_code == 0, res.output
+    assert {t for _, a, t in seen.tx_by_cp if a == "StopTransaction"} == {5000}

@@ -570,6 +570,23 @@ def _window(start: str | None, end: str | None, duration: str | None) -> Window 
     return Window(t0, t1)
 
 
+def _checked_window(
+    start: str | None,
+    end: str | None,
+    duration: str | None,
+    no_prime: bool,
+    since: str | None,
+    until: str | None,
+) -> Window | None:
+    """_window, and the options that do not go with it. Raises ConfigError."""
+    window = _window(start, end, duration)
+    if window is not None and (since is not None or until is not None):
+        raise ConfigError("--since/--until select whole sessions; with --from the window selects frames")
+    if no_prime and window is None:
+        raise ConfigError("--no-prime needs --from")
+    return window
+
+
 def _selection(
     session: list[int] | None, charge_point: list[str] | None, since: str | None, until: str | None
 ) -> Selection:
@@ -648,15 +665,11 @@ def replay(
             raise ReplayError(f"--amplify must be at least 1, not {amplify}")
         if not amplify_spread >= 0:
             raise ReplayError(f"--amplify-spread must not be negative, not {amplify_spread}")
-        window = _window(from_, to, duration)
-        if window is not None and (since is not None or until is not None):
-            raise ConfigError("--since/--until select whole sessions; with --from the window selects frames")
+        window = _checked_window(from_, to, duration, no_prime, since, until)
         if window is not None and amplify is not None:
             raise ConfigError(
                 "--amplify cannot be combined with --from (a window of copies is not supported yet)"
             )
-        if no_prime and window is None:
-            raise ConfigError("--no-prime needs --from")
         _check_outputs(force, report=report, junit=junit, html=html)
         display = _Display(console.is_terminal)
         progress: Callable[[Any], None] | None = display
@@ -725,6 +738,10 @@ def compare(
     charge_point: ChargePointOption = None,
     since: SinceOption = None,
     until: UntilOption = None,
+    from_: FromOption = None,
+    to: ToOption = None,
+    duration: DurationOption = None,
+    no_prime: NoPrimeFlag = False,
     speed: SpeedOption = 1.0,
     max_gap: MaxGapOption = None,
     rules: RulesOption = None,
@@ -766,12 +783,23 @@ def compare(
         rule_set, auth = _load_inputs(rules, auth_file)
         rewriter = _load_rewriter(rules, rewrite)
         selection = _selection(session, charge_point, since, until)
+        window = _checked_window(from_, to, duration, no_prime, since, until)
         _check_outputs(force, report=report, junit=junit, html=html, save_rules=save_rules)
         display = _CompareDisplay(console.is_terminal)
 
         async def run(store: Store) -> RunResult:
+            import asyncio
+
+            loaded = None
+            priming: dict[int, frozenset[int]] = {}
+            if window is not None:
+                from ocpp_replay.replay.window import load_window
+
+                loaded, priming = await asyncio.to_thread(
+                    load_window, store, selection, window, prime=not no_prime
+                )
             async with _stop_on_ctrl_c() as stop:
-                return await run_compare(
+                result = await run_compare(
                     store,
                     baseline,
                     candidate,
@@ -779,6 +807,7 @@ def compare(
                     noise_runs=noise_runs,
                     rules=rule_set,
                     sequential=True if sequential else None,
+                    sessions=loaded,
                     progress=display,
                     speed=speed,
                     max_gap=max_gap,
@@ -793,6 +822,9 @@ def compare(
                     operator_calls_optional=optional_operator_calls,
                     strict_end=strict_end,
                 )
+            if window is not None:
+                result = _windowed_result(result, window, priming, prime=not no_prime)
+            return result
 
         return display, run
 

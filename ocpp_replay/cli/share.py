@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 
 from ocpp_replay.cli.common import DEFAULT_DB, DbOption, console, err_console, fail
+from ocpp_replay.cli.replay import DurationOption, FromOption, NoPrimeFlag, ToOption, _checked_window
 from ocpp_replay.errors import ConfigError, OcppReplayError
 
 __all__ = ["mitmdump_argv", "mitmdump_executable", "register"]
@@ -148,15 +149,31 @@ def export(
         list[str] | None,
         typer.Option("--charge-point", help="Export this charge point's sessions (repeatable)."),
     ] = None,
+    from_: FromOption = None,
+    to: ToOption = None,
+    duration: DurationOption = None,
+    no_prime: NoPrimeFlag = False,
     force: ForceFlag = False,
 ) -> None:
-    """Export sessions (all by default) to a JSONL file, lossless; read back with import."""
+    """Export sessions (all by default) to a JSONL file, lossless; read back with import.
+
+    With --from, the window's frames: connections cut as replay cuts them, primed first."""
     from ocpp_replay.share.exchange import export_jsonl
     from ocpp_replay.store import Store
 
     try:
+        window = _checked_window(from_, to, duration, no_prime, None, None)
         with Store.open(db) as store:
-            result = export_jsonl(store, out, session or [], charge_point or [], force=force)
+            records = None
+            if window is not None:
+                from ocpp_replay.replay import Selection
+                from ocpp_replay.replay.window import window_records
+
+                selection = Selection(
+                    session_ids=tuple(session or ()), charge_points=tuple(charge_point or ())
+                )
+                records = window_records(store, selection, window, prime=not no_prime)
+            result = export_jsonl(store, out, session or [], charge_point or [], force=force, records=records)
     except OcppReplayError as exc:
         fail(exc)
     console.print(

@@ -669,6 +669,7 @@ async def run_compare(
     rules: RuleSet | None = None,
     sequential: bool | None = None,
     progress: SideProgress | None = None,
+    sessions: Sequence[tuple[SessionInfo, Sequence[FrameRecord]]] | None = None,
     **options: Any,
 ) -> RunResult:
     """Replay the selected sessions against BASELINE and CANDIDATE and compare their answers.
@@ -679,6 +680,7 @@ async def run_compare(
     more replays against the baseline, one after the other, to learn noise. ``options`` are
     passed to :func:`run_replay` (speed, max_gap, keep_timestamps, auth, answer_timeout, ...);
     ``progress`` gets ``(side, Progress)``, side being baseline, candidate or noise N.
+    ``sessions``, when given, are replayed instead of the selection's (a window, for example).
     A ``stop`` event in ``options`` ends both replays (see :func:`run_replay`); the run then
     compares the sessions both sides finished, learns no noise and is marked ``interrupted``.
     The result (:func:`ocpp_replay.core.compare.compare_result`) is not stored: see :func:`store_run`.
@@ -689,7 +691,8 @@ async def run_compare(
     baseline, candidate = baseline.rstrip("/"), candidate.rstrip("/")
     if sequential is None:
         sequential = baseline == candidate
-    sessions = await asyncio.to_thread(load_sessions, store, selection)
+    if sessions is None:
+        sessions = await asyncio.to_thread(load_sessions, store, selection)
 
     def replay_on(url: str, side: str) -> Any:
         report: ProgressCallback | None = None

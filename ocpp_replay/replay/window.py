@@ -9,9 +9,10 @@ window's unless they say the backend refused the state (:func:`set_apart_priming
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any, Literal
 
 from ocpp_replay.core.correlate import ocpp_version, utc_seconds
 from ocpp_replay.core.diff import Difference, DiffKind
@@ -98,3 +99,20 @@ def set_apart_priming(result: RunResult, priming: Mapping[int, frozenset[int]]) 
         apart += len(s.differences) - len(kept)
         sessions.append(replace(s, differences=kept) if len(kept) != len(s.differences) else s)
     return replace(result, sessions=tuple(sessions)), apart
+
+
+def window_records(
+    store: Store, selection: Selection, window: Window, *, prime: bool = True
+) -> Iterator[tuple[Literal["session", "frame", "event"], dict[str, Any]]]:
+    """The capture's records (as ``export`` writes them) of a window: each session cut and
+    re-timed as :func:`load_window` cuts it, its priming frames first. Capture events are left
+    out. Imported again, the file replays as the window does."""
+    loaded, _ = load_window(store, selection, window, prime=prime)
+    for info, frames in loaded:
+        row = {name: getattr(info, name) for name in info.__slots__}
+        row["frames"] = len(frames)
+        yield "session", row
+        for f in frames:
+            frame = {name: getattr(f, name) for name in f.__slots__}
+            frame["direction"] = str(f.direction)
+            yield "frame", frame

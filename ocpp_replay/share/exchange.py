@@ -506,8 +506,10 @@ def export_jsonl(
     charge_points: Sequence[str] = (),
     *,
     force: bool = False,
+    records: Iterable[Record] | None = None,
 ) -> ImportResult:
-    """Write the selected sessions to ``out`` (created 0600). Returns what was written."""
+    """Write the selected sessions to ``out`` (created 0600), or the given ``records`` of them
+    (a window, for example). Returns what was written."""
     counts = ImportResult()
 
     def counted(records: Iterable[Record]) -> Iterator[Record]:
@@ -521,7 +523,8 @@ def export_jsonl(
                 counts.events += 1
             yield kind, row
 
-    records = iter_capture(store, ids, charge_points)
+    if records is None:
+        records = iter_capture(store, ids, charge_points)
     path = Path(out)
     select_sessions(store, ids, charge_points)  # a bad selection or capture fails before --out exists
     with _private_text(path, force) as fh:
