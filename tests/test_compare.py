@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 import uuid
 import xml.etree.ElementTree as ET
@@ -36,11 +34,11 @@ from ocpp_replay.report import html_report, junit_xml, report_dict
 from ocpp_replay.simulate import run_fleet
 from ocpp_replay.store import Store
 from ocpp_replay.store.files import load_rules
+from tests.ui_peers import chromium_or_skip
 
 pytestmark = pytest.mark.timeout(60)
 
 RULES = RuleSet.default()
-CHROMIUM = "/usr/bin/chromium"
 
 
 # ----------------------------------------------------------------------------- pure: building runs
@@ -361,29 +359,8 @@ class BadCsms(ReferenceCsms):
         self.backend.open_session = open_session  # type: ignore[method-assign]
 
 
-def _chromium() -> str | None:
-    if Path(CHROMIUM).exists():
-        return CHROMIUM
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-#: .ci/run sets it: there the browser test must run, never skip.
-REQUIRE_CHROMIUM = "OCPP_REPLAY_REQUIRE_CHROMIUM"
-
-
-def _chromium_or_skip() -> str:
-    """Chromium's path; skips the test (fails it where REQUIRE_CHROMIUM is set) without it."""
-    chromium = _chromium()
-    if chromium is None:
-        reason = "headless Chromium is not installed (on Debian or Ubuntu: apt-get install chromium)"
-        if os.environ.get(REQUIRE_CHROMIUM):
-            pytest.fail(f"{reason}; {REQUIRE_CHROMIUM} is set, so this test may not skip")
-        pytest.skip(reason)
-    return chromium
-
-
 def _render(page: Path, tmp_path: Path, *extra: str) -> str:
-    chromium = _chromium_or_skip()
+    chromium = chromium_or_skip()
     cmd = [
         chromium,
         "--headless",
@@ -454,7 +431,7 @@ async def test_compare_v1_v2_finds_exactly_the_profile_differences(capture: Path
 async def test_the_html_report_renders_in_headless_chromium(capture: Path, tmp_path: Path) -> None:
     """The page of a v1/v2 compare in a real browser: it shows the planted difference. Skips, with
     the reason, where Chromium is not installed; .ci/run installs it and forbids the skip."""
-    _chromium_or_skip()  # before the compare, not after
+    chromium_or_skip()  # before the compare, not after
     db = _copy(capture, tmp_path)
     html2 = tmp_path / "r.html"
     async with ReferenceCsms("v1") as v1, ReferenceCsms("v2") as v2:

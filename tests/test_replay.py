@@ -1067,17 +1067,13 @@ async def test_a_last_frame_due_with_the_close_still_goes_out_before_it(tmp_path
 
 
 def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics on 127.0.0.1:PORT, parsed (tests/test_proxy.py's _scrape)."""
     import urllib.request
 
-    from prometheus_client.parser import text_string_to_metric_families
+    from tests.test_proxy import _scrape
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+        return _scrape(resp.read())
 
 
 async def test_metrics_of_a_replay_follow_its_progress(capture16: Path, tmp_path: Path) -> None:

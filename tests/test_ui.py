@@ -32,20 +32,20 @@ from ocpp_replay.store import Store
 from ocpp_replay.ui import triage
 from ocpp_replay.ui.query import compile_filter
 from ocpp_replay.ui.server import UiServer
-from tests.ui_peers import HOSTILE, HOSTILE_ID, browser, chromium, make_capture, make_hostile_capture
-
-#: .ci/run sets it: there the browser tests must run, never skip.
-REQUIRE_CHROMIUM = "OCPP_REPLAY_REQUIRE_CHROMIUM"
+from tests.ui_peers import (
+    HOSTILE,
+    HOSTILE_ID,
+    browser,
+    chromium_or_skip,
+    make_capture,
+    make_hostile_capture,
+)
 
 
 @pytest.fixture
 def needs_chromium() -> None:
     """Skips the test without Chromium (fails it where REQUIRE_CHROMIUM is set)."""
-    if chromium() is None:
-        reason = "headless Chromium is not installed (on Debian or Ubuntu: apt-get install chromium)"
-        if os.environ.get(REQUIRE_CHROMIUM):
-            pytest.fail(f"{reason}; {REQUIRE_CHROMIUM} is set, so this test may not skip")
-        pytest.skip(reason)
+    chromium_or_skip()
 
 
 @pytest.fixture(scope="module")

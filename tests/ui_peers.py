@@ -46,7 +46,29 @@ FAST = {"max_gap": 0.05, "answer_timeout": 2.0, "grace": 0.3}
 
 
 def chromium() -> str | None:
-    return CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+#: .ci/run sets it: there the browser tests must run, never skip.
+REQUIRE_CHROMIUM = "OCPP_REPLAY_REQUIRE_CHROMIUM"
+
+
+def chromium_or_skip() -> str:
+    """Chromium's path. Without one, skips the test with the reason, or fails it where
+    REQUIRE_CHROMIUM is set (CI), so that a missing browser never looks green there."""
+    import os
+
+    import pytest
+
+    path = chromium()
+    if path is None:
+        reason = "headless Chromium is not installed (on Debian or Ubuntu: apt-get install chromium)"
+        if os.environ.get(REQUIRE_CHROMIUM):
+            pytest.fail(f"{reason}; {REQUIRE_CHROMIUM} is set, so this test may not skip")
+        pytest.skip(reason)
+    return path
 
 
 @contextlib.asynccontextmanager

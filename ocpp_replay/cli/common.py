@@ -21,6 +21,8 @@ from ocpp_replay.errors import ConfigError, OcppReplayError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ocpp_replay.core.window import Window
+
 DEFAULT_DB = Path("captures/capture.db")
 #: The capture every command uses when --db is not given (else captures/capture.db).
 DB_ENV = "OCPP_REPLAY_DB"
@@ -36,6 +38,27 @@ DbOption = Annotated[
         metavar="PATH",
         help="Capture database (SQLite).",
         show_default=True,
+    ),
+]
+FromOption = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        metavar="TIME",
+        help="Replay the frames from this ISO time on, cutting connections open then (primed first).",
+    ),
+]
+ToOption = Annotated[str | None, typer.Option("--to", metavar="TIME", help="End of the --from window.")]
+DurationOption = Annotated[
+    str | None,
+    typer.Option(
+        "--duration", metavar="DURATION", help="Length of the --from window: 90s, 15m, 1h, 2d, 1h30m."
+    ),
+]
+NoPrimeFlag = Annotated[
+    bool,
+    typer.Option(
+        "--no-prime", help="Send a window as recorded, without re-establishing the backend's state."
     ),
 ]
 MetricsPortOption = Annotated[
@@ -281,3 +304,62 @@ def pretty_payload(raw: str) -> str:
         case [2, _, _, payload] | [3, _, payload]:
             return json.dumps(payload, indent=2, ensure_ascii=False)
     return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds of ``90``, ``90s``, ``15m``, ``1h30m``, ``2d``. Raises ConfigError."""
+    import re
+
+    spec = text.strip().lower()
+    parts = (
+        re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", spec)
+        if re.fullmatch(r"(?:\d+(?:\.\d+)?[smhd]?)+", spec)
+        else []
+    )
+    if not parts:
+        raise ConfigError(f"--duration: not a duration: {text!r} (for example 90s, 15m, 1h, 1h30m, 2d)")
+    seconds = sum(float(n) * _UNITS[u or "s"] for n, u in parts)
+    if not seconds > 0:
+        raise ConfigError(f"--duration must be more than 0, not {text!r}")
+    return seconds
+
+
+def _window(start: str | None, end: str | None, duration: str | None) -> Window | None:
+    """The --from/--to/--duration window, or None. Raises ConfigError."""
+    from ocpp_replay.core.correlate import utc_seconds
+    from ocpp_replay.core.window import Window
+
+    if start is None:
+        if end is not None or duration is not None:
+            raise ConfigError(f"{'--to' if end is not None else '--duration'} needs --from")
+        return None
+    if end is not None and duration is not None:
+        raise ConfigError("give --to or --duration, not both")
+    t0 = utc_seconds(iso_option(start, "--from") or "")
+    t1 = utc_seconds(iso_option(end, "--to") or "") if end is not None else None
+    if duration is not None:
+        t1 = t0 + _duration(duration)
+    if t1 is not None and not t1 > t0:
+        raise ConfigError(f"--to ({end}) must be after --from ({start})")
+    return Window(t0, t1)
+
+
+def window_option(
+    start: str | None,
+    end: str | None,
+    duration: str | None,
+    no_prime: bool,
+    since: str | None,
+    until: str | None,
+) -> Window | None:
+    """The --from/--to/--duration window (None without --from), checked against the options
+    that do not go with it. Raises ConfigError."""
+    window = _window(start, end, duration)
+    if window is not None and (since is not None or until is not None):
+        raise ConfigError("--since/--until select whole sessions; with --from the window selects frames")
+    if no_prime and window is None:
+        raise ConfigError("--no-prime needs --from")
+    return window

@@ -21,9 +21,13 @@ from ocpp_replay.cli.common import (
     DEFAULT_DB,
     CsvFlag,
     DbOption,
+    DurationOption,
+    FromOption,
     JsonFlag,
     MetricsHostOption,
     MetricsPortOption,
+    NoPrimeFlag,
+    ToOption,
     console,
     err_console,
     fail,
@@ -33,6 +37,7 @@ from ocpp_replay.cli.common import (
     print_json,
     printable,
     real_console,
+    window_option,
 )
 from ocpp_replay.errors import ConfigError, OcppReplayError, ReplayError
 
@@ -265,27 +270,6 @@ SinceOption = Annotated[
 UntilOption = Annotated[
     str | None, typer.Option(metavar="TIME", help="Sessions started at or before this ISO time.")
 ]
-FromOption = Annotated[
-    str | None,
-    typer.Option(
-        "--from",
-        metavar="TIME",
-        help="Replay the frames from this ISO time on, cutting connections open then (primed first).",
-    ),
-]
-ToOption = Annotated[str | None, typer.Option("--to", metavar="TIME", help="End of the --from window.")]
-DurationOption = Annotated[
-    str | None,
-    typer.Option(
-        "--duration", metavar="DURATION", help="Length of the --from window: 90s, 15m, 1h, 2d, 1h30m."
-    ),
-]
-NoPrimeFlag = Annotated[
-    bool,
-    typer.Option(
-        "--no-prime", help="Send a window as recorded, without re-establishing the backend's state."
-    ),
-]
 SpeedOption = Annotated[float, typer.Option(help="Play faster (2 = twice as fast) or slower.")]
 MaxGapOption = Annotated[float | None, typer.Option("--max-gap", help="Cap idle gaps at this many seconds.")]
 RulesOption = Annotated[
@@ -460,14 +444,15 @@ def _windowed_result(
     on stderr saying what was primed."""
     from dataclasses import replace
 
-    from ocpp_replay.replay.window import set_apart_priming
+    from ocpp_replay.core.window import set_apart_priming
+    from ocpp_replay.store.schema import utc_iso
 
     result, apart = set_apart_priming(result, priming)
     primed = sum(1 for seqs in priming.values() if seqs)
     frames = sum(len(seqs) for seqs in priming.values())
     info = {
-        "from": _iso_time(window.start),
-        "to": _iso_time(window.end) if window.end is not None else None,
+        "from": utc_iso(window.start),
+        "to": utc_iso(window.end) if window.end is not None else None,
         "prime": prime,
         "primed_connections": primed,
         "priming_frames": frames,
@@ -482,12 +467,6 @@ def _windowed_result(
         f"window {info['from']} to {info['to'] or 'the end of the capture'}: {what}", highlight=False
     )
     return replace(result, options={**result.options, "window": info})
-
-
-def _iso_time(t: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _load_hook(spec: str) -> Hook:
@@ -527,64 +506,6 @@ def _load_inputs(rules: Path | None, auth_file: Path | None) -> tuple[RuleSet, d
     from ocpp_replay.store.files import load_rules
 
     return load_rules(rules), load_auth_file(auth_file) if auth_file is not None else {}
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(text: str) -> float:
-    """Seconds of ``90``, ``90s``, ``15m``, ``1h30m``, ``2d``. Raises ConfigError."""
-    import re
-
-    spec = text.strip().lower()
-    parts = (
-        re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", spec)
-        if re.fullmatch(r"(?:\d+(?:\.\d+)?[smhd]?)+", spec)
-        else []
-    )
-    if not parts:
-        raise ConfigError(f"--duration: not a duration: {text!r} (for example 90s, 15m, 1h, 1h30m, 2d)")
-    seconds = sum(float(n) * _UNITS[u or "s"] for n, u in parts)
-    if not seconds > 0:
-        raise ConfigError(f"--duration must be more than 0, not {text!r}")
-    return seconds
-
-
-def _window(start: str | None, end: str | None, duration: str | None) -> Window | None:
-    """The --from/--to/--duration window, or None. Raises ConfigError."""
-    from ocpp_replay.core.correlate import utc_seconds
-    from ocpp_replay.core.window import Window
-
-    if start is None:
-        if end is not None or duration is not None:
-            raise ConfigError(f"{'--to' if end is not None else '--duration'} needs --from")
-        return None
-    if end is not None and duration is not None:
-        raise ConfigError("give --to or --duration, not both")
-    t0 = utc_seconds(iso_option(start, "--from") or "")
-    t1 = utc_seconds(iso_option(end, "--to") or "") if end is not None else None
-    if duration is not None:
-        t1 = t0 + _duration(duration)
-    if t1 is not None and not t1 > t0:
-        raise ConfigError(f"--to ({end}) must be after --from ({start})")
-    return Window(t0, t1)
-
-
-def _checked_window(
-    start: str | None,
-    end: str | None,
-    duration: str | None,
-    no_prime: bool,
-    since: str | None,
-    until: str | None,
-) -> Window | None:
-    """_window, and the options that do not go with it. Raises ConfigError."""
-    window = _window(start, end, duration)
-    if window is not None and (since is not None or until is not None):
-        raise ConfigError("--since/--until select whole sessions; with --from the window selects frames")
-    if no_prime and window is None:
-        raise ConfigError("--no-prime needs --from")
-    return window
 
 
 def _selection(
@@ -665,7 +586,7 @@ def replay(
             raise ReplayError(f"--amplify must be at least 1, not {amplify}")
         if not amplify_spread >= 0:
             raise ReplayError(f"--amplify-spread must not be negative, not {amplify_spread}")
-        window = _checked_window(from_, to, duration, no_prime, since, until)
+        window = window_option(from_, to, duration, no_prime, since, until)
         if window is not None and amplify is not None:
             raise ConfigError(
                 "--amplify cannot be combined with --from (a window of copies is not supported yet)"
@@ -783,7 +704,7 @@ def compare(
         rule_set, auth = _load_inputs(rules, auth_file)
         rewriter = _load_rewriter(rules, rewrite)
         selection = _selection(session, charge_point, since, until)
-        window = _checked_window(from_, to, duration, no_prime, since, until)
+        window = window_option(from_, to, duration, no_prime, since, until)
         _check_outputs(force, report=report, junit=junit, html=html, save_rules=save_rules)
         display = _CompareDisplay(console.is_terminal)
 

@@ -19,8 +19,18 @@ from typing import Annotated
 
 import typer
 
-from ocpp_replay.cli.common import DEFAULT_DB, DbOption, console, err_console, fail
-from ocpp_replay.cli.replay import DurationOption, FromOption, NoPrimeFlag, ToOption, _checked_window
+from ocpp_replay.cli.common import (
+    DEFAULT_DB,
+    DbOption,
+    DurationOption,
+    FromOption,
+    NoPrimeFlag,
+    ToOption,
+    console,
+    err_console,
+    fail,
+    window_option,
+)
 from ocpp_replay.errors import ConfigError, OcppReplayError
 
 __all__ = ["mitmdump_argv", "mitmdump_executable", "register"]
@@ -162,7 +172,7 @@ def export(
     from ocpp_replay.store import Store
 
     try:
-        window = _checked_window(from_, to, duration, no_prime, None, None)
+        window = window_option(from_, to, duration, no_prime, None, None)
         with Store.open(db) as store:
             records = None
             if window is not None:

@@ -15,18 +15,23 @@ each with its recorded answer, so that the replay compares and correlates them a
 frame. Answers inside the window to calls made before it are left out (nothing sent them).
 
 Pure: frames in, sequence numbers out; the replay builds the windowed sessions from them.
+Differences on priming frames are set apart from the window's unless they say the backend
+refused the state (:func:`set_apart_priming`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
+from ocpp_replay.core.diff import Difference, DiffKind
 from ocpp_replay.core.frames import Call, CallResult, Direction, InvalidFrame, MessageType, parse
+from ocpp_replay.core.paths import get
 from ocpp_replay.core.records import FrameLike
+from ocpp_replay.core.results import RunResult
 
-__all__ = ["Cut", "Window", "cut_session"]
+__all__ = ["Cut", "Window", "cut_session", "set_apart_priming"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +64,6 @@ def _call(f: FrameLike) -> Call | None:
     except InvalidFrame:
         return None
     return frame if isinstance(frame, Call) else None
-
-
-def _get(payload: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(payload, dict):
-            return None
-        payload = payload.get(key)
-    return payload
 
 
 def cut_session(
@@ -146,7 +143,7 @@ def _priming_calls(before: Sequence[FrameLike], version: str | None) -> list[Fra
                     answer = parse(f.raw)
                 except InvalidFrame:
                     continue
-                tx = _get(answer.payload, "transactionId") if isinstance(answer, CallResult) else None
+                tx = get(answer.payload, ("transactionId",)) if isinstance(answer, CallResult) else None
                 if tx is not None:
                     open_tx[tx] = start
             continue
@@ -163,21 +160,50 @@ def _priming_calls(before: Sequence[FrameLike], version: str | None) -> list[Fra
             boot = f
         elif call.action == "StatusNotification":
             key = (
-                _get(payload, "connectorId")
+                get(payload, ("connectorId",))
                 if v16
-                else (_get(payload, "evseId"), _get(payload, "connectorId"))
+                else (get(payload, ("evseId",)), get(payload, ("connectorId",)))
             )
             statuses[key] = f
         elif v16 and call.action == "StartTransaction":
             start_calls[call.unique_id] = f
         elif v16 and call.action == "StopTransaction":
-            open_tx.pop(_get(payload, "transactionId"), None)
+            open_tx.pop(get(payload, ("transactionId",)), None)
         elif not v16 and call.action == "TransactionEvent":
-            tx = _get(payload, "transactionInfo", "transactionId")
-            event = _get(payload, "eventType")
+            tx = get(
+                payload,
+                (
+                    "transactionInfo",
+                    "transactionId",
+                ),
+            )
+            event = get(payload, ("eventType",))
             if event == "Started":
                 open_tx[tx] = f
             elif event == "Ended":
                 open_tx.pop(tx, None)
     chosen = [f for f in (boot, *statuses.values(), *open_tx.values()) if f is not None]
     return sorted(chosen, key=lambda f: f.seq)
+
+
+#: Differences on priming frames that count: the backend did not take the state.
+_FAILING = frozenset({DiffKind.CALL_ERROR, DiffKind.TIMEOUT, DiffKind.SCHEMA, DiffKind.UNEXPECTED_ANSWER})
+
+
+def _counts(d: Difference) -> bool:
+    """A difference on a priming frame that still counts: the backend refused the state."""
+    if d.kind in _FAILING:
+        return True
+    return d.kind is DiffKind.CHANGED and d.path.rsplit(".", 1)[-1] == "status"
+
+
+def set_apart_priming(result: RunResult, priming: Mapping[int, frozenset[int]]) -> tuple[RunResult, int]:
+    """The run without the differences on priming frames that do not count, and how many were set apart."""
+    apart = 0
+    sessions = []
+    for s in result.sessions:
+        primed = priming.get(s.session_id, frozenset())
+        kept = tuple(d for d in s.differences if d.seq not in primed or _counts(d))
+        apart += len(s.differences) - len(kept)
+        sessions.append(replace(s, differences=kept) if len(kept) != len(s.differences) else s)
+    return replace(result, sessions=tuple(sessions)), apart

@@ -4,35 +4,27 @@ A connection open when the window starts is dialled ``PRIME_LEAD`` seconds ahead
 its priming frames at once (each after the previous answer, as a charger does), then the
 window's frames at their recorded offsets; a connection still open at the window's end is
 closed there by the charger (1000). Differences on priming frames are set apart from the
-window's unless they say the backend refused the state (:func:`set_apart_priming`).
+window's unless they say the backend refused the state
+(:func:`ocpp_replay.core.window.set_apart_priming`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ocpp_replay.core.correlate import ocpp_version, utc_seconds
-from ocpp_replay.core.diff import Difference, DiffKind
-from ocpp_replay.core.results import RunResult
 from ocpp_replay.core.window import Window, cut_session
 from ocpp_replay.errors import ReplayError
 from ocpp_replay.replay.runner import Selection
 from ocpp_replay.store.reader import FrameRecord, SessionInfo, Store
+from ocpp_replay.store.schema import utc_iso
 
 Loaded = tuple[SessionInfo, Sequence[FrameRecord]]
 
 #: Seconds between dialling an already open connection and the window's start: time to prime.
 PRIME_LEAD = 2.0
-
-#: Differences on priming frames that count: the backend did not take the state.
-_FAILING = frozenset({DiffKind.CALL_ERROR, DiffKind.TIMEOUT, DiffKind.SCHEMA, DiffKind.UNEXPECTED_ANSWER})
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def load_window(
@@ -60,7 +52,7 @@ def load_window(
         changes: dict[str, object] = {}
         if cut.opened_before:
             new_start = window.start - (PRIME_LEAD if cut.prime else 0.0)
-            changes["started_at"] = _iso(new_start)
+            changes["started_at"] = utc_iso(new_start)
             kept = [replace(by_seq[s], elapsed=0.0) for s in cut.prime] + [
                 replace(by_seq[s], elapsed=start + by_seq[s].elapsed - new_start) for s in cut.frames
             ]
@@ -69,7 +61,7 @@ def load_window(
         if cut.cut_at_end:
             assert window.end is not None
             changes.update(
-                ended_at=_iso(window.end),
+                ended_at=utc_iso(window.end),
                 close_code=1000,
                 close_reason="end of the window",
                 closed_by="cp",
@@ -82,25 +74,6 @@ def load_window(
     return out, priming
 
 
-def _counts(d: Difference) -> bool:
-    """A difference on a priming frame that still counts: the backend refused the state."""
-    if d.kind in _FAILING:
-        return True
-    return d.kind is DiffKind.CHANGED and d.path.rsplit(".", 1)[-1] == "status"
-
-
-def set_apart_priming(result: RunResult, priming: Mapping[int, frozenset[int]]) -> tuple[RunResult, int]:
-    """The run without the differences on priming frames that do not count, and how many were set apart."""
-    apart = 0
-    sessions = []
-    for s in result.sessions:
-        primed = priming.get(s.session_id, frozenset())
-        kept = tuple(d for d in s.differences if d.seq not in primed or _counts(d))
-        apart += len(s.differences) - len(kept)
-        sessions.append(replace(s, differences=kept) if len(kept) != len(s.differences) else s)
-    return replace(result, sessions=tuple(sessions)), apart
-
-
 def window_records(
     store: Store, selection: Selection, window: Window, *, prime: bool = True
 ) -> Iterator[tuple[Literal["session", "frame", "event"], dict[str, Any]]]:
@@ -109,7 +82,7 @@ def window_records(
     out. Imported again, the file replays as the window does."""
     loaded, _ = load_window(store, selection, window, prime=prime)
     for info, frames in loaded:
-        row = {name: getattr(info, name) for name in info.__slots__}
+        row = info.as_dict()
         row["frames"] = len(frames)
         yield "session", row
         for f in frames:
