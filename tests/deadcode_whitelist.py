@@ -32,6 +32,7 @@ m001_capture
 m002_runs
 m003_wire
 m004_replay_held
+m005_retention
 # RFC 6455 opcodes, named for completeness of the table
 PING
 PONG

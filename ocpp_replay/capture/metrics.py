@@ -119,6 +119,27 @@ class ProxyCollector(Collector):
         yield GaugeMetricFamily(
             "ocpp_capture_write_seconds_max", "The longest capture write so far.", value=ws.max_flush_seconds
         )
+        pruner = writer.pruner
+        if pruner is not None:  # --retain / --max-size
+            ps = pruner.stats
+            yield CounterMetricFamily(
+                "ocpp_capture_frames_pruned", "Frames removed by retention.", value=ps.frames_pruned
+            )
+            yield CounterMetricFamily(
+                "ocpp_capture_sessions_pruned",
+                "Sessions removed whole by retention.",
+                value=ps.sessions_pruned,
+            )
+            yield GaugeMetricFamily(
+                "ocpp_capture_data_bytes",
+                "Bytes of the capture's pages that hold data, at retention's last check (--max-size).",
+                value=ps.data_bytes,
+            )
+            yield GaugeMetricFamily(
+                "ocpp_capture_prune_step_seconds_max",
+                "The longest retention step (taken between capture writes).",
+                value=ps.max_step_seconds,
+            )
 
 
 def metrics_route(proxy: ProxyServer) -> Callable[[], tuple[str, bytes]]:

@@ -80,6 +80,7 @@ from ocpp_replay.core.frames import Direction
 from ocpp_replay.core.text import escape_controls
 from ocpp_replay.errors import ConfigError, UpstreamError
 from ocpp_replay.store import CaptureWriter
+from ocpp_replay.store.retention import Retention
 from ocpp_replay.store.schema import utc_iso
 from ocpp_replay.store.writer import DEFAULT_MAX_PENDING_BYTES
 
@@ -552,6 +553,7 @@ class ProxyServer:
         forwarded: bool = False,
         check_upstream: bool = False,
         shadow: Tap | None = None,
+        retention: Retention | None = None,
     ) -> None:
         # (host, port) to dial; a ConfigError for anything but a ws:// or wss:// URL
         self._upstream_address = ws_address(upstream, "upstream")
@@ -596,6 +598,7 @@ class ProxyServer:
         self.check_upstream = check_upstream  # probe it at start, to say at once if it is down
         self.stats = ProxyStats()
         self.shadow = shadow  # --shadow: mirrors each charger to other backends (capture/shadow.py)
+        self.retention = retention  # --retain/--max-size: pruned in the writer's thread
         self.writer: CaptureWriter | None = None
         #: Paths answered to plain HTTP GETs on the listener: path -> () -> (content type, body).
         self.http_routes: dict[str, Callable[[], tuple[str, bytes]]] = {
@@ -652,6 +655,7 @@ class ProxyServer:
             self.db_path,
             flush_interval=self.flush_interval,
             max_pending_bytes=self.capture_buffer,
+            retention=self.retention,
         )
         self.writer.start()
         if self.shadow is not None:
@@ -716,6 +720,8 @@ class ProxyServer:
         ]
         if self.capacity:
             lines.append(f"open-file limit allows about {self.capacity} charger connections")
+        if self.retention:
+            lines.append("retention: " + self.retention.describe())
         if self.upstream_down_since is not None:
             lines.append(f"upstream {self.upstream} is not answering ({self.upstream_error}); started anyway")
         return lines
@@ -781,6 +787,7 @@ class ProxyServer:
             "frames_lost": self.writer.stats.frames_lost if self.writer else 0,
             "capture_pending_frames": self.writer.pending if self.writer else 0,
             "capture_pending_bytes": self.writer.pending_bytes if self.writer else 0,
+            "retention": self._retention_health(),
             "upstream": "down" if down is not None else "up",
             "upstream_down_since": utc_iso(down) if down is not None else None,
             "upstream_error": self.upstream_error,
@@ -792,6 +799,21 @@ class ProxyServer:
             "capacity": self.capacity,
         }
         return "application/json", json.dumps(body).encode()
+
+    def _retention_health(self) -> dict[str, Any] | None:
+        pruner = self.writer.pruner if self.writer is not None else None
+        if pruner is None:
+            return None
+        st = pruner.stats
+        return {
+            "cutoff": st.cutoff,
+            "frames_pruned": st.frames_pruned,
+            "sessions_pruned": st.sessions_pruned,
+            "sessions_cut": st.sessions_cut,
+            "passes": st.passes,
+            "data_bytes": st.data_bytes or None,
+            "max_step_seconds": round(st.max_step_seconds, 4),
+        }
 
     # ------------------------------------------------------------------ the upstream's health
 

@@ -27,10 +27,12 @@ from ocpp_replay.cli.common import (
     DirectionName,
     JsonFlag,
     LogLevelOption,
+    MaxSizeOption,
     MetricsHostOption,
     MetricsPortOption,
     OneLineErrors,
     Profile,
+    RetainOption,
     Version,
     console,
     err_console,
@@ -43,6 +45,7 @@ from ocpp_replay.cli.common import (
     print_json_line,
     printable,
     real_console,
+    retention_option,
     scenario_choice,
     version_list,
 )
@@ -184,6 +187,8 @@ def proxy(
             "in MiB; past it frames are forwarded but not recorded, counted and marked in the capture.",
         ),
     ] = 128,
+    retain: RetainOption = None,
+    max_size: MaxSizeOption = None,
     path_prefix: Annotated[
         str | None,
         typer.Option(
@@ -264,6 +269,7 @@ def proxy(
     try:
         if capture_buffer < 1:
             raise ConfigError(f"--capture-buffer must be 1 MiB or more, not {capture_buffer}")
+        retention = retention_option(retain, max_size)
         mirror = _shadow(shadow, upstream, shadow_rules, shadow_auth_file, shadow_queue, log_level)
         server = ProxyServer(
             upstream,
@@ -283,6 +289,7 @@ def proxy(
             forwarded=forwarded,
             check_upstream=True,
             shadow=mirror,
+            retention=retention,
         )
         with asyncio.Runner(loop_factory=_loop_factory(event_loop)) as runner:
             runner.run(_serve_proxy(server, (db, ui) if ui is not None else None))
@@ -400,6 +407,7 @@ def _table(title: str, columns: Iterable[str], right: Iterable[str] = ()) -> Any
 SESSION_COLUMNS = (
     "id", "charge_point_id", "subprotocol", "started_at", "ended_at", "frames", "frames_lost",
     "close_code", "close_reason", "closed_by", "error", "upstream_status", "remote_addr", "path",
+    "pruned_before",
 )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ocpp_replay.core.window import Window
+    from ocpp_replay.store.retention import Retention
 
 DEFAULT_DB = Path("captures/capture.db")
 #: The capture every command uses when --db is not given (else captures/capture.db).
@@ -71,6 +72,23 @@ MetricsPortOption = Annotated[
 ]
 MetricsHostOption = Annotated[
     str, typer.Option("--metrics-host", metavar="HOST", help="Address for --metrics-port (0.0.0.0: all).")
+]
+RetainOption = Annotated[
+    str | None,
+    typer.Option(
+        "--retain",
+        metavar="DURATION",
+        help="Prune frames older than this (14d, 12h): open connections keep their priming frames, "
+        "so every window in the retained time still replays. docs/capture.md.",
+    ),
+]
+MaxSizeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--max-size",
+        metavar="SIZE",
+        help="Prune the oldest frames while the capture's data is over this (50GB, 500MiB).",
+    ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 CsvFlag = Annotated[bool, typer.Option("--csv", help="Print CSV (a header row) instead of a table.")]
@@ -309,8 +327,8 @@ def pretty_payload(raw: str) -> str:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _duration(text: str) -> float:
-    """Seconds of ``90``, ``90s``, ``15m``, ``1h30m``, ``2d``. Raises ConfigError."""
+def parse_duration(text: str, option: str = "--duration") -> float:
+    """Seconds of ``90``, ``90s``, ``15m``, ``1h30m``, ``2d``. Raises ConfigError naming ``option``."""
     import re
 
     spec = text.strip().lower()
@@ -320,11 +338,23 @@ def _duration(text: str) -> float:
         else []
     )
     if not parts:
-        raise ConfigError(f"--duration: not a duration: {text!r} (for example 90s, 15m, 1h, 1h30m, 2d)")
+        raise ConfigError(f"{option}: not a duration: {text!r} (for example 90s, 15m, 1h, 1h30m, 2d)")
     seconds = sum(float(n) * _UNITS[u or "s"] for n, u in parts)
     if not seconds > 0:
-        raise ConfigError(f"--duration must be more than 0, not {text!r}")
+        raise ConfigError(f"{option} must be more than 0, not {text!r}")
     return seconds
+
+
+def retention_option(retain: str | None, max_size: str | None) -> Retention | None:
+    """--retain/--max-size as a Retention (None: keep everything). Raises ConfigError."""
+    from ocpp_replay.store.retention import Retention, parse_size
+
+    if retain is None and max_size is None:
+        return None
+    return Retention(
+        max_age=parse_duration(retain, "--retain") if retain is not None else None,
+        max_bytes=parse_size(max_size) if max_size is not None else None,
+    )
 
 
 def _window(start: str | None, end: str | None, duration: str | None) -> Window | None:
@@ -341,7 +371,7 @@ def _window(start: str | None, end: str | None, duration: str | None) -> Window 
     t0 = utc_seconds(iso_option(start, "--from") or "")
     t1 = utc_seconds(iso_option(end, "--to") or "") if end is not None else None
     if duration is not None:
-        t1 = t0 + _duration(duration)
+        t1 = t0 + parse_duration(duration)
     if t1 is not None and not t1 > t0:
         raise ConfigError(f"--to ({end}) must be after --from ({start})")
     return Window(t0, t1)

@@ -1,4 +1,4 @@
-"""The ``mitm``, ``import``, ``export``, ``redact``, ``merge`` and ``backup`` commands.
+"""The ``mitm``, ``import``, ``export``, ``redact``, ``merge``, ``backup`` and ``prune`` commands.
 
 ``register(app)`` adds them.
 
@@ -24,11 +24,14 @@ from ocpp_replay.cli.common import (
     DbOption,
     DurationOption,
     FromOption,
+    MaxSizeOption,
     NoPrimeFlag,
+    RetainOption,
     ToOption,
     console,
     err_console,
     fail,
+    retention_option,
     window_option,
 )
 from ocpp_replay.errors import ConfigError, OcppReplayError
@@ -340,6 +343,33 @@ def backup(
     )
 
 
+def prune(
+    db: DbOption = DEFAULT_DB,
+    retain: RetainOption = None,
+    max_size: MaxSizeOption = None,
+    vacuum: Annotated[
+        bool, typer.Option("--vacuum", help="Then shrink the file to its data (rewrites it: takes a while).")
+    ] = False,
+) -> None:
+    """Prune a capture that no proxy is writing, as `proxy --retain/--max-size` does while it runs."""
+    from ocpp_replay.store.retention import prune_capture
+
+    try:
+        retention = retention_option(retain, max_size)
+        if retention is None:
+            raise ConfigError("prune needs --retain DURATION, --max-size SIZE, or both")
+        result = prune_capture(db, retention, vacuum=vacuum)
+    except OcppReplayError as exc:
+        fail(exc)
+    st = result.stats
+    console.print(
+        f"pruned {db}: {_times(st.frames_pruned, 'frame')}, {_times(st.sessions_pruned, 'session')} removed "
+        f"whole, {_times(st.sessions_cut, 'open connection')} cut at {st.cutoff or '-'} (priming frames "
+        f"kept); data {result.data_before} → {result.data_after} bytes, file {result.file_after} bytes",
+        markup=False,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add the capture tool commands to ``app``."""
     app.command(
@@ -351,3 +381,4 @@ def register(app: typer.Typer) -> None:
     app.command("redact")(redact)
     app.command("merge")(merge)
     app.command("backup")(backup)
+    app.command("prune")(prune)

@@ -145,7 +145,12 @@ def load_sessions(
     for info in infos:
         if info.error and info.frames == 0:
             continue  # a handshake the upstream refused: nothing to replay
-        out.append((info, list(store.frames(info.id))))
+        frames = list(store.frames(info.id))
+        if info.pruned_before:  # the capture's retention cut it: replayed from the cut, primed
+            from ocpp_replay.replay.window import unpruned
+
+            info, frames = unpruned(info, frames)
+        out.append((info, frames))
     if not out:
         raise ReplayError(f"no sessions to replay in capture {store.path} for this selection")
     return out

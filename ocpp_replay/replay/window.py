@@ -37,41 +37,76 @@ def load_window(
     for info in store.sessions(ids=selection.session_ids, charge_points=selection.charge_points):
         if info.error and info.frames == 0:
             continue  # a handshake the upstream refused: nothing to replay
-        try:
-            start = utc_seconds(info.started_at)
-            end = utc_seconds(info.ended_at) if info.ended_at else None
-        except ValueError as exc:
-            raise ReplayError(f"session {info.id}: unreadable time ({exc})") from exc
+        start, end = _times(info)
         if (end is not None and end < window.start) or (window.end is not None and start >= window.end):
             continue  # frames are read only for the sessions the window meets
-        frames = list(store.frames(info.id))
-        cut = cut_session(frames, start, end, ocpp_version(info.subprotocol), window, prime=prime)
-        if cut is None:
-            continue
-        by_seq = {f.seq: f for f in frames}
-        changes: dict[str, object] = {}
-        if cut.opened_before:
-            new_start = window.start - (PRIME_LEAD if cut.prime else 0.0)
-            changes["started_at"] = utc_iso(new_start)
-            kept = [replace(by_seq[s], elapsed=0.0) for s in cut.prime] + [
-                replace(by_seq[s], elapsed=start + by_seq[s].elapsed - new_start) for s in cut.frames
-            ]
-        else:
-            kept = [by_seq[s] for s in cut.frames]
-        if cut.cut_at_end:
-            assert window.end is not None
-            changes.update(
-                ended_at=utc_iso(window.end),
-                close_code=1000,
-                close_reason="end of the window",
-                closed_by="cp",
-                error=None,
+        if info.pruned_before and info.pruned_before > utc_iso(window.start):
+            raise ReplayError(
+                f"session {info.id} ({info.charge_point_id}) was pruned by the capture's retention up to "
+                f"{info.pruned_before}: a window over it must start then or later"
             )
-        out.append((replace(info, **changes), kept))  # type: ignore[arg-type]
-        priming[info.id] = frozenset(cut.prime)
+        found = cut_loaded(info, list(store.frames(info.id)), window, prime=prime)
+        if found is not None:
+            out.append(found[0])
+            priming[info.id] = found[1]
     if not out:
         raise ReplayError(f"no sessions in capture {store.path} meet the window")
     return out, priming
+
+
+def _times(info: SessionInfo) -> tuple[float, float | None]:
+    try:
+        return utc_seconds(info.started_at), utc_seconds(info.ended_at) if info.ended_at else None
+    except ValueError as exc:
+        raise ReplayError(f"session {info.id}: unreadable time ({exc})") from exc
+
+
+def cut_loaded(
+    info: SessionInfo, frames: Sequence[FrameRecord], window: Window, *, prime: bool = True
+) -> tuple[Loaded, frozenset[int]] | None:
+    """One session cut by ``window`` and re-timed (its priming frames at once, ``PRIME_LEAD``
+    ahead of the window), with its priming seqs; None when it lies outside the window."""
+    start, end = _times(info)
+    cut = cut_session(frames, start, end, ocpp_version(info.subprotocol), window, prime=prime)
+    if cut is None:
+        return None
+    by_seq = {f.seq: f for f in frames}
+    changes: dict[str, object] = {}
+    if cut.opened_before:
+        new_start = window.start - (PRIME_LEAD if cut.prime else 0.0)
+        changes["started_at"] = utc_iso(new_start)
+        kept = [replace(by_seq[s], elapsed=0.0) for s in cut.prime] + [
+            replace(by_seq[s], elapsed=start + by_seq[s].elapsed - new_start) for s in cut.frames
+        ]
+    else:
+        kept = [by_seq[s] for s in cut.frames]
+    if cut.cut_at_end:
+        assert window.end is not None
+        changes.update(
+            ended_at=utc_iso(window.end),
+            close_code=1000,
+            close_reason="end of the window",
+            closed_by="cp",
+            error=None,
+        )
+    return (replace(info, **changes), kept), frozenset(cut.prime)  # type: ignore[arg-type]
+
+
+def unpruned(info: SessionInfo, frames: list[FrameRecord]) -> tuple[SessionInfo, list[FrameRecord]]:
+    """A session as a whole-session replay takes it: one that retention pruned up to
+    ``pruned_before`` (store/retention.py) is replayed from there, primed with the frames kept
+    before it, as the window starting there would be; any other as it is."""
+    if not info.pruned_before:
+        return info, frames
+    try:
+        window = Window(utc_seconds(info.pruned_before))
+    except ValueError as exc:
+        raise ReplayError(f"session {info.id}: unreadable pruned_before ({exc})") from exc
+    found = cut_loaded(info, frames, window)
+    if found is None:  # nothing at or after the cut: the frames kept, as recorded
+        return info, frames
+    (cut_info, kept), _ = found
+    return cut_info, list(kept)
 
 
 def window_records(

@@ -36,6 +36,7 @@ class SessionInfo:
     offered_subprotocols: str | None
     path_suffix: str | None
     handshake_note: str | None
+    pruned_before: str | None
     frames: int
     frames_lost: int
 
@@ -68,7 +69,7 @@ class FrameRecord:
 _SESSION_COLUMNS = (
     "id, charge_point_id, subprotocol, path, query, remote_addr, auth_user, upstream_url, "
     "upstream_status, started_at, ended_at, close_code, close_reason, closed_by, error, "
-    "offered_subprotocols, path_suffix, handshake_note"
+    "offered_subprotocols, path_suffix, handshake_note, pruned_before"
 )
 
 

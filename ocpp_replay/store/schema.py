@@ -150,6 +150,13 @@ def m004_replay_held(db: sqlite_utils.Database) -> None:
     db["run_frames"].add_column("held", float)  # type: ignore[union-attr]
 
 
+@migrations()
+def m005_retention(db: sqlite_utils.Database) -> None:
+    """Retention (store/retention.py): a session pruned up to a time keeps only its priming
+    frames before it; ``pruned_before`` says from when on it is whole (NULL: never pruned)."""
+    db["sessions"].add_column("pruned_before", str)  # type: ignore[union-attr]
+
+
 _second_cache: list[Any] = [None, ""]
 
 

@@ -28,6 +28,7 @@ from ocpp_replay.capture.wsframes import unmask
 from ocpp_replay.core.frames import Direction, peek
 from ocpp_replay.core.pairing import MAX_PENDING, Pairer
 from ocpp_replay.errors import CaptureError
+from ocpp_replay.store.retention import Pruner, Retention
 from ocpp_replay.store.schema import open_database, utc_iso
 
 try:
@@ -122,6 +123,7 @@ class WriterStats:
     failures: int = 0
     max_flush_seconds: float = 0.0
     flush_seconds: float = 0.0  # all successful flushes together (with batches: their mean)
+    max_flush_gap: float = 0.0  # the longest time between the starts of two flushes
 
 
 class WriterLock:
@@ -190,6 +192,7 @@ class CaptureWriter:
         max_pending: int = 200_000,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         pairing_budget: int = MAX_PENDING,
+        retention: Retention | None = None,
     ) -> None:
         self.path = Path(path)
         self.flush_interval = flush_interval
@@ -225,6 +228,8 @@ class CaptureWriter:
         self.traffic: dict[tuple[str, str], list[int]] = {}
         self._lost_lock = threading.Lock()
         self._lost: dict[int, list[int]] = {}  # session -> [count, first seq, last seq]
+        #: Prunes by the retention between flushes, on this connection (store/retention.py).
+        self.pruner = Pruner(self._conn, retention) if retention else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
         self._started = False
@@ -304,8 +309,27 @@ class CaptureWriter:
             self.stats.frames_lost += count
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval):
+        pruner = self.pruner
+        wait = self.flush_interval
+        last = time.monotonic()
+        while not self._stop.wait(wait):
+            now = time.monotonic()
+            self.stats.max_flush_gap = max(self.stats.max_flush_gap, now - last)
+            last = now
             self._flush()
+            if pruner is None:
+                continue
+            # At most half an interval, taken out of the next wait: flushes keep their pace.
+            started = time.monotonic()
+            try:
+                pruner.step(self.flush_interval / 2)
+            except sqlite3.Error as exc:  # pruning is housekeeping: the capture goes on
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                log.warning("capture retention: pruning failed (%s); retried at the next check", exc)
+                pruner.defer()
+            wait = max(0.0, self.flush_interval - (time.monotonic() - started))
         self._final_flush()
 
     def _final_flush(self) -> None:
