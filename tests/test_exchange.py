@@ -408,7 +408,7 @@ def test_one_duplicate_session_refuses_the_whole_file(tmp_path: Path) -> None:
 def test_every_capture_tool_command_is_documented() -> None:
     docs = "".join(p.read_text() for p in (Path(__file__).resolve().parents[1] / "docs").glob("*.md"))
     names = [c.name for c in cli().registered_commands]
-    assert sorted(names) == ["backup", "export", "import", "merge", "mitm", "redact"]  # type: ignore[type-var]
+    assert sorted(names) == ["backup", "export", "import", "merge", "mitm", "prune", "redact"]  # type: ignore[type-var]
     for name in names:
         assert f"ocpp-replay {name} " in docs, name
 
