@@ -234,6 +234,8 @@ async def bench(args: argparse.Namespace) -> int:
             grace=1.0,
             start_delay=1.0,
             quiet_gc=not args.no_quiet_gc,
+            connect_ahead=args.connect_ahead,
+            max_connecting=args.max_connecting,
         )
         wall = time.monotonic() - wall0
         sampler.cancel()
@@ -258,6 +260,14 @@ async def bench(args: argparse.Namespace) -> int:
         f"  lateness p50 {t.p50 * 1e3:.3f} ms, p99 {t.p99 * 1e3:.3f} ms, max {t.max * 1e3:.3f} ms "
         f"({t.frames} scheduled frames, {t.held} held by a causal wait)"
     )
+    shakes = result.options.get("handshakes") or {}
+    if shakes.get("sessions"):
+        print(
+            f"  handshakes (apart from lateness; connect ahead {args.connect_ahead:g} s, at most "
+            f"{args.max_connecting} at once): p50 {shakes['p50_ms']:.1f} ms, p99 {shakes['p99_ms']:.1f} ms, "
+            f"max {shakes['max_ms']:.1f} ms; {shakes['connected_after_start']} connected after their "
+            f"start (max {shakes['after_start_max_ms']:.0f} ms)"
+        )
     print(
         f"  CPU {cpu:.2f}s = {cpu / max(sent, 1) * 1e6:.0f} us per frame sent "
         f"({cpu / wall * 100:.0f}% of a core)"
@@ -326,6 +336,8 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=3.0, help="seconds between MeterValues")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds each session lasts")
     parser.add_argument("--ramp", type=float, default=3.0, help="session starts spread over this")
+    parser.add_argument("--connect-ahead", type=float, default=1.0, help="dial this long before a start")
+    parser.add_argument("--max-connecting", type=int, default=100, help="handshakes in flight at once")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() the loaded capture")
     parser.add_argument("--no-quiet-gc", action="store_true", help="let full GC run during the replay")
     parser.add_argument("--keep", action="store_true", help="keep the temporary capture")

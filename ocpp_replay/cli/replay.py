@@ -305,6 +305,21 @@ TimeoutOption = Annotated[float, typer.Option(help="Seconds to wait for each ans
 GraceOption = Annotated[
     float, typer.Option(help="Seconds to wait at a session's end for recorded backend calls.")
 ]
+ConnectAheadOption = Annotated[
+    float,
+    typer.Option(
+        "--connect-ahead",
+        metavar="SECONDS",
+        help="Dial each session this long before its recorded start (0: at its start), so that its "
+        "first frame does not wait for its handshake.",
+    ),
+]
+MaxConnectingOption = Annotated[
+    int,
+    typer.Option(
+        "--max-connecting", metavar="N", help="Handshakes in flight at once; the others wait in start order."
+    ),
+]
 FaithfulOption = Annotated[
     bool,
     typer.Option(
@@ -342,7 +357,14 @@ def _optional_calls(actions: list[str] | None) -> tuple[str, ...]:
 
 
 def _check_options(
-    speed: float, max_gap: float | None, timeout: float, grace: float, noise_runs: int | None = None
+    speed: float,
+    max_gap: float | None,
+    timeout: float,
+    grace: float,
+    noise_runs: int | None = None,
+    *,
+    connect_ahead: float = 0.0,
+    max_connecting: int = 1,
 ) -> None:
     if not speed > 0:
         raise ConfigError(f"--speed must be positive, not {speed}")
@@ -355,6 +377,10 @@ def _check_options(
         raise ConfigError(f"--grace must not be negative, not {grace}")
     if noise_runs is not None and noise_runs < 0:
         raise ConfigError(f"--noise-runs must not be negative, not {noise_runs}")
+    if not connect_ahead >= 0:
+        raise ConfigError(f"--connect-ahead must not be negative, not {connect_ahead}")
+    if max_connecting < 1:
+        raise ConfigError(f"--max-connecting must be 1 or more, not {max_connecting}")
 
 
 @contextlib.asynccontextmanager
@@ -552,6 +578,8 @@ def replay(
     optional_call: OptionalCallOption = None,
     optional_operator_calls: OperatorCallsOption = False,
     strict_end: StrictEndOption = False,
+    connect_ahead: ConnectAheadOption = 1.0,
+    max_connecting: MaxConnectingOption = 100,
     force: ForceOption = False,
     amplify: Annotated[
         int | None,
@@ -577,7 +605,9 @@ def replay(
     def prepare() -> tuple[_Display, Callable[[Store], Coroutine[Any, Any, RunResult]]]:
         from ocpp_replay.replay import run_replay
 
-        _check_options(speed, max_gap, timeout, grace)
+        _check_options(
+            speed, max_gap, timeout, grace, connect_ahead=connect_ahead, max_connecting=max_connecting
+        )
         optional = _optional_calls(optional_call)
         rule_set, auth = _load_inputs(rules, auth_file)
         rewriter = _load_rewriter(rules, rewrite)
@@ -641,6 +671,8 @@ def replay(
                     optional_calls=optional,
                     operator_calls_optional=optional_operator_calls,
                     strict_end=strict_end,
+                    connect_ahead=connect_ahead,
+                    max_connecting=max_connecting,
                 )
             if window is not None:
                 result = _windowed_result(result, window, priming, prime=not no_prime)
@@ -688,6 +720,8 @@ def compare(
     optional_call: OptionalCallOption = None,
     optional_operator_calls: OperatorCallsOption = False,
     strict_end: StrictEndOption = False,
+    connect_ahead: ConnectAheadOption = 1.0,
+    max_connecting: MaxConnectingOption = 100,
     force: ForceOption = False,
 ) -> None:
     """Replay the same sessions against BASELINE and CANDIDATE and report where B answers unlike A.
@@ -699,7 +733,15 @@ def compare(
     def prepare() -> tuple[_CompareDisplay, Callable[[Store], Coroutine[Any, Any, RunResult]]]:
         from ocpp_replay.replay import run_compare
 
-        _check_options(speed, max_gap, timeout, grace, noise_runs)
+        _check_options(
+            speed,
+            max_gap,
+            timeout,
+            grace,
+            noise_runs,
+            connect_ahead=connect_ahead,
+            max_connecting=max_connecting,
+        )
         optional = _optional_calls(optional_call)
         rule_set, auth = _load_inputs(rules, auth_file)
         rewriter = _load_rewriter(rules, rewrite)
@@ -742,6 +784,8 @@ def compare(
                     optional_calls=optional,
                     operator_calls_optional=optional_operator_calls,
                     strict_end=strict_end,
+                    connect_ahead=connect_ahead,
+                    max_connecting=max_connecting,
                 )
             if window is not None:
                 result = _windowed_result(result, window, priming, prime=not no_prime)

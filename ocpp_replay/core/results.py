@@ -175,6 +175,24 @@ class NoiseField:
         )
 
 
+def handshake_summary(sessions: Iterable[SessionResult]) -> dict[str, Any]:
+    """Handshake times of a run, apart from lateness: p50/p99/max in ms over the sessions that
+    dialled, and how many connected only after their recorded start (their first frames could
+    not be on time)."""
+    times = sorted(s.handshake for s in sessions if s.handshake is not None)
+    late = sorted(s.connected_at for s in sessions if s.connected_at is not None and s.connected_at > 0)
+    if not times:
+        return {"sessions": 0}
+    return {
+        "sessions": len(times),
+        "p50_ms": round(percentile(times, 50) * 1000, 3),
+        "p99_ms": round(percentile(times, 99) * 1000, 3),
+        "max_ms": round(times[-1] * 1000, 3),
+        "connected_after_start": len(late),
+        "after_start_max_ms": round(late[-1] * 1000, 3) if late else 0.0,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class SessionResult:
     session_id: int
@@ -190,6 +208,8 @@ class SessionResult:
     error: str | None = None  # a problem that ended the session early (also a difference)
     close_code: int | None = None
     held_seconds: tuple[float, ...] = ()  # how long each held frame was held
+    handshake: float | None = None  # seconds from dialling to the 101 (or the failure)
+    connected_at: float | None = None  # seconds after the session's recorded start (negative: ahead)
 
     @property
     def duration(self) -> float | None:

@@ -41,7 +41,7 @@ from yarl import URL
 from ocpp_replay.capture.reach import probe
 from ocpp_replay.core.compare import compare_result
 from ocpp_replay.core.correlate import Correlator
-from ocpp_replay.core.results import RunResult, SessionResult
+from ocpp_replay.core.results import RunResult, SessionResult, handshake_summary
 from ocpp_replay.core.rewrite import Rewriter, rewrite_plans
 from ocpp_replay.core.rules import RuleSet
 from ocpp_replay.core.schedule import SessionPlan, plan_sessions
@@ -75,6 +75,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Seconds a session dials before its recorded start (``run_replay(connect_ahead=...)``).
+DEFAULT_CONNECT_AHEAD = 1.0
+#: Handshakes in flight at once.
+DEFAULT_MAX_CONNECTING = 100
 _CLOSE_GOING_AWAY = 1001
 _CLOSE_WAIT = 5.0  # seconds for the backend to answer a close frame
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
@@ -181,6 +185,8 @@ class _Context:
     #: Until one charger has connected, a failing target is an error (exit 2); after that a
     #: charger the target fails is a difference of its session.
     connected_once: bool = False
+    #: Handshakes in flight at once (``max_connecting``); the others wait their turn in order.
+    dialling: asyncio.Semaphore | None = None
 
 
 class _SessionRun:
@@ -197,6 +203,7 @@ class _SessionRun:
         self.waiter: asyncio.Future[None] | None = None
         self.sleeping_until: float | None = None  # the wakeup the driver sleeps until
         self.ended = asyncio.Event()  # the connection is over (the reader has told the session)
+        self.handshake: float | None = None  # seconds from dialling to the 101 (or the failure)
 
     def _now(self) -> float:
         return self.loop.time() - self.anchor
@@ -221,6 +228,14 @@ class _SessionRun:
         return {"Authorization": f"Basic {token}"}
 
     async def _connect(self, session: ReplaySession) -> aiohttp.ClientWebSocketResponse | None:
+        async with self.ctx.dialling or contextlib.nullcontext():
+            started = self.loop.time()
+            try:
+                return await self._dial(session)
+            finally:
+                self.handshake = self.loop.time() - started
+
+    async def _dial(self, session: ReplaySession) -> aiohttp.ClientWebSocketResponse | None:
         plan = self.plan
         headers = self._headers()
         try:
@@ -273,10 +288,11 @@ class _SessionRun:
         )
         log.debug("session %d (%s): connecting", plan.session_id, plan.charge_point_id)
         ws = await self._connect(session)
+        connected_at = self._now()  # negative: connected ahead of the session's recorded start
         if ws is not None:
             reader = asyncio.create_task(self._read(ws, session), name=f"replay-read-{plan.session_id}")
             try:
-                session.connected(self._now(), ws.protocol)
+                session.connected(connected_at, ws.protocol)
                 await self._drive(ws, session)
             finally:
                 if not ws.closed:
@@ -286,7 +302,11 @@ class _SessionRun:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
         self._count(session.actions())
-        result = session.result(started_at=started_at, ended_at=utc_iso(time.time()))
+        result = replace(
+            session.result(started_at=started_at, ended_at=utc_iso(time.time())),
+            handshake=self.handshake,
+            connected_at=connected_at if ws is not None else None,
+        )
         log.info(
             "session %d (%s): %d frames, %d differences",
             plan.session_id,
@@ -539,8 +559,17 @@ async def run_replay(
     optional_calls: Collection[str] = (),
     operator_calls_optional: bool = False,
     strict_end: bool = False,
+    connect_ahead: float = DEFAULT_CONNECT_AHEAD,
+    max_connecting: int = DEFAULT_MAX_CONNECTING,
 ) -> RunResult:
     """Replay the selected sessions of ``store`` against ``target`` and compare the answers.
+
+    Each session dials ``connect_ahead`` seconds before its recorded start, at most
+    ``max_connecting`` handshakes at a time (in the order of their starts), so that a ramp of
+    thousands of handshakes (or a reconnect storm in the capture) does not make the frames of
+    chargers already connected late, nor a session's first frame wait for its own handshake.
+    Its frames keep their recorded times from its start. Handshake times are reported apart
+    from lateness (``options["handshakes"]``).
 
     ``rewrite`` changes the charger's frames before they are sent (core/rewrite.py); the run's
     ``options["rewritten"]`` lists each changed frame, recorded text beside rewritten.
@@ -565,6 +594,8 @@ async def run_replay(
         raise ReplayError(f"speed must be positive, not {speed}")
     if answer_timeout <= 0 or grace < 0:
         raise ReplayError("answer timeout must be positive and grace not negative")
+    if connect_ahead < 0 or max_connecting < 1:
+        raise ReplayError("connect ahead must not be negative and max connecting must be 1 or more")
     target = target.rstrip("/")
     if sessions is None:
         sessions = await asyncio.to_thread(load_sessions, store, selection)
@@ -602,6 +633,8 @@ async def run_replay(
         "optional_calls": sorted(optional_calls),
         "operator_calls_optional": operator_calls_optional,
         "strict_end": strict_end,
+        "connect_ahead": connect_ahead,
+        "max_connecting": max_connecting,
         **({"rewritten": rewritten} if rewritten else {}),
     }
     loop = asyncio.get_running_loop()
@@ -623,15 +656,17 @@ async def run_replay(
             progress=progress,
             counters=_Counters(len(plans)),
             options=session_options,
+            dialling=asyncio.Semaphore(max_connecting),
         )
         gc_guard = _no_full_gc() if quiet_gc else contextlib.nullcontext()
         gc_guard.__enter__()  # before the clock starts: entering it runs one full collection
-        run_start = loop.time() + start_delay
+        # the first sessions too are dialled ahead of their start
+        run_start = loop.time() + start_delay + connect_ahead
 
         async def charger(cp_plans: list[SessionPlan]) -> None:
             for plan in cp_plans:  # reconnects of one charger: in order, never overlapping
                 anchor = max(run_start + plan.start, loop.time())
-                delay = anchor - loop.time()
+                delay = anchor - connect_ahead - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 results[plan.session_id] = await _SessionRun(plan, ctx, anchor).run()
@@ -650,6 +685,7 @@ async def run_replay(
         finally:
             gc_guard.__exit__(None, None, None)
     ordered = tuple(results[p.session_id] for p in plans if p.session_id in results)
+    options["handshakes"] = handshake_summary(ordered)
     return RunResult(
         target=target,
         started_at=started_at,

@@ -7,6 +7,7 @@ Pure: builds rich renderables; the CLI prints them. Text from charger traffic is
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from rich.table import Table
 from rich.text import Text
@@ -118,6 +119,14 @@ def summary_line(result: RunResult) -> str:
     )
     if t.held:  # waiting for causality is not lateness: said apart
         timing += f"; {t.held} held for causality (max {t.held_max * 1000:.2f} ms)"
+    shakes = result.options.get("handshakes")
+    if isinstance(shakes, Mapping) and shakes.get("sessions"):  # nor is the connection ramp
+        timing += f"; handshakes p50 {shakes['p50_ms']:.2f} ms, p99 {shakes['p99_ms']:.2f} ms"
+        if shakes.get("connected_after_start"):
+            timing += (
+                f", {shakes['connected_after_start']} connected after their start "
+                f"(max {shakes['after_start_max_ms']:.0f} ms)"
+            )
     if result.kind == "compare":
         base = sum(1 for d in result.differences if d.side == "baseline")
         cand = sum(1 for d in result.differences if d.side == "candidate")
