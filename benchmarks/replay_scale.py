@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import itertools
 import json
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -225,8 +227,14 @@ async def bench(args: argparse.Namespace) -> int:
 
         sampler = asyncio.create_task(sample_rss())
         cpu0 = time.process_time()
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         wall0 = time.monotonic()
-        result = await run_replay(
+        replayer: Any = run_replay
+        if args.workers > 1:
+            from ocpp_replay.replay.workers import run_replay_workers
+
+            replayer = functools.partial(run_replay_workers, workers=args.workers)
+        result = await replayer(
             store,
             target,
             sessions=sessions,
@@ -240,7 +248,8 @@ async def bench(args: argparse.Namespace) -> int:
         wall = time.monotonic() - wall0
         sampler.cancel()
         gc.callbacks.remove(on_gc)
-        cpu = time.process_time() - cpu0
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, joined (not the CSMS)
+        cpu = time.process_time() - cpu0 + (kids.ru_utime - kids0.ru_utime) + (kids.ru_stime - kids0.ru_stime)
         t0 = time.monotonic()
         stored = await asyncio.to_thread(store_run, store, result)
         store_s = time.monotonic() - t0
@@ -252,6 +261,11 @@ async def bench(args: argparse.Namespace) -> int:
     sent = sum(1 for s in result.sessions for f in s.frames if f.direction == "to_csms")
     peak = max(len(s.frames) for s in result.sessions)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.workers > 1:
+        rss_kid = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(
+            f"  workers: {args.workers}; largest worker's peak RSS {rss_kid:.0f} MiB (CPU below: all processes)"
+        )
     print(
         f"replay: {len(result.sessions)} concurrent sessions, {sent} frames sent, {result.messages} exchanged"
     )
@@ -336,6 +350,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=3.0, help="seconds between MeterValues")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds each session lasts")
     parser.add_argument("--ramp", type=float, default=3.0, help="session starts spread over this")
+    parser.add_argument("--workers", type=int, default=1, help="replay over this many processes")
     parser.add_argument("--connect-ahead", type=float, default=1.0, help="dial this long before a start")
     parser.add_argument("--max-connecting", type=int, default=100, help="handshakes in flight at once")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() the loaded capture")

@@ -320,6 +320,15 @@ MaxConnectingOption = Annotated[
         "--max-connecting", metavar="N", help="Handshakes in flight at once; the others wait in start order."
     ),
 ]
+WorkersOption = Annotated[
+    str,
+    typer.Option(
+        "--workers",
+        metavar="N|auto",
+        help="Worker processes the charge points are sharded over (auto: one per core from 500 charge "
+        "points on, else 1).",
+    ),
+]
 FaithfulOption = Annotated[
     bool,
     typer.Option(
@@ -354,6 +363,19 @@ def _optional_calls(actions: list[str] | None) -> tuple[str, ...]:
     if any(not a for a in out):
         raise ConfigError("--optional-call needs an action name, e.g. ChangeConfiguration")
     return out
+
+
+def _workers(value: str) -> int:
+    """--workers: a number of processes, or auto (0 here: decided by the number of charge points)."""
+    if value == "auto":
+        return 0
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--workers must be a number of 1 or more, or auto, not {value!r}")
+    return n
 
 
 def _check_options(
@@ -580,6 +602,7 @@ def replay(
     strict_end: StrictEndOption = False,
     connect_ahead: ConnectAheadOption = 1.0,
     max_connecting: MaxConnectingOption = 100,
+    workers: WorkersOption = "auto",
     force: ForceOption = False,
     amplify: Annotated[
         int | None,
@@ -603,7 +626,10 @@ def replay(
     """
 
     def prepare() -> tuple[_Display, Callable[[Store], Coroutine[Any, Any, RunResult]]]:
-        from ocpp_replay.replay import run_replay
+        import functools
+
+        from ocpp_replay.replay import load_sessions, run_replay
+        from ocpp_replay.replay.workers import auto_workers, run_replay_workers
 
         _check_options(
             speed, max_gap, timeout, grace, connect_ahead=connect_ahead, max_connecting=max_connecting
@@ -614,6 +640,7 @@ def replay(
         selection = _selection(session, charge_point, since, until)
         if amplify is not None and amplify < 1:
             raise ReplayError(f"--amplify must be at least 1, not {amplify}")
+        processes = _workers(workers)
         if not amplify_spread >= 0:
             raise ReplayError(f"--amplify-spread must not be negative, not {amplify_spread}")
         window = window_option(from_, to, duration, no_prime, since, until)
@@ -641,7 +668,7 @@ def replay(
         async def _replay(store: Store) -> RunResult:
             import asyncio
 
-            loaded = None
+            loaded: Sequence[tuple[SessionInfo, Sequence[FrameRecord]]] | None = None
             priming: dict[int, frozenset[int]] = {}
             if amplify is not None:
                 loaded = await asyncio.to_thread(_amplified, store, selection, amplify, amplify_spread)
@@ -651,8 +678,12 @@ def replay(
                 loaded, priming = await asyncio.to_thread(
                     load_window, store, selection, window, prime=not no_prime
                 )
+            if processes != 1 and loaded is None:
+                loaded = await asyncio.to_thread(load_sessions, store, selection)
+            n = processes or auto_workers(len({info.charge_point_id for info, _ in loaded or ()}))
+            replayer = functools.partial(run_replay_workers, workers=n) if n > 1 else run_replay
             async with _stop_on_ctrl_c() as stop:
-                result = await run_replay(
+                result = await replayer(
                     store,
                     target,
                     selection=selection,

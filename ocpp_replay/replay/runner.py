@@ -536,7 +536,7 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 async def run_replay(
-    store: Store,
+    store: Store | None,
     target: str,
     *,
     selection: Selection = Selection(),
@@ -561,6 +561,8 @@ async def run_replay(
     strict_end: bool = False,
     connect_ahead: float = DEFAULT_CONNECT_AHEAD,
     max_connecting: int = DEFAULT_MAX_CONNECTING,
+    plans: Sequence[SessionPlan] | None = None,
+    start_at: Callable[[], float] | None = None,
 ) -> RunResult:
     """Replay the selected sessions of ``store`` against ``target`` and compare the answers.
 
@@ -570,6 +572,11 @@ async def run_replay(
     chargers already connected late, nor a session's first frame wait for its own handshake.
     Its frames keep their recorded times from its start. Handshake times are reported apart
     from lateness (``options["handshakes"]``).
+
+    ``plans`` replays sessions planned already (a worker's shard, replay/workers.py: then
+    ``store``, ``sessions``, ``speed``, ``max_gap`` and ``rewrite`` are not used), and
+    ``start_at`` (blocking, called in a thread once the run is ready) gives the wall-clock time
+    of the plans' time 0, which several processes share.
 
     ``rewrite`` changes the charger's frames before they are sent (core/rewrite.py); the run's
     ``options["rewritten"]`` lists each changed frame, recorded text beside rewritten.
@@ -597,11 +604,15 @@ async def run_replay(
     if connect_ahead < 0 or max_connecting < 1:
         raise ReplayError("connect ahead must not be negative and max connecting must be 1 or more")
     target = target.rstrip("/")
-    if sessions is None:
-        sessions = await asyncio.to_thread(load_sessions, store, selection)
-    plans, rewritten = rewrite_plans(
-        plan_sessions(sessions, speed=speed, max_gap=max_gap, rules=rules), rewrite
-    )
+    rewritten: list[dict[str, Any]] = []
+    if plans is None:
+        if sessions is None:
+            if store is None:
+                raise ReplayError("run_replay needs a capture, sessions or plans")
+            sessions = await asyncio.to_thread(load_sessions, store, selection)
+        plans, rewritten = rewrite_plans(
+            plan_sessions(sessions, speed=speed, max_gap=max_gap, rules=rules), rewrite
+        )
     optional = frozenset(optional_calls) | (OPERATOR_CALLS if operator_calls_optional else frozenset())
     session_options = SessionOptions(
         answer_timeout=answer_timeout,
@@ -660,8 +671,11 @@ async def run_replay(
         )
         gc_guard = _no_full_gc() if quiet_gc else contextlib.nullcontext()
         gc_guard.__enter__()  # before the clock starts: entering it runs one full collection
-        # the first sessions too are dialled ahead of their start
-        run_start = loop.time() + start_delay + connect_ahead
+        if start_at is not None:  # time 0 shared with other processes, as a wall-clock time
+            zero = await asyncio.to_thread(start_at)
+            run_start = loop.time() + (zero - time.time())
+        else:  # the first sessions too are dialled ahead of their start
+            run_start = loop.time() + start_delay + connect_ahead
 
         async def charger(cp_plans: list[SessionPlan]) -> None:
             for plan in cp_plans:  # reconnects of one charger: in order, never overlapping
