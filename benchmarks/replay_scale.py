@@ -263,9 +263,7 @@ async def bench(args: argparse.Namespace) -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.workers > 1:
         rss_kid = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(
-            f"  workers: {args.workers}; largest worker's peak RSS {rss_kid:.0f} MiB (CPU below: all processes)"
-        )
+        print(f"  workers: {args.workers}; largest worker's peak RSS {rss_kid:.0f} MiB (CPU: all of them)")
     print(
         f"replay: {len(result.sessions)} concurrent sessions, {sent} frames sent, {result.messages} exchanged"
     )
