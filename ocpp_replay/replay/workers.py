@@ -96,6 +96,7 @@ def _work(
     out: multiprocessing.Queue[Any],
     zero: Synchronized[float],
     halt: Synchronized[int],
+    report: bool,
 ) -> None:
     """A worker process: replay ``plans``, send progress and the result through ``out``.
     ``zero`` is 0 until the parent gives time 0; ``halt`` becomes 1 to stop. (Shared values
@@ -133,7 +134,7 @@ def _work(
             target,
             plans=plans,
             start_at=start_at,
-            progress=progress,
+            progress=progress if report else None,  # no callback per frame when nobody watches
             stop=stopping,
             **options,
         )
@@ -188,7 +189,7 @@ async def run_replay_workers(
     procs: list[SpawnProcess] = [
         ctx.Process(
             target=_work,
-            args=(i, shard, target, kw, out, zero, halt),
+            args=(i, shard, target, kw, out, zero, halt, progress is not None),
             name=f"ocpp-replay-worker-{i}",
             daemon=True,
         )
