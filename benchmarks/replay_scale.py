@@ -249,7 +249,8 @@ async def bench(args: argparse.Namespace) -> int:
         sampler.cancel()
         gc.callbacks.remove(on_gc)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, joined (not the CSMS)
-        cpu = time.process_time() - cpu0 + (kids.ru_utime - kids0.ru_utime) + (kids.ru_stime - kids0.ru_stime)
+        cpu_parent = time.process_time() - cpu0
+        cpu = cpu_parent + (kids.ru_utime - kids0.ru_utime) + (kids.ru_stime - kids0.ru_stime)
         t0 = time.monotonic()
         stored = await asyncio.to_thread(store_run, store, result)
         store_s = time.monotonic() - t0
@@ -283,6 +284,7 @@ async def bench(args: argparse.Namespace) -> int:
     print(
         f"  CPU {cpu:.2f}s = {cpu / max(sent, 1) * 1e6:.0f} us per frame sent "
         f"({cpu / wall * 100:.0f}% of a core)"
+        + (f"; the parent {cpu_parent:.2f}s, the workers {cpu - cpu_parent:.2f}s" if args.workers > 1 else "")
     )
     print(f"  run {stored.run_id} stored in {store_s:.1f}s; peak RSS {rss:.0f} MiB")
     if rss_samples:
