@@ -1,6 +1,7 @@
 """The same replay with one local process and on Locust (master + 2 workers) on this machine.
 
     python benchmarks/distributed.py [--chargers 2000] [--interval 3] [--duration 30] [--ramp 3]
+                                     [--amplify N] [--local-workers 1|2|auto]
 
 Builds the synthetic capture of benchmarks/replay_scale.py (one session per charger, all
 concurrent: BootNotification, StartTransaction, MeterValues every ``--interval`` s), starts its
@@ -82,6 +83,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds each session lasts")
     parser.add_argument("--ramp", type=float, default=3.0, help="session starts spread over this")
     parser.add_argument("--only", choices=("local", "locust"), help="run one side only")
+    parser.add_argument(
+        "--amplify", type=int, default=0, help="chargers / N recorded sessions, amplified N times"
+    )
+    parser.add_argument("--local-workers", default="1", help="--workers of the local replay (1, 2, auto)")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
@@ -89,8 +94,10 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="distributed-bench-"))
     try:
         db = tmp / "capture.db"
-        frames = make_capture(db, args.chargers, args.interval, args.duration, args.ramp)
-        print(f"capture: {args.chargers} chargers, {frames} frames (shared 2-core machine)")
+        recorded = args.chargers // args.amplify if args.amplify else args.chargers
+        frames = make_capture(db, recorded, args.interval, args.duration, args.ramp)
+        amplify = ["--amplify", str(args.amplify), "--amplify-spread", str(args.ramp)] if args.amplify else []
+        print(f"capture: {recorded} sessions, {frames} frames; replayed as {args.chargers} chargers")
         port_file = tmp / "port"
         csms = subprocess.Popen(
             [sys.executable, str(ROOT / "benchmarks" / "replay_scale.py"), "--serve", str(port_file)]
@@ -108,12 +115,13 @@ def main() -> int:
                 cpu0, wall0 = _children_cpu(), time.monotonic()
                 code = subprocess.call(
                     [sys.executable, "-m", "ocpp_replay.cli", "replay", "--db", str(local_db),
-                     "--target", target, "--timeout", "10", "--grace", "1"],
+                     "--target", target, "--timeout", "10", "--grace", "1", "--workers", args.local_workers,
+                     *amplify],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 wall, cpu = time.monotonic() - wall0, _children_cpu() - cpu0
                 run = _last_run(local_db)
-                local = _report("local (ocpp-replay replay, 1 process)", run, wall, cpu)
+                local = _report(f"local (ocpp-replay replay --workers {args.local_workers})", run, wall, cpu)
                 ok &= code == 0
             if args.only in (None, "locust"):
                 dist_db = _copy(db, tmp / "dist.db")
@@ -124,7 +132,7 @@ def main() -> int:
                     [*base, "--master", "--headless", "--master-bind-host", "127.0.0.1",
                      "--master-bind-port", str(port), "--expect-workers", "2", "-u", "2", "-r", "2",
                      "--csv", str(tmp / "stats"), "--capture", str(dist_db), "--target", target,
-                     "--answer-timeout", "10", "--only-summary"],
+                     "--answer-timeout", "10", "--only-summary", *amplify],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                 )  # fmt: skip
                 worker = [*base, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)]

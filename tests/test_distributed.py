@@ -253,6 +253,33 @@ async def test_master_and_two_workers_store_the_run_a_local_replay_stores(
     assert ("OCPP CSMS", "RemoteStopTransaction") in rows
 
 
+async def test_amplify_over_two_workers_replays_distinct_copies_with_no_differences(
+    fleet: Path, tmp_path: Path
+) -> None:
+    """--amplify 3 on the master: the copies are made once and split over the workers; the
+    backend sees three distinct chargers per recorded one, each with its own idTag and its own
+    transaction ids, and the stored run has every copy once and no difference."""
+    db = _copy(fleet, tmp_path / "amp.db")
+    async with csms("1.6", Behaviour(tx_base=900)) as (url, seen):
+        extra = ("--speed", "4", "--amplify", "3", "--amplify-spread", "0.5")
+        async with _cluster(tmp_path, db, url, *extra) as (master, workers):
+            async with asyncio.timeout(60):
+                _out, err = await master.communicate()
+                for w in workers:
+                    await w.wait()
+    log = err.decode()
+    assert master.returncode == 0, log
+    chargers = {p.rsplit("/", 1)[-1] for p in seen.paths}
+    assert chargers == {f"{cp}-x{k}" for cp in CHARGERS for k in (1, 2, 3)}
+    tags = {tag for cp, action, tag in seen.id_tags if action == "StartTransaction"}
+    assert len(tags) == 3 and TAG not in tags  # one pseudonym per copy, the same in every charger
+    with Store.open(db) as store:
+        [run_id] = [r["id"] for r in store.db.query("SELECT id FROM runs")]
+        run = load_run(store, run_id)
+    assert sorted(s.charge_point_id for s in run.sessions) == sorted(chargers)
+    assert run.differences == () and run.options["distributed"] == {"workers": 2}
+
+
 def _slow_capture(db: Path, chargers: int, last: float) -> None:
     """Each charger: a Heartbeat at 0.1 s and one at ``last`` seconds."""
     w = CaptureWriter(db)

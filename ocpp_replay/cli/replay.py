@@ -434,25 +434,6 @@ async def _stop_on_ctrl_c() -> AsyncIterator[asyncio.Event]:
         loop.remove_signal_handler(signal.SIGINT)
 
 
-def _amplified(
-    store: Store, selection: Selection, copies: int, spread: float
-) -> list[tuple[SessionInfo, Sequence[FrameRecord]]]:
-    """The selected sessions, amplified (replay/amplify.py); checked against every charger id."""
-    from ocpp_replay.replay import load_sessions
-    from ocpp_replay.replay.amplify import amplify_sessions
-
-    sessions = load_sessions(store, selection)
-    recorded = store.sessions()
-    out, _ = amplify_sessions(
-        sessions,
-        copies,
-        spread=spread,
-        known_charge_points={info.charge_point_id for info in recorded},
-        highest_session_id=max((info.id for info in recorded), default=0),
-    )
-    return out
-
-
 def _run_and_store(
     db: Path,
     prepare: Callable[
@@ -629,6 +610,7 @@ def replay(
         import functools
 
         from ocpp_replay.replay import load_sessions, run_replay
+        from ocpp_replay.replay.amplify import load_amplified
         from ocpp_replay.replay.workers import auto_workers, run_replay_workers
 
         _check_options(
@@ -671,7 +653,7 @@ def replay(
             loaded: Sequence[tuple[SessionInfo, Sequence[FrameRecord]]] | None = None
             priming: dict[int, frozenset[int]] = {}
             if amplify is not None:
-                loaded = await asyncio.to_thread(_amplified, store, selection, amplify, amplify_spread)
+                loaded = await asyncio.to_thread(load_amplified, store, selection, amplify, amplify_spread)
             elif window is not None:
                 from ocpp_replay.replay.window import load_window
 

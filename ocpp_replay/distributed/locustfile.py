@@ -22,6 +22,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import gevent
@@ -42,7 +43,8 @@ from ocpp_replay.distributed.plan import (
 )
 from ocpp_replay.errors import OcppReplayError, ReplayError
 from ocpp_replay.replay import Selection, load_sessions, store_run
-from ocpp_replay.store import Store, utc_iso
+from ocpp_replay.replay.amplify import load_amplified
+from ocpp_replay.store import FrameRecord, SessionInfo, Store, utc_iso
 from ocpp_replay.store.files import read_rules_text
 
 log = logging.getLogger("ocpp_replay.distributed")
@@ -64,6 +66,16 @@ def _options(parser: Any) -> None:
     group.add_argument("--max-gap", type=float, default=None, help="Shorten idle gaps to this many seconds.")
     group.add_argument("--rules", default=None, help="TOML rules file (read by the master).")
     group.add_argument("--answer-timeout", type=float, default=10.0, help="Seconds to wait for an answer.")
+    group.add_argument(
+        "--amplify",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Replay each session N times as N distinct chargers.",
+    )
+    group.add_argument(
+        "--amplify-spread", type=float, default=0.0, metavar="SECONDS", help="Spread the copies' starts."
+    )
     sim = parser.add_argument_group("ocpp-replay simulate", "A virtual fleet instead of a capture")
     sim.add_argument("--simulate", type=int, default=0, metavar="N", help="Run N virtual chargers instead.")
     sim.add_argument("--ocpp-version", default="1.6", help="1.6, 2.0.1, 2.1 or several, comma separated.")
@@ -168,7 +180,7 @@ class _Master:
         if isinstance(runner, MasterRunner):
             gevent.spawn(self._watch)
 
-    def _load(self, opts: Any) -> tuple[dict[str, Any], list[Any]]:
+    def _load(self, opts: Any) -> tuple[dict[str, Any], Sequence[Any]]:
         if not opts.target:
             raise ReplayError("--target is required (the ws:// URL of the CSMS under test)")
         if not opts.speed > 0:
@@ -190,9 +202,15 @@ class _Master:
             text = read_rules_text(opts.rules)
             parse_rules(text, source=opts.rules)  # a bad rules file is the master's error, once
             options["rules_text"], options["rules_source"] = text, opts.rules
+        if opts.amplify < 0 or (opts.amplify and not opts.amplify_spread >= 0):
+            raise ReplayError("--amplify must be 1 or more and --amplify-spread not negative")
         store = Store.open(opts.capture)
+        loaded: Sequence[tuple[SessionInfo, Sequence[FrameRecord]]]
         try:
-            loaded = load_sessions(store, options["selection"])
+            if opts.amplify:  # copies made once, here, and split over the workers like sessions
+                loaded = load_amplified(store, options["selection"], opts.amplify, opts.amplify_spread)
+            else:
+                loaded = load_sessions(store, options["selection"])
         finally:
             store.db.conn.close()
         return options, loaded

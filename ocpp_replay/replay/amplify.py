@@ -23,11 +23,15 @@ import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ocpp_replay.errors import ReplayError
 from ocpp_replay.share.redact import Redactor
-from ocpp_replay.store import FrameRecord, SessionInfo
+from ocpp_replay.store import FrameRecord, SessionInfo, Store
+
+if TYPE_CHECKING:
+    from ocpp_replay.replay.runner import Selection
 
 __all__ = ["AMPLIFY_KEY", "amplify_sessions", "copy_charge_point", "original_session"]
 
@@ -134,3 +138,20 @@ def amplify_sessions(
             ]
             out.append((new_info, new_frames))
     return out, stride
+
+
+def load_amplified(store: Store, selection: Selection, copies: int, spread: float) -> list[Loaded]:
+    """The selected sessions of a capture, amplified; copies checked against every charger id
+    and session id in the capture (``replay --amplify``, the locustfile's ``--amplify``)."""
+    from ocpp_replay.replay.runner import load_sessions
+
+    sessions = load_sessions(store, selection)
+    recorded = store.sessions()
+    out, _ = amplify_sessions(
+        sessions,
+        copies,
+        spread=spread,
+        known_charge_points={info.charge_point_id for info in recorded},
+        highest_session_id=max((info.id for info in recorded), default=0),
+    )
+    return out
