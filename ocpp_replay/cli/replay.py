@@ -275,6 +275,15 @@ MaxGapOption = Annotated[float | None, typer.Option("--max-gap", help="Cap idle 
 RulesOption = Annotated[
     Path | None, typer.Option("--rules", metavar="FILE.toml", help="TOML rules file (see docs/replay.md).")
 ]
+ResultsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--results",
+        metavar="FILE.db",
+        help="Store the run in this results file (created 0600; more runs of the same capture append) "
+        "instead of the capture, which is then only read. runs/report/ui read it with --db.",
+    ),
+]
 ReportOption = Annotated[
     Path | None,
     typer.Option("--report", metavar="FILE.json", help="Write the JSON report here ('-': stdout)."),
@@ -439,8 +448,10 @@ def _run_and_store(
     prepare: Callable[
         [], tuple[AbstractContextManager[Any], Callable[[Store], Coroutine[Any, Any, RunResult]]]
     ],
+    results: Path | None = None,
 ) -> RunResult:
-    """Check the options, run the replay (or compare) on the capture and store the run.
+    """Check the options, run the replay (or compare) on the capture and store the run: in the
+    capture, or with ``results`` in that results file (the capture only read).
 
     ``prepare`` checks and loads the options before the capture is opened and returns the
     progress display and the run to start on the store. An error is one line and exit 2.
@@ -449,21 +460,26 @@ def _run_and_store(
 
     from ocpp_replay.replay import store_run
     from ocpp_replay.store import Store
+    from ocpp_replay.store.runs import copy_sessions, open_results
 
     store: Store | None = None
+    out: Store | None = None
     try:
         display, run = prepare()
-        store = Store.open(db)
+        store = Store.open(db, read_only=results is not None)
+        out = open_results(results, store) if results is not None else store
         with display:
             result = asyncio.run(run(store))
-        return store_run(store, result)
+        if out is not store:
+            copy_sessions(store, out, (s.session_id for s in result.sessions))
+        return store_run(out, result)
     except OcppReplayError as exc:
         fail(exc)
     except KeyboardInterrupt:
         fail("interrupted; the run was not stored")
     finally:
-        if store is not None:
-            store.close()
+        for s in {id(x): x for x in (store, out) if x is not None}.values():
+            s.close()
 
 
 def _windowed_result(
@@ -573,6 +589,7 @@ def replay(
     report: ReportOption = None,
     junit: JunitOption = None,
     html: HtmlOption = None,
+    results: ResultsOption = None,
     auth_file: AuthOption = None,
     keep_timestamps: KeepOption = False,
     timeout: TimeoutOption = 10.0,
@@ -693,7 +710,7 @@ def replay(
 
         return display, run
 
-    _finish(_run_and_store(db, prepare), report, junit, html, force=force)
+    _finish(_run_and_store(db, prepare, results), report, junit, html, force=force)
 
 
 def compare(
@@ -721,6 +738,7 @@ def compare(
     report: ReportOption = None,
     junit: JunitOption = None,
     html: HtmlOption = None,
+    results: ResultsOption = None,
     auth_file: AuthOption = None,
     keep_timestamps: KeepOption = False,
     timeout: TimeoutOption = 10.0,
@@ -806,7 +824,7 @@ def compare(
 
         return display, run
 
-    result = _run_and_store(db, prepare)
+    result = _run_and_store(db, prepare, results)
 
     def write_rules() -> None:
         from ocpp_replay.store.files import write_new_text

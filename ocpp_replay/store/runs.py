@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from ocpp_replay.core.diff import Difference, DiffKind
@@ -418,3 +420,83 @@ def prune_runs(store: Store, keep: int) -> list[int]:
     if ids:
         _delete(store, ids)
     return sorted(ids)
+
+
+# ----------------------------------------------------------------------------- results files
+
+#: The table a results file names its capture in (a results file is a capture database with runs
+#: and the rows of the sessions they replayed, no frames).
+_ORIGIN = "results_origin"
+
+
+def _identity(capture: Store) -> str:
+    """What tells one capture from another without reading its frames: its first session."""
+    row = capture.db.execute(
+        "SELECT id, charge_point_id, started_at FROM sessions ORDER BY id LIMIT 1"
+    ).fetchone()
+    return json.dumps(list(row) if row else None)
+
+
+def open_results(path: str | os.PathLike[str], capture: Store) -> Store:
+    """Open (or create, owner-readable only) the results file ``path`` for runs of ``capture``.
+
+    A results file holds runs (their differences and frames) and the rows of the sessions they
+    replayed, so that ``runs``, ``report`` and the web UI read it as they read a capture, while
+    the capture itself is left as it was. Raises CaptureError for a results file made from
+    another capture, or a file that is not one."""
+    p = Path(path)
+    if p.resolve() == Path(capture.path).resolve():
+        raise CaptureError(f"--results {p} is the capture itself; give another file")
+    out = Store.open(p, create=True)
+    try:
+        db = out.db
+        identity = _identity(capture)
+        if _ORIGIN not in db.table_names():
+            if db.execute("SELECT count(*) FROM frames").fetchone()[0]:
+                raise CaptureError(f"{p} is a capture, not a results file; give a new file for --results")
+            db.execute(f"CREATE TABLE {_ORIGIN} (capture TEXT NOT NULL, identity TEXT NOT NULL)")
+            db.execute(f"INSERT INTO {_ORIGIN} VALUES (?, ?)", [str(Path(capture.path).resolve()), identity])
+        else:
+            origin, known = db.execute(f"SELECT capture, identity FROM {_ORIGIN}").fetchone()
+            if known != identity:
+                raise CaptureError(
+                    f"{p} holds runs of the capture {origin}, not of {capture.path}; "
+                    "give another --results file"
+                )
+    except sqlite3.DatabaseError as exc:
+        out.close()
+        raise CaptureError(f"cannot use {p} as a results file: {exc}") from exc
+    except CaptureError:
+        out.close()
+        raise
+    return out
+
+
+def results_origin(store: Store) -> str | None:
+    """The capture a results file was made from (None for a capture)."""
+    if _ORIGIN not in store.db.table_names():
+        return None
+    row = store.db.execute(f"SELECT capture FROM {_ORIGIN}").fetchone()
+    return str(row[0]) if row else None
+
+
+def copy_sessions(capture: Store, out: Store, ids: Iterable[int]) -> None:
+    """The rows (not the frames) of sessions of ``capture`` into the results file ``out``."""
+    wanted = sorted(set(ids))
+    columns = [c.name for c in capture.db["sessions"].columns]
+    have = {c.name for c in out.db["sessions"].columns}
+    shared = [c for c in columns if c in have]
+    conn = out.db.conn
+    conn.execute("BEGIN")
+    try:
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            rows = capture.db.execute(
+                f"SELECT {', '.join(shared)} FROM sessions WHERE id IN ({','.join('?' * len(part))})", part
+            ).fetchall()
+            marks = ",".join("?" * len(shared))
+            conn.executemany(f"INSERT OR IGNORE INTO sessions ({', '.join(shared)}) VALUES ({marks})", rows)
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        conn.execute("ROLLBACK")
+        raise CaptureError(f"cannot write to {out.path}: {exc}") from exc

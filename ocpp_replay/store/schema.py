@@ -185,10 +185,13 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+    """A connection; a writer's switches the file to WAL (a reader leaves its journal mode be:
+    setting it writes the file's header)."""
     conn = sqlite3.connect(path, timeout=1.0, check_same_thread=False, isolation_level=None)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        if not read_only:
+            conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
     except sqlite3.DatabaseError as exc:
         conn.close()
@@ -239,7 +242,7 @@ def open_database(
         _create_private(p)
     elif p.is_dir():
         raise CaptureError(f"{p} is a directory, not a capture database")
-    conn = _connect(p)
+    conn = _connect(p, read_only)
     db = sqlite_utils.Database(conn)
     try:
         names = set(db.table_names())
