@@ -482,7 +482,7 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 async def test_proxy_ui_serves_the_capture_from_its_own_process(
     capture: tuple[Path, int], tmp_path: Path
 ) -> None:
@@ -496,7 +496,10 @@ async def test_proxy_ui_serves_the_capture_from_its_own_process(
         )  # fmt: skip
         try:
             data = await asyncio.to_thread(
-                _wait_http, f"http://127.0.0.1:{ui_port}/api/sessions", time.monotonic() + 20
+                # under load: its first answer runs at idle priority behind the busy cores
+                _wait_http,
+                f"http://127.0.0.1:{ui_port}/api/sessions",
+                time.monotonic() + 50,
             )
             assert data["total"] == 3
             import psutil

@@ -30,7 +30,9 @@ def ui(
 ) -> None:
     """Serve a web UI over a capture: sessions live, sequence diagrams, runs and triage."""
     import asyncio  # here, not at the top: every command's start-up imports this module
+    import os
 
+    from ocpp_replay.ui.process import IDLE_ENV, lower_priority
     from ocpp_replay.ui.server import UiServer, is_loopback, serve
 
     if not is_loopback(host):
@@ -39,11 +41,16 @@ def ui(
             "captures hold personal data (idTags, addresses). Prefer 127.0.0.1 and an SSH tunnel.",
             markup=False,
         )
+
+    def ready(url: str) -> None:
+        console.print(f"ui: {url} (capture {db}, read-only)", markup=False)
+        nice = os.environ.get(IDLE_ENV)
+        if nice is not None:  # beside a proxy (ui/process.py): behind the relay from now on
+            lower_priority(int(nice))
+
     try:
         server = UiServer(db, rules=rules, host=host, port=port)
-        asyncio.run(
-            serve(server, lambda url: console.print(f"ui: {url} (capture {db}, read-only)", markup=False))
-        )
+        asyncio.run(serve(server, ready))
     except OcppReplayError as exc:
         fail(exc)
     except KeyboardInterrupt:

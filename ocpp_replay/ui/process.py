@@ -9,6 +9,7 @@ nothing with the relay but the capture file, which it opens read-only.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,21 +20,26 @@ log = logging.getLogger(__name__)
 #: Where SCHED_IDLE is missing (not Linux), how much lower the UI's priority is than the proxy's.
 NICE = 10
 
-# ``python -m ocpp_replay.cli ui ...``, its priority lowered first, by the child itself
-# (preexec_fn is unsafe in a process that already runs threads: the capture writer's). On Linux
-# the UI runs under SCHED_IDLE: it gets a core only when nothing else wants it, and the relay,
-# waking for a frame, takes the core from it at once. Elsewhere: nice NICE.
-_LAUNCH = (
-    "import os, sys\n"
-    "nice = int(sys.argv.pop(1))\n"
-    "try:\n"
-    "    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
-    "except (AttributeError, OSError):\n"
-    "    if hasattr(os, 'nice'): os.nice(nice)\n"
-    "sys.argv[0] = 'ocpp-replay'\n"
-    "from ocpp_replay.cli import main\n"
-    "main()\n"
-)
+#: Set in the UI process's environment: once it serves, it lowers its own priority
+#: (:func:`lower_priority`; by the child itself: preexec_fn is unsafe in a process that already
+#: runs threads, the capture writer's). On Linux the UI then runs under SCHED_IDLE: it gets a
+#: core only when nothing else wants it, and the relay, waking for a frame, takes the core from
+#: it at once. Elsewhere: nice NICE. It starts (imports, opens the capture, binds its port) at
+#: the proxy's priority: about a second of CPU once, which on a saturated machine would
+#: otherwise never come.
+IDLE_ENV = "OCPP_REPLAY_UI_IDLE"
+
+
+def lower_priority(nice: int = NICE) -> str:
+    """Every thread of this process to SCHED_IDLE (Linux), else ``nice`` lower. Returns which."""
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+        return "SCHED_IDLE"
+    except (AttributeError, OSError, ValueError):
+        if hasattr(os, "nice"):
+            os.nice(nice)
+        return f"nice {nice}"
 
 
 def start_ui_process(
@@ -43,9 +49,8 @@ def start_ui_process(
     prints its URL and serves until it is terminated."""
     cmd = [
         sys.executable,
-        "-c",
-        _LAUNCH,
-        str(NICE),
+        "-m",
+        "ocpp_replay.cli",
         "ui",
         "--db",
         str(db),
@@ -57,7 +62,7 @@ def start_ui_process(
     if rules is not None:
         cmd += ["--rules", str(rules)]
     log.info("UI: http://%s:%d/ (its own process, at idle priority)", host, port)
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env={**os.environ, IDLE_ENV: str(NICE)})
 
 
 def stop_ui_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
