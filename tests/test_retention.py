@@ -233,3 +233,25 @@ def test_prune_command_on_a_capture_no_proxy_writes(tmp_path: Path) -> None:
     assert db.stat().st_size < size / 5
     res = runner.invoke(app, ["prune", "--db", str(tmp_path / "none.db"), "--retain", "1d"])
     assert res.exit_code == 2 and "no capture at" in res.stderr and "Traceback" not in res.output
+
+
+def test_the_cut_finds_its_place_by_the_key_and_keeps_frames_out_of_order(tmp_path: Path) -> None:
+    """The first frame at or after the cut-off is found by a search over seq; a frame whose time
+    is out of order (an imported capture) after that point is never deleted."""
+    db = tmp_path / "c.db"
+    writer = CaptureWriter(db)
+    t0 = 1_000_000.0
+    sid = writer.open_session(t0, charge_point_id="LONG", subprotocol="ocpp1.6")
+    times = [float(n) for n in range(0, 1000)]
+    times[700] = 10.0  # out of order, after the cut's place
+    for seq, at in enumerate(times, 1):
+        writer.frame(sid, seq, t0 + at, at, Direction.TO_CSMS, f'[2,"{seq}","Heartbeat",{{}}]')
+    writer.close()
+    conn = sqlite3.connect(db, isolation_level=None)
+    pruner = Pruner(conn, Retention(max_age=DAY))
+    assert pruner._boundary(sid, 500.0) == 501  # seq 501 is at 500 s
+    assert pruner._boundary(sid, -1.0) == 1 and pruner._boundary(sid, 5000.0) == 1001
+    Pruner(conn, Retention(max_age=DAY), clock=lambda: t0 + 500 + DAY).run()
+    conn.close()
+    left = _seqs(db, sid)
+    assert left[0] == 501 and 701 in left and len(left) == 500  # Heartbeats prime nothing

@@ -146,6 +146,7 @@ class _Candidate:
     end: float | None
     subprotocol: str | None
     keep: frozenset[int] | None = None  # priming seqs, once computed
+    boundary: int = 0  # the first seq at or after the cut-off, once computed
 
 
 class Pruner:
@@ -164,6 +165,10 @@ class Pruner:
         self._cutoff: float | None = None
         self._next_check = 0.0  # monotonic
         self._pass_deleted = 0
+        age = retention.max_age
+        self._regrain = (
+            max(retention.check_interval, 0.01 * age) if age is not None else retention.check_interval
+        )
         self._warned_small = False
 
     # -- budget -------------------------------------------------------------------------
@@ -263,7 +268,10 @@ class Pruner:
                 whole_from = utc_seconds(pruned) if pruned else start
             except ValueError:
                 continue  # a time this code cannot read: left alone
-            if whole_from < cut:
+            # a connection cut before is cut again only once the cut-off has moved on by a
+            # hundredth of the retention (or a check interval): not every open connection of a
+            # fleet on every pass, for a few frames each
+            if whole_from < cut - (self._regrain if pruned else 0.0):
                 queue.append(_Candidate(sid, start, end, subprotocol))
         queue.reverse()  # popped from the end: oldest session first
         self._queue = queue
@@ -334,7 +342,7 @@ class Pruner:
             return deleted
         if s.keep is None:
             s.keep = self._priming(s, cut)
-        deleted, done = self._delete_chunks(s.id, (cut - s.start, s.keep), deadline)
+        deleted, done = self._delete_chunks(s.id, (cut - s.start, s.keep), deadline, s.boundary)
         if done:
             with _transaction(conn):
                 conn.execute("UPDATE sessions SET pruned_before = ? WHERE id = ?", (utc_iso(cut), s.id))
@@ -342,19 +350,44 @@ class Pruner:
             self._queue.pop()
         return deleted
 
+    def _boundary(self, session_id: int, limit: float) -> int:
+        """The first seq of a session's frames at or after ``limit`` (its elapsed time) by a binary
+        search over the primary key: a long connection's retained frames are not scanned on
+        every pass. Frames are in wire order, their elapsed time never decreasing."""
+        row = self.conn.execute(
+            "SELECT min(seq), max(seq) FROM frames WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        if row[0] is None:
+            return 0
+        lo, hi = int(row[0]), int(row[1]) + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found = self.conn.execute(_FIRST_FROM, (session_id, mid)).fetchone()
+            if found is None or found[1] >= limit:
+                hi = mid
+            else:
+                lo = int(found[0]) + 1
+        return lo
+
     def _priming(self, s: _Candidate, cut: float) -> frozenset[int]:
         """The seqs before ``cut`` that a window starting there primes with (kept)."""
+        s.boundary = self._boundary(s.id, cut - s.start)
         rows = self.conn.execute(
             "SELECT session_id, seq, timestamp, elapsed, direction, message_type, unique_id, action, "
-            "raw, raw_bytes, parse_error FROM frames WHERE session_id = ? AND elapsed < ? ORDER BY seq",
-            (s.id, cut - s.start),
+            "raw, raw_bytes, parse_error FROM frames WHERE session_id = ? AND seq < ? AND elapsed < ? "
+            "ORDER BY seq",
+            (s.id, s.boundary, cut - s.start),
         ).fetchall()
         frames = [FrameRecord(r[0], r[1], r[2], r[3], Direction(r[4]), *r[5:]) for r in rows]
         found = cut_session(frames, s.start, s.end, ocpp_version(s.subprotocol), Window(cut))
         return frozenset(found.prime) if found is not None else frozenset()
 
     def _delete_chunks(
-        self, session_id: int, before: tuple[float, frozenset[int]] | None, deadline: float
+        self,
+        session_id: int,
+        before: tuple[float, frozenset[int]] | None,
+        deadline: float,
+        boundary: int = 0,
     ) -> tuple[int, bool]:
         """Delete a session's frames (all; or those at elapsed < limit, but the kept seqs),
         CHUNK_ROWS a transaction, until done or the deadline. Returns how many were deleted and
@@ -366,7 +399,8 @@ class Pruner:
             if limit is None:
                 seqs = [r[0] for r in self.conn.execute(_ALL_SEQS, (session_id, after, CHUNK_ROWS))]
             else:
-                seqs = [r[0] for r in self.conn.execute(_SEQS_BEFORE, (session_id, limit, after, CHUNK_ROWS))]
+                params = (session_id, boundary, limit, after, CHUNK_ROWS)
+                seqs = [r[0] for r in self.conn.execute(_SEQS_BEFORE, params)]
             gone = [(session_id, q) for q in seqs if q not in keep]
             if gone:
                 with _transaction(self.conn):
@@ -380,7 +414,10 @@ class Pruner:
 
 
 _ALL_SEQS = "SELECT seq FROM frames WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?"
-_SEQS_BEFORE = "SELECT seq FROM frames WHERE session_id = ? AND elapsed < ? AND seq > ? ORDER BY seq LIMIT ?"
+_SEQS_BEFORE = (
+    "SELECT seq FROM frames WHERE session_id = ? AND seq < ? AND elapsed < ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+_FIRST_FROM = "SELECT seq, elapsed FROM frames WHERE session_id = ? AND seq >= ? ORDER BY seq LIMIT 1"
 
 
 class _transaction:
