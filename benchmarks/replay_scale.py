@@ -209,11 +209,14 @@ async def bench(args: argparse.Namespace) -> int:
         pauses: list[tuple[int, float]] = []
         gc_started = [0.0]
 
+        walls: list[float] = []  # when each pause began (wall clock), to place it in the run
+
         def on_gc(phase: str, info: dict[str, int]) -> None:
             if phase == "start":
                 gc_started[0] = time.perf_counter()
             else:
                 pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
+                walls.append(time.time())
 
         gc.callbacks.append(on_gc)
         rss_samples: list[float] = []  # MiB, every 0.25 s of the run
@@ -309,6 +312,20 @@ async def bench(args: argparse.Namespace) -> int:
         f"  gc: {len(pauses)} collections in run_replay (setup included), "
         f"{sum(1 for g, _ in pauses if g == 2)} full; longest {worst[1] * 1e3:.1f} ms (generation {worst[0]})"
     )
+    from ocpp_replay.core.correlate import utc_seconds
+
+    sent_at = [
+        utc_seconds(f.timestamp) for s in result.sessions for f in s.frames if f.direction == "to_csms"
+    ]
+    if sent_at:  # this process's collections while frames were being sent (with --workers: the parent's)
+        first, last = min(sent_at), max(sent_at)
+        during = [p for p, w in zip(pauses, walls, strict=True) if first <= w <= last]
+        longest = max((d for g, d in during if g == 2), default=0.0)
+        print(
+            f"  gc while frames were sent: {len(during)} collections, "
+            f"{sum(1 for g, _ in during if g == 2)} full (longest full {longest * 1e3:.1f} ms), "
+            f"longest of any {max((d for _, d in during), default=0.0) * 1e3:.1f} ms"
+        )
     for d in result.differences[:5]:
         print("  diff:", d)
     ok = t.p99 < 0.010 and not result.differences
