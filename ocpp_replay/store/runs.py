@@ -472,14 +472,6 @@ def open_results(path: str | os.PathLike[str], capture: Store) -> Store:
     return out
 
 
-def results_origin(store: Store) -> str | None:
-    """The capture a results file was made from (None for a capture)."""
-    if _ORIGIN not in store.db.table_names():
-        return None
-    row = store.db.execute(f"SELECT capture FROM {_ORIGIN}").fetchone()
-    return str(row[0]) if row else None
-
-
 def copy_sessions(capture: Store, out: Store, ids: Iterable[int]) -> None:
     """The rows (not the frames) of sessions of ``capture`` into the results file ``out``."""
     wanted = sorted(set(ids))
