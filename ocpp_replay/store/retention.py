@@ -45,9 +45,9 @@ from ocpp_replay.core.frames import Direction
 from ocpp_replay.core.window import Window, cut_session
 from ocpp_replay.errors import CaptureError, ConfigError
 from ocpp_replay.store.reader import FrameRecord
-from ocpp_replay.store.schema import open_database, utc_iso
+from ocpp_replay.store.schema import open_database, transaction, utc_iso
 
-__all__ = ["CHUNK_ROWS", "PruneStats", "Pruner", "Retention", "parse_size"]
+__all__ = ["CHUNK_ROWS", "PruneResult", "PruneStats", "Pruner", "Retention", "parse_size", "prune_capture"]
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ class Pruner:
         if s.end is not None and s.end < cut:
             deleted, done = self._delete_chunks(s.id, None, deadline)
             if done:
-                with _transaction(conn):
+                with transaction(conn):
                     conn.execute("DELETE FROM capture_events WHERE session_id = ?", (s.id,))
                     conn.execute("DELETE FROM sessions WHERE id = ?", (s.id,))
                 self.stats.sessions_pruned += 1
@@ -344,7 +344,7 @@ class Pruner:
             s.keep = self._priming(s, cut)
         deleted, done = self._delete_chunks(s.id, (cut - s.start, s.keep), deadline, s.boundary)
         if done:
-            with _transaction(conn):
+            with transaction(conn):
                 conn.execute("UPDATE sessions SET pruned_before = ? WHERE id = ?", (utc_iso(cut), s.id))
             self.stats.sessions_cut += 1
             self._queue.pop()
@@ -403,7 +403,7 @@ class Pruner:
                 seqs = [r[0] for r in self.conn.execute(_SEQS_BEFORE, params)]
             gone = [(session_id, q) for q in seqs if q not in keep]
             if gone:
-                with _transaction(self.conn):
+                with transaction(self.conn):
                     self.conn.executemany("DELETE FROM frames WHERE session_id = ? AND seq = ?", gone)
                 total += len(gone)
             if len(seqs) < CHUNK_ROWS:
@@ -418,19 +418,6 @@ _SEQS_BEFORE = (
     "SELECT seq FROM frames WHERE session_id = ? AND seq < ? AND elapsed < ? AND seq > ? ORDER BY seq LIMIT ?"
 )
 _FIRST_FROM = "SELECT seq, elapsed FROM frames WHERE session_id = ? AND seq >= ? ORDER BY seq LIMIT 1"
-
-
-class _transaction:
-    """BEGIN ... COMMIT on a connection in autocommit mode; ROLLBACK on an error."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> None:
-        self.conn.execute("BEGIN")
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from ocpp_replay.core.diff import Difference, DiffKind
 from ocpp_replay.core.results import LiveFrame, NoiseField, RunResult, SessionResult
 from ocpp_replay.errors import CaptureError, ReplayError
 from ocpp_replay.store.reader import Store
+from ocpp_replay.store.schema import transaction
 
 
 def _json(value: Any) -> str:
@@ -479,16 +480,17 @@ def copy_sessions(capture: Store, out: Store, ids: Iterable[int]) -> None:
     have = {c.name for c in out.db["sessions"].columns}
     shared = [c for c in columns if c in have]
     conn = out.db.conn
-    conn.execute("BEGIN")
     try:
-        for start in range(0, len(wanted), 500):
-            part = wanted[start : start + 500]
-            rows = capture.db.execute(
-                f"SELECT {', '.join(shared)} FROM sessions WHERE id IN ({','.join('?' * len(part))})", part
-            ).fetchall()
-            marks = ",".join("?" * len(shared))
-            conn.executemany(f"INSERT OR IGNORE INTO sessions ({', '.join(shared)}) VALUES ({marks})", rows)
-        conn.execute("COMMIT")
+        with transaction(conn):
+            for start in range(0, len(wanted), 500):
+                part = wanted[start : start + 500]
+                rows = capture.db.execute(
+                    f"SELECT {', '.join(shared)} FROM sessions WHERE id IN ({','.join('?' * len(part))})",
+                    part,
+                ).fetchall()
+                marks = ",".join("?" * len(shared))
+                conn.executemany(
+                    f"INSERT OR IGNORE INTO sessions ({', '.join(shared)}) VALUES ({marks})", rows
+                )
     except sqlite3.Error as exc:
-        conn.execute("ROLLBACK")
         raise CaptureError(f"cannot write to {out.path}: {exc}") from exc

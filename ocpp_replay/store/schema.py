@@ -6,9 +6,11 @@ docs/capture-format.md; change it only through a new migration below.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -171,6 +173,19 @@ def utc_iso(wall: float) -> str:
         cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         cache[0] = second
     return f"{cache[1]}.{micros:06d}Z"
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN ... COMMIT on a connection in autocommit mode (``isolation_level=None``, as every
+    capture connection here); ROLLBACK when the block raises."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _create_private(path: Path) -> None:
