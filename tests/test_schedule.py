@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -171,3 +172,56 @@ def test_timeline_rejects_bad_speed() -> None:
         Timeline([0.0], max_gap=-1)
     t = Timeline([10.0, 12.0, 20.0], speed=2.0, max_gap=1.0)
     assert [t(10.0), t(11.0), t(12.0), t(20.0), t(5.0), t(30.0)] == pytest.approx([0, 0.5, 1.0, 2.0, 0, 2.0])
+
+
+def _reference_timeline(
+    instants: list[float], speed: float, max_gap: float | None
+) -> Callable[[float], float]:
+    """The timeline as it was first written: every instant kept, gaps summed one by one."""
+    import bisect
+
+    at = sorted(set(instants))
+    mapped, total = [], 0.0
+    for i, t in enumerate(at):
+        if i:
+            gap = (t - at[i - 1]) / speed
+            total += min(gap, max_gap) if max_gap is not None else gap
+        mapped.append(total)
+
+    def f(t: float) -> float:
+        i = bisect.bisect_left(at, t)
+        if i < len(at) and at[i] == t:
+            return mapped[i]
+        if i == 0:
+            return 0.0
+        if i == len(at):
+            return mapped[-1]
+        lo, hi = at[i - 1], at[i]
+        return mapped[i - 1] + (mapped[i] - mapped[i - 1]) * (t - lo) / (hi - lo)
+
+    return f
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_timeline_of_sessions_keeps_only_its_gaps_and_maps_as_every_instant_did(seed: int) -> None:
+    """Sessions that overlap, nest, leave quiet hours and repeat instants: the timeline built
+    one session at a time maps every instant (and between them) as one built from them all."""
+    import random
+
+    rng = random.Random(seed)
+    sessions = []
+    for _ in range(rng.randint(1, 8)):
+        t = rng.uniform(0, 1000)
+        points = []
+        for _ in range(rng.randint(1, 30)):
+            t += rng.choice([0.0, rng.uniform(0, 3), rng.uniform(0, 400)])
+            points.append(t)
+        rng.shuffle(points)  # out-of-order frames exist
+        sessions.append(points)
+    every = [t for s in sessions for t in s]
+    speed = rng.choice([0.5, 1.0, 3.0])
+    for max_gap in (None, 0.0, 1.0, 50.0):
+        expected = _reference_timeline(every, speed, max_gap)
+        got = Timeline.of_sessions((iter(s) for s in sessions), speed=speed, max_gap=max_gap)
+        probes = every + [rng.uniform(-10, 3000) for _ in range(50)]
+        assert [got(t) for t in probes] == pytest.approx([expected(t) for t in probes], abs=1e-6)

@@ -626,7 +626,7 @@ def replay(
     def prepare() -> tuple[_Display, Callable[[Store], Coroutine[Any, Any, RunResult]]]:
         import functools
 
-        from ocpp_replay.replay import load_sessions, run_replay
+        from ocpp_replay.replay import load_sessions, run_replay, selected_sessions
         from ocpp_replay.replay.amplify import load_amplified
         from ocpp_replay.replay.workers import auto_workers, run_replay_workers
 
@@ -677,9 +677,15 @@ def replay(
                 loaded, priming = await asyncio.to_thread(
                     load_window, store, selection, window, prime=not no_prime
                 )
-            if processes != 1 and loaded is None:
+            n = processes
+            if not n:  # auto: by the charge points (the sessions' rows only: frames stay on disk)
+                if loaded is not None:
+                    infos: Sequence[SessionInfo] = [info for info, _ in loaded]
+                else:
+                    infos = await asyncio.to_thread(selected_sessions, store, selection)
+                n = auto_workers(len({info.charge_point_id for info in infos}))
+            if n > 1 and loaded is None:  # the workers take planned sessions (not streamed yet)
                 loaded = await asyncio.to_thread(load_sessions, store, selection)
-            n = processes or auto_workers(len({info.charge_point_id for info, _ in loaded or ()}))
             replayer = functools.partial(run_replay_workers, workers=n) if n > 1 else run_replay
             async with _stop_on_ctrl_c() as stop:
                 result = await replayer(

@@ -32,7 +32,8 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,10 @@ __all__ = [
     "Step",
     "Timeline",
     "loose_unique_id",
+    "plan_session",
     "plan_sessions",
+    "session_instants",
+    "session_start",
 ]
 
 
@@ -109,29 +113,71 @@ class SessionPlan:
 
 
 class Timeline:
-    """Maps recorded epoch seconds to replay seconds: speed, then gaps capped at max_gap."""
+    """Maps recorded epoch seconds to replay seconds: speed, then gaps capped at max_gap.
+
+    Built from each session's recorded instants (:meth:`of_sessions`), one session at a time:
+    a gap longer than ``max_gap`` (of replay time) is one in which no session has an instant,
+    and those are the holes between the sessions' busy stretches. It keeps only the ends of
+    those stretches, so a capture of millions of frames needs no list of them all.
+    """
 
     __slots__ = ("_at", "_mapped")
 
     def __init__(
         self, instants: Iterable[float], *, speed: float = 1.0, max_gap: float | None = None
     ) -> None:
+        self._at, self._mapped = self._points([instants], speed, max_gap)
+
+    @classmethod
+    def of_sessions(
+        cls, sessions: Iterable[Iterable[float]], *, speed: float = 1.0, max_gap: float | None = None
+    ) -> Timeline:
+        """The timeline of several sessions' instants, each an iterable of its own (read once)."""
+        timeline = cls.__new__(cls)
+        timeline._at, timeline._mapped = cls._points(sessions, speed, max_gap)
+        return timeline
+
+    @staticmethod
+    def _points(
+        sessions: Iterable[Iterable[float]], speed: float, max_gap: float | None
+    ) -> tuple[list[float], list[float]]:
         if not speed > 0:
             raise ReplayError(f"speed must be positive, not {speed}")
         if max_gap is not None and not max_gap >= 0:
             raise ReplayError(f"max gap must not be negative, not {max_gap}")
-        points = sorted(set(instants))
-        self._at = points
+        longest = math.inf if max_gap is None else max_gap * speed  # in recorded seconds
+        stretches: list[tuple[float, float]] = []  # where some session has instants closer than that
+        for instants in sessions:
+            points = sorted(instants)
+            if not points:
+                continue
+            lo = prev = points[0]
+            for t in points[1:]:
+                if t - prev > longest:
+                    stretches.append((lo, prev))
+                    lo = t
+                prev = t
+            stretches.append((lo, prev))
+        stretches.sort()
+        at: list[float] = []
         mapped: list[float] = []
         total = 0.0
-        for i, t in enumerate(points):
-            if i:
-                gap = (t - points[i - 1]) / speed
-                if max_gap is not None and gap > max_gap:
-                    gap = max_gap
-                total += gap
+        for lo, hi in stretches:
+            if at and lo <= at[-1]:  # overlaps the stretch before: extend it
+                if hi > at[-1]:
+                    total += (hi - at[-1]) / speed
+                    at[-1], mapped[-1] = hi, total
+                continue
+            if at:  # a gap with no instant: capped
+                gap = (lo - at[-1]) / speed
+                total += gap if max_gap is None or gap <= max_gap else max_gap
+            at.append(lo)
             mapped.append(total)
-        self._mapped = mapped
+            if hi > lo:
+                total += (hi - lo) / speed
+                at.append(hi)
+                mapped.append(total)
+        return at, mapped
 
     def __call__(self, t: float) -> float:
         """Replay seconds of a recorded instant (between known instants: interpolated)."""
@@ -187,23 +233,42 @@ def plan_sessions(
 ) -> tuple[SessionPlan, ...]:
     """Plans for the given sessions (with their frames in wire order), in start order."""
     rules = rules or RuleSet.default()
-    starts: dict[int, float] = {}
-    instants: list[float] = []
-    for info, frames in sessions:
-        try:
-            start = utc_seconds(info.started_at)
-        except ValueError as exc:
-            raise ReplayError(f"session {info.id}: unreadable start time {info.started_at!r}") from exc
-        starts[info.id] = start
-        instants.append(start)
-        instants.extend(start + f.elapsed for f in frames)
-        if info.ended_at:
-            with contextlib.suppress(ValueError):
-                instants.append(max(start, utc_seconds(info.ended_at)))
-    timeline = Timeline(instants, speed=speed, max_gap=max_gap)
+    starts = {info.id: session_start(info) for info, _ in sessions}
+    timeline = Timeline.of_sessions(
+        (session_instants(info, starts[info.id], (f.elapsed for f in frames)) for info, frames in sessions),
+        speed=speed,
+        max_gap=max_gap,
+    )
     plans = [_plan_one(info, frames, starts[info.id], timeline, rules) for info, frames in sessions]
     plans.sort(key=lambda p: (p.start, p.session_id))
     return tuple(plans)
+
+
+def session_start(info: SessionLike) -> float:
+    """The recorded start of a session, epoch seconds. Raises ReplayError."""
+    try:
+        return utc_seconds(info.started_at)
+    except ValueError as exc:
+        raise ReplayError(f"session {info.id}: unreadable start time {info.started_at!r}") from exc
+
+
+def session_instants(info: SessionLike, start: float, elapsed: Iterable[float]) -> Iterator[float]:
+    """The recorded instants of a session for its :class:`Timeline`: its start, each frame's,
+    its end."""
+    yield start
+    for e in elapsed:
+        yield start + e
+    if info.ended_at:
+        with contextlib.suppress(ValueError):
+            yield max(start, utc_seconds(info.ended_at))
+
+
+def plan_session(
+    info: SessionLike, frames: Sequence[FrameLike], timeline: Timeline, rules: RuleSet
+) -> SessionPlan:
+    """The plan of one session on a run's timeline (sessions planned one at a time, as a
+    streamed replay loads them)."""
+    return _plan_one(info, frames, session_start(info), timeline, rules)
 
 
 def _plan_one(

@@ -21,9 +21,9 @@ refused the state (:func:`set_apart_priming`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from ocpp_replay.core.diff import Difference, DiffKind
 from ocpp_replay.core.frames import Call, CallResult, Direction, InvalidFrame, MessageType, parse
@@ -31,7 +31,16 @@ from ocpp_replay.core.paths import get
 from ocpp_replay.core.records import FrameLike
 from ocpp_replay.core.results import RunResult
 
-__all__ = ["Cut", "Window", "cut_session", "set_apart_priming"]
+__all__ = [
+    "Cut",
+    "Earlier",
+    "Window",
+    "cut_parts",
+    "cut_session",
+    "priming_calls",
+    "set_apart_priming",
+    "window_bounds",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,56 @@ def _call(f: FrameLike) -> Call | None:
     return frame if isinstance(frame, Call) else None
 
 
+Key = tuple[Direction, str]  # (direction of a call, its unique id)
+
+
+class Earlier(Protocol):
+    """What a cut asks of the frames before the window besides the walk that picks the priming
+    calls: a list in memory (:func:`cut_session`), or the capture queried on disk for a
+    connection open for weeks (replay/window.py), so that memory never holds all of them."""
+
+    def first_answers(self, keys: Collection[Key]) -> dict[Key, FrameLike]:
+        """The first answer (CALLRESULT or CALLERROR) before the window to each call key."""
+        ...
+
+    def call_seqs(self, keys: Collection[Key]) -> dict[Key, list[int]]:
+        """The seqs of the calls before the window with each key."""
+        ...
+
+
+class _Listed:
+    """:class:`Earlier` over frames in memory."""
+
+    def __init__(self, before: Sequence[FrameLike]) -> None:
+        self.before = before
+
+    def first_answers(self, keys: Collection[Key]) -> dict[Key, FrameLike]:
+        out: dict[Key, FrameLike] = {}
+        for f in self.before:
+            if f.message_type in _ANSWERS and f.unique_id is not None:
+                key = (f.direction.reverse, f.unique_id)
+                if key in keys and key not in out:
+                    out[key] = f
+        return out
+
+    def call_seqs(self, keys: Collection[Key]) -> dict[Key, list[int]]:
+        out: dict[Key, list[int]] = {}
+        for f in self.before:
+            if f.message_type == MessageType.CALL and f.unique_id is not None:
+                key = (f.direction, f.unique_id)
+                if key in keys:
+                    out.setdefault(key, []).append(f.seq)
+        return out
+
+
+_ANSWERS = (MessageType.CALL_RESULT, MessageType.CALL_ERROR)
+#: The charger's calls the priming walk looks at (:func:`priming_calls`); in 1.6 it also reads
+#: the backend's CALLRESULTs (the transaction ids StartTransaction got).
+PRIMING_ACTIONS = frozenset(
+    {"BootNotification", "StatusNotification", "StartTransaction", "StopTransaction", "TransactionEvent"}
+)
+
+
 def cut_session(
     frames: Sequence[FrameLike],
     session_start: float,
@@ -78,13 +137,9 @@ def cut_session(
     """What ``window`` replays of a session that started at ``session_start`` (epoch seconds)
     and ended at ``session_end`` (None: still open when the capture ended), its frames in wire
     order; None when the session lies outside the window. With ``prime=False`` nothing is primed."""
-    if session_end is not None and session_end < window.start:
+    bounds = window_bounds(session_start, session_end, window)
+    if bounds is None:
         return None
-    if window.end is not None and session_start >= window.end:
-        return None
-    opened_before = session_start < window.start
-    cut_at_end = window.end is not None and (session_end is None or session_end >= window.end)
-
     before: list[FrameLike] = []
     inside: list[FrameLike] = []
     for f in frames:
@@ -93,42 +148,75 @@ def cut_session(
             before.append(f)
         elif window.end is None or t < window.end:
             inside.append(f)
+    opened_before, cut_at_end = bounds
+    return cut_parts(before, inside, _Listed(before), version, opened_before, cut_at_end, prime=prime)
 
-    primed: list[FrameLike] = _priming_calls(before, version) if opened_before and prime else []
-    # the recorded answer to each priming call: the first answer with its id after it
-    answers: dict[tuple[Direction, str | None], FrameLike] = {
-        (f.direction, f.unique_id): f
-        for f in reversed(before)
-        if f.message_type in (MessageType.CALL_RESULT, MessageType.CALL_ERROR) and f.unique_id is not None
-    }
+
+def window_bounds(
+    session_start: float, session_end: float | None, window: Window
+) -> tuple[bool, bool] | None:
+    """Whether the connection was open when ``window`` started and still open when it ended;
+    None when the window does not meet it."""
+    if session_end is not None and session_end < window.start:
+        return None
+    if window.end is not None and session_start >= window.end:
+        return None
+    return session_start < window.start, window.end is not None and (
+        session_end is None or session_end >= window.end
+    )
+
+
+def cut_parts(
+    before: Iterable[FrameLike],
+    inside: Sequence[FrameLike],
+    earlier: Earlier,
+    version: str | None,
+    opened_before: bool,
+    cut_at_end: bool,
+    *,
+    prime: bool = True,
+) -> Cut:
+    """The cut of a session from its frames before the window (walked once, in wire order: a
+    stream will do; frames that cannot prime may be left out of it), those inside it, and
+    ``earlier`` for the few lookups among the frames before."""
+    primed = priming_calls(before, version) if opened_before and prime else []
+    # the recorded answer to each priming call: the first answer with its id, if after the call
+    answers = earlier.first_answers({(c.direction, c.unique_id) for c in primed if c.unique_id is not None})
     prime_seqs: list[int] = []
     for call in primed:
         prime_seqs.append(call.seq)
-        answer = answers.get((call.direction.reverse, call.unique_id))
+        answer = answers.get((call.direction, call.unique_id)) if call.unique_id is not None else None
         if answer is not None and answer.seq > call.seq:
             prime_seqs.append(answer.seq)
     prime_seqs.sort()
+    primed_set = frozenset(prime_seqs)
 
     # Answers inside the window to calls made before it (and not primed) have no call to answer.
-    earlier_calls = {
-        (f.direction, f.unique_id)
-        for f in before
-        if f.message_type == MessageType.CALL and f.unique_id is not None and f.seq not in prime_seqs
-    }
-    window_calls: set[tuple[Direction, str | None]] = set()
-    kept: list[int] = []
-    for f in inside:
-        if f.message_type == MessageType.CALL:
-            window_calls.add((f.direction, f.unique_id))
-        elif f.message_type in (MessageType.CALL_RESULT, MessageType.CALL_ERROR):
-            key = (f.direction.reverse, f.unique_id)
-            if key in earlier_calls and key not in window_calls:
-                continue
-        kept.append(f.seq)
+    def answered_keys() -> Iterator[tuple[FrameLike, Key | None]]:
+        """Each inside frame, with the key of the call it answers when no call inside the
+        window before it has that key (None otherwise)."""
+        window_calls: set[tuple[Direction, str | None]] = set()
+        for f in inside:
+            key: Key | None = None
+            if f.message_type == MessageType.CALL:
+                window_calls.add((f.direction, f.unique_id))
+            elif f.message_type in _ANSWERS and f.unique_id is not None:
+                k = (f.direction.reverse, f.unique_id)
+                if k not in window_calls:
+                    key = k
+            yield f, key
+
+    wanted = {key for _, key in answered_keys() if key is not None}
+    earlier_calls = (
+        {k for k, seqs in earlier.call_seqs(wanted).items() if any(s not in primed_set for s in seqs)}
+        if wanted
+        else set()
+    )
+    kept = [f.seq for f, key in answered_keys() if key is None or key not in earlier_calls]
     return Cut(tuple(prime_seqs), tuple(kept), opened_before, cut_at_end)
 
 
-def _priming_calls(before: Sequence[FrameLike], version: str | None) -> list[FrameLike]:
+def priming_calls(before: Iterable[FrameLike], version: str | None) -> list[FrameLike]:
     """The charger's calls that re-establish the backend's state at the window's start."""
     v16 = version == "1.6"
     boot: FrameLike | None = None
@@ -149,8 +237,7 @@ def _priming_calls(before: Sequence[FrameLike], version: str | None) -> list[Fra
             continue
         if f.direction is not Direction.TO_CSMS or f.action is None:
             continue
-        if f.action not in ("BootNotification", "StatusNotification", "StartTransaction", "StopTransaction",
-                            "TransactionEvent"):  # fmt: skip
+        if f.action not in PRIMING_ACTIONS:
             continue
         call = _call(f)
         if call is None:

@@ -12,6 +12,7 @@ from ocpp_replay.replay.runner import (
     load_sessions,
     run_compare,
     run_replay,
+    selected_sessions,
 )
 from ocpp_replay.store.runs import list_runs, load_run, store_run
 
@@ -24,5 +25,6 @@ __all__ = [
     "load_sessions",
     "run_compare",
     "run_replay",
+    "selected_sessions",
     "store_run",
 ]

@@ -27,8 +27,9 @@ import contextlib
 import gc
 import logging
 import socket
+import sqlite3
 import time
-from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,14 @@ from ocpp_replay.core.correlate import Correlator
 from ocpp_replay.core.results import RunResult, SessionResult, handshake_summary
 from ocpp_replay.core.rewrite import Rewriter, rewrite_plans
 from ocpp_replay.core.rules import RuleSet
-from ocpp_replay.core.schedule import SessionPlan, plan_sessions
+from ocpp_replay.core.schedule import (
+    SessionPlan,
+    Timeline,
+    plan_session,
+    plan_sessions,
+    session_instants,
+    session_start,
+)
 from ocpp_replay.core.session import (
     OPERATOR_CALLS,
     Action,
@@ -55,6 +63,7 @@ from ocpp_replay.core.session import (
     SessionOptions,
 )
 from ocpp_replay.errors import (
+    CaptureError,
     ConfigError,
     OcppReplayError,
     ReplayError,
@@ -71,6 +80,7 @@ __all__ = [
     "load_sessions",
     "run_compare",
     "run_replay",
+    "selected_sessions",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,10 +140,9 @@ def load_auth_file(path: str | Path) -> dict[str, str]:
     return out
 
 
-def load_sessions(
-    store: Store, selection: Selection = Selection()
-) -> list[tuple[SessionInfo, list[FrameRecord]]]:
-    """The selected sessions with their frames (blocking: call it in a thread)."""
+def selected_sessions(store: Store, selection: Selection = Selection()) -> list[SessionInfo]:
+    """The selected sessions that have something to replay, without their frames (blocking).
+    Raises ReplayError for a selected id the capture lacks, or when none is left."""
     infos = store.sessions(
         ids=selection.session_ids,
         charge_points=selection.charge_points,
@@ -145,19 +154,170 @@ def load_sessions(
         missing = [i for i in selection.session_ids if i not in found]
         if missing:
             raise ReplayError(f"no session {missing[0]} in {store.path} (or outside --since/--until)")
-    out = []
-    for info in infos:
-        if info.error and info.frames == 0:
-            continue  # a handshake the upstream refused: nothing to replay
-        frames = list(store.frames(info.id))
-        if info.pruned_before:  # the capture's retention cut it: replayed from the cut, primed
-            from ocpp_replay.replay.window import unpruned
-
-            info, frames = unpruned(info, frames)
-        out.append((info, frames))
+    # a handshake the upstream refused has nothing to replay
+    out = [info for info in infos if not (info.error and info.frames == 0)]
     if not out:
         raise ReplayError(f"no sessions to replay in capture {store.path} for this selection")
     return out
+
+
+def load_session(store: Store, info: SessionInfo) -> tuple[SessionInfo, list[FrameRecord]]:
+    """One session with its frames, as a replay takes it (blocking): one that the capture's
+    retention cut is replayed from the cut, primed (replay/window.py)."""
+    frames = list(store.frames(info.id))
+    if info.pruned_before:
+        from ocpp_replay.replay.window import unpruned
+
+        return unpruned(info, frames)
+    return info, frames
+
+
+def load_sessions(
+    store: Store, selection: Selection = Selection()
+) -> list[tuple[SessionInfo, list[FrameRecord]]]:
+    """The selected sessions with their frames, all in memory (blocking: call it in a thread).
+    A replay of the capture itself streams instead (:func:`run_replay` without ``sessions``)."""
+    return [load_session(store, info) for info in selected_sessions(store, selection)]
+
+
+def stored_timeline(
+    store: Store, infos: Sequence[SessionInfo], *, speed: float, max_gap: float | None
+) -> Timeline:
+    """The timeline :func:`~ocpp_replay.core.schedule.plan_sessions` would build for these
+    sessions, read from the capture without holding their frames (blocking): without
+    ``max_gap`` each session's first and last instants are enough; with it, each session's
+    frame times are read, one session at a time."""
+
+    def instants(info: SessionInfo) -> Iterable[float]:
+        if info.pruned_before:  # replayed from its cut: its instants are the cut session's
+            cut, frames = load_session(store, info)
+            return session_instants(cut, session_start(cut), [f.elapsed for f in frames])
+        start = session_start(info)
+        if max_gap is None:
+            row = store.db.execute(
+                "SELECT min(elapsed), max(elapsed) FROM frames WHERE session_id = ?", [info.id]
+            ).fetchone()
+            return session_instants(info, start, [e for e in row if e is not None])
+        rows = store.db.execute("SELECT elapsed FROM frames WHERE session_id = ?", [info.id])
+        return session_instants(info, start, [r[0] for r in rows])
+
+    try:
+        return Timeline.of_sessions((instants(info) for info in infos), speed=speed, max_gap=max_gap)
+    except sqlite3.DatabaseError as exc:
+        raise CaptureError(f"cannot read frames from {store.path}: {exc}") from exc
+
+
+#: Replay seconds ahead of its start that a streamed session is loaded and planned.
+LOAD_AHEAD = 30.0
+#: Sessions loaded in one go by a streamed replay's loader (between two, the loop runs).
+_LOAD_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """A session of a streamed replay: planned when its start comes near (:class:`_Loader`)."""
+
+    info: SessionInfo
+    start: float  # replay seconds after the run's start
+    session_id: int
+    charge_point_id: str
+
+
+class _Loader:
+    """Loads and plans the sessions of a streamed replay ahead of their starts, in start order,
+    so that memory holds the sessions about to run and running, not the capture: a week of a
+    site's traffic replays in the memory of its busiest hour."""
+
+    def __init__(
+        self,
+        store: Store,
+        dues: Sequence[_Due],
+        timeline: Timeline,
+        rules: RuleSet,
+        rewrite: Rewriter | None,
+        ahead: float,
+    ) -> None:
+        self.store, self.timeline, self.rules, self.rewrite, self.ahead = (
+            store,
+            timeline,
+            rules,
+            rewrite,
+            ahead,
+        )
+        self.queue = list(dues)  # in start order
+        self.next = 0
+        self.plans: dict[int, asyncio.Future[SessionPlan]] = {}
+        self.rewritten: list[dict[str, Any]] = []
+        self.loaded = 0  # sessions loaded so far
+        self.held = 0  # sessions loaded and not finished
+        self.most_held = 0
+
+    def _load(self, dues: Sequence[_Due]) -> list[SessionPlan]:
+        plans = [plan_session(*load_session(self.store, d.info), self.timeline, self.rules) for d in dues]
+        plans, rewritten = rewrite_plans(plans, self.rewrite)
+        self.rewritten.extend(rewritten)
+        return plans
+
+    def _batch(self, until: float) -> list[_Due]:
+        batch: list[_Due] = []
+        while self.next < len(self.queue) and len(batch) < _LOAD_BATCH:
+            due = self.queue[self.next]
+            if batch and due.start > until:
+                break
+            batch.append(due)
+            self.next += 1
+        return batch
+
+    def _deliver(self, dues: Sequence[_Due], plans: Sequence[SessionPlan]) -> None:
+        loop = asyncio.get_running_loop()
+        for due, plan in zip(dues, plans, strict=True):
+            self.plans.setdefault(due.session_id, loop.create_future()).set_result(plan)
+        self.loaded += len(dues)
+        self.held += len(dues)
+        self.most_held = max(self.most_held, self.held)
+
+    async def preload(self) -> None:
+        """The sessions due within ``ahead`` of time 0, before the clock starts."""
+        while self.next < len(self.queue) and self.queue[self.next].start <= self.ahead:
+            batch = self._batch(self.ahead)
+            self._deliver(batch, await asyncio.to_thread(self._load, batch))
+
+    async def run(self, now: Callable[[], float]) -> None:
+        """The rest, each batch when its first session is due within ``ahead``."""
+        while self.next < len(self.queue):
+            wait = self.queue[self.next].start - self.ahead - now()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            batch = self._batch(now() + self.ahead)
+            try:
+                plans = await asyncio.to_thread(self._load, batch)
+            except BaseException as exc:
+                for due in batch:  # the chargers waiting for them end with the error
+                    self.plans.setdefault(due.session_id, asyncio.get_running_loop().create_future())
+                    self.plans[due.session_id].set_exception(exc)
+                raise
+            self._deliver(batch, plans)
+
+    async def plan(self, session_id: int) -> SessionPlan:
+        future = self.plans.setdefault(session_id, asyncio.get_running_loop().create_future())
+        try:
+            return await future
+        finally:
+            del self.plans[session_id]
+
+
+def _dues(
+    store: Store, selection: Selection, speed: float, max_gap: float | None
+) -> tuple[list[_Due], Timeline]:
+    """The selected sessions of a streamed replay, in start order, and their timeline (blocking)."""
+    infos = selected_sessions(store, selection)
+    timeline = stored_timeline(store, infos, speed=speed, max_gap=max_gap)
+    dues = []
+    for info in infos:
+        start = session_start(load_session(store, info)[0] if info.pruned_before else info)
+        dues.append(_Due(info, timeline(start), info.id, info.charge_point_id))
+    dues.sort(key=lambda d: (d.start, d.session_id))
+    return dues, timeline
 
 
 # ----------------------------------------------------------------------------- one session
@@ -563,6 +723,7 @@ async def run_replay(
     max_connecting: int = DEFAULT_MAX_CONNECTING,
     plans: Sequence[SessionPlan] | None = None,
     start_at: Callable[[], float] | None = None,
+    load_ahead: float = LOAD_AHEAD,
 ) -> RunResult:
     """Replay the selected sessions of ``store`` against ``target`` and compare the answers.
 
@@ -584,6 +745,10 @@ async def run_replay(
     When ``stop`` is set (the CLI sets it on Ctrl-C), the sessions in progress are closed and
     the run ends with the sessions finished so far, marked ``interrupted``.
 
+    Without ``sessions`` or ``plans`` the capture is streamed: each session is loaded and
+    planned ``load_ahead`` replay seconds (at least twice ``connect_ahead``) before its start, in
+    batches, so memory holds the sessions due soon and running, not the capture
+    (``options["streamed"]``: sessions loaded, the most held at once).
     ``sessions`` may be given pre-loaded (then ``store`` and ``selection`` are not read).
     ``check_schema`` validates every answer and CALL of the backend against the official OCPP
     schema (a violation is a ``schema`` difference).
@@ -605,14 +770,22 @@ async def run_replay(
         raise ReplayError("connect ahead must not be negative and max connecting must be 1 or more")
     target = target.rstrip("/")
     rewritten: list[dict[str, Any]] = []
-    if plans is None:
-        if sessions is None:
-            if store is None:
-                raise ReplayError("run_replay needs a capture, sessions or plans")
-            sessions = await asyncio.to_thread(load_sessions, store, selection)
+    loader: _Loader | None = None
+    entries: Sequence[SessionPlan | _Due]
+    if plans is None and sessions is None:  # the capture, streamed
+        if store is None:
+            raise ReplayError("run_replay needs a capture, sessions or plans")
+        dues = await asyncio.to_thread(_dues, store, selection, speed, max_gap)
+        loader = _Loader(store, dues[0], dues[1], rules, rewrite, max(load_ahead, 2 * connect_ahead))
+        entries = dues[0]
+    elif plans is None:
+        assert sessions is not None
         plans, rewritten = rewrite_plans(
             plan_sessions(sessions, speed=speed, max_gap=max_gap, rules=rules), rewrite
         )
+        entries = plans
+    else:
+        entries = plans
     optional = frozenset(optional_calls) | (OPERATOR_CALLS if operator_calls_optional else frozenset())
     session_options = SessionOptions(
         answer_timeout=answer_timeout,
@@ -623,9 +796,9 @@ async def run_replay(
         optional_calls=optional,
     )
     await probe(target, connect_timeout)
-    by_cp: dict[str, list[SessionPlan]] = {}
-    for plan in plans:
-        by_cp.setdefault(plan.charge_point_id, []).append(plan)
+    by_cp: dict[str, list[SessionPlan | _Due]] = {}
+    for entry in entries:
+        by_cp.setdefault(entry.charge_point_id, []).append(entry)
     options: dict[str, Any] = {
         "speed": speed,
         "max_gap": max_gap,
@@ -646,11 +819,10 @@ async def run_replay(
         "strict_end": strict_end,
         "connect_ahead": connect_ahead,
         "max_connecting": max_connecting,
-        **({"rewritten": rewritten} if rewritten else {}),
     }
     loop = asyncio.get_running_loop()
     started_at = utc_iso(time.time())
-    log.info("replay of %d sessions (%d charge points) against %s", len(plans), len(by_cp), target)
+    log.info("replay of %d sessions (%d charge points) against %s", len(entries), len(by_cp), target)
     results: dict[int, SessionResult] = {}
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(
@@ -665,10 +837,12 @@ async def run_replay(
             auth=dict(auth or {}),
             connect_timeout=connect_timeout,
             progress=progress,
-            counters=_Counters(len(plans)),
+            counters=_Counters(len(entries)),
             options=session_options,
             dialling=asyncio.Semaphore(max_connecting),
         )
+        if loader is not None:
+            await loader.preload()
         gc_guard = _no_full_gc() if quiet_gc else contextlib.nullcontext()
         gc_guard.__enter__()  # before the clock starts: entering it runs one full collection
         if start_at is not None:  # time 0 shared with other processes, as a wall-clock time
@@ -677,29 +851,39 @@ async def run_replay(
         else:  # the first sessions too are dialled ahead of their start
             run_start = loop.time() + start_delay + connect_ahead
 
-        async def charger(cp_plans: list[SessionPlan]) -> None:
-            for plan in cp_plans:  # reconnects of one charger: in order, never overlapping
-                anchor = max(run_start + plan.start, loop.time())
+        async def charger(cp_entries: list[SessionPlan | _Due]) -> None:
+            for entry in cp_entries:  # reconnects of one charger: in order, never overlapping
+                anchor = max(run_start + entry.start, loop.time())
                 delay = anchor - connect_ahead - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                plan = entry if isinstance(entry, SessionPlan) else await loader.plan(entry.session_id)  # type: ignore[union-attr]
                 results[plan.session_id] = await _SessionRun(plan, ctx, anchor).run()
+                if loader is not None:
+                    loader.held -= 1
 
         async def every_charger() -> None:
             async with asyncio.TaskGroup() as tg:
-                for cp, cp_plans in by_cp.items():
-                    tg.create_task(charger(cp_plans), name=f"replay-{cp}")
+                if loader is not None:
+                    tg.create_task(loader.run(lambda: loop.time() - run_start), name="replay-loader")
+                for cp, cp_entries in by_cp.items():
+                    tg.create_task(charger(cp_entries), name=f"replay-{cp}")
 
         try:
             if not await _until_stopped(every_charger(), stop):
-                options["interrupted"] = {"finished": len(results), "planned": len(plans)}
-                log.info("replay interrupted: %d of %d sessions finished", len(results), len(plans))
+                options["interrupted"] = {"finished": len(results), "planned": len(entries)}
+                log.info("replay interrupted: %d of %d sessions finished", len(results), len(entries))
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
         finally:
             gc_guard.__exit__(None, None, None)
-    ordered = tuple(results[p.session_id] for p in plans if p.session_id in results)
+    ordered = tuple(results[e.session_id] for e in entries if e.session_id in results)
     options["handshakes"] = handshake_summary(ordered)
+    if loader is not None:
+        rewritten = loader.rewritten
+        options["streamed"] = {"loaded": loader.loaded, "most_held": loader.most_held, "ahead": loader.ahead}
+    if rewritten:
+        options["rewritten"] = rewritten
     return RunResult(
         target=target,
         started_at=started_at,

@@ -10,12 +10,14 @@ window's unless they say the backend refused the state
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
 from ocpp_replay.core.correlate import ocpp_version, utc_seconds
-from ocpp_replay.core.window import Window, cut_session
+from ocpp_replay.core.frames import MessageType
+from ocpp_replay.core.records import FrameLike
+from ocpp_replay.core.window import Cut, Key, Window, cut_parts, cut_session, window_bounds
 from ocpp_replay.errors import ReplayError
 from ocpp_replay.replay.runner import Selection
 from ocpp_replay.store.reader import FrameRecord, SessionInfo, Store
@@ -45,7 +47,7 @@ def load_window(
                 f"session {info.id} ({info.charge_point_id}) was pruned by the capture's retention up to "
                 f"{info.pruned_before}: a window over it must start then or later"
             )
-        found = cut_loaded(info, list(store.frames(info.id)), window, prime=prime)
+        found = cut_stored(store, info, window, prime=prime)
         if found is not None:
             out.append(found[0])
             priming[info.id] = found[1]
@@ -70,7 +72,78 @@ def cut_loaded(
     cut = cut_session(frames, start, end, ocpp_version(info.subprotocol), window, prime=prime)
     if cut is None:
         return None
-    by_seq = {f.seq: f for f in frames}
+    return _retimed(info, cut, {f.seq: f for f in frames}, window, start)
+
+
+#: A little more than the window's bounds is read, and each frame then placed exactly as
+#: :func:`~ocpp_replay.core.window.cut_session` places it (start + elapsed against the bound).
+_SLACK = 1e-3
+
+
+class _OnDisk:
+    """:class:`~ocpp_replay.core.window.Earlier` as lookups in the capture: the frames before
+    the window never all come into memory."""
+
+    def __init__(self, store: Store, session_id: int, start: float, window: Window) -> None:
+        self.store, self.session_id, self.start, self.window = store, session_id, start, window
+
+    def _before(self, types: tuple[int, ...], keys: Collection[Key]) -> list[FrameRecord]:
+        found = self.store.frames_with_ids(
+            self.session_id, self.window.start - self.start + _SLACK, types, {uid for _, uid in keys}
+        )
+        return [f for f in found if self.start + f.elapsed < self.window.start]
+
+    def first_answers(self, keys: Collection[Key]) -> dict[Key, FrameLike]:
+        out: dict[Key, FrameLike] = {}
+        for f in self._before((MessageType.CALL_RESULT, MessageType.CALL_ERROR), keys):
+            key = (f.direction.reverse, f.unique_id or "")
+            if key in keys and key not in out:
+                out[key] = f
+        return out
+
+    def call_seqs(self, keys: Collection[Key]) -> dict[Key, list[int]]:
+        out: dict[Key, list[int]] = {}
+        for f in self._before((MessageType.CALL,), keys):
+            key = (f.direction, f.unique_id or "")
+            if key in keys:
+                out.setdefault(key, []).append(f.seq)
+        return out
+
+
+def cut_stored(
+    store: Store, info: SessionInfo, window: Window, *, prime: bool = True
+) -> tuple[Loaded, frozenset[int]] | None:
+    """:func:`cut_loaded` reading the capture as it goes: the frames inside the window, the few
+    before it that the priming walk looks at (streamed), and lookups for the rest. Memory holds
+    the window's frames, not the connection's: a connection open for weeks costs no more than
+    one opened at the window's start."""
+    start, end = _times(info)
+    bounds = window_bounds(start, end, window)
+    if bounds is None:
+        return None
+    opened_before, cut_at_end = bounds
+    version = ocpp_version(info.subprotocol)
+    lo = window.start - start
+    hi = None if window.end is None else window.end - start + _SLACK
+    inside = [
+        f
+        for f in store.frames(info.id, from_elapsed=lo - _SLACK, to_elapsed=hi)
+        if start + f.elapsed >= window.start and (window.end is None or start + f.elapsed < window.end)
+    ]
+    before: Iterable[FrameLike] = ()
+    if opened_before and prime:
+        streamed = store.priming_frames(info.id, lo + _SLACK, answers=version == "1.6")
+        before = (f for f in streamed if start + f.elapsed < window.start)
+    earlier = _OnDisk(store, info.id, start, window)
+    cut = cut_parts(before, inside, earlier, version, opened_before, cut_at_end, prime=prime)
+    by_seq = {f.seq: f for f in inside}
+    by_seq.update((f.seq, f) for f in store.frames_by_seq(info.id, cut.prime))
+    return _retimed(info, cut, by_seq, window, start)
+
+
+def _retimed(
+    info: SessionInfo, cut: Cut, by_seq: Mapping[int, FrameRecord], window: Window, start: float
+) -> tuple[Loaded, frozenset[int]]:
     changes: dict[str, object] = {}
     if cut.opened_before:
         new_start = window.start - (PRIME_LEAD if cut.prime else 0.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,10 @@ def session_filter(
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
+#: Values bound in one ``IN (...)`` (SQLite allows 32,766 parameters; this stays far below).
+_CHUNK = 500
+
+
 class Store:
     """Read access to a capture (and the database handle for later writers such as runs)."""
 
@@ -148,18 +152,76 @@ class Store:
             raise UnknownSession(f"no session {session_id} in {self.path}")
         return found[0]
 
-    def frames(self, session_id: int) -> Iterator[FrameRecord]:
-        """The frames of one session in wire order."""
+    def frames(
+        self, session_id: int, *, from_elapsed: float | None = None, to_elapsed: float | None = None
+    ) -> Iterator[FrameRecord]:
+        """The frames of one session in wire order (streamed from disk), with ``from_elapsed``
+        and ``to_elapsed`` only those from and before those seconds after its start."""
+        where, params = ["session_id = ?"], list[float]([session_id])
+        if from_elapsed is not None:
+            where.append("elapsed >= ?")
+            params.append(from_elapsed)
+        if to_elapsed is not None:
+            where.append("elapsed < ?")
+            params.append(to_elapsed)
+        return self._frames(" AND ".join(where), params)
+
+    def frames_by_seq(self, session_id: int, seqs: Iterable[int]) -> list[FrameRecord]:
+        """The frames of one session with these seqs, in wire order."""
+        out: list[FrameRecord] = []
+        wanted = sorted(set(seqs))
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i : i + _CHUNK]
+            out.extend(
+                self._frames(
+                    f"session_id = ? AND seq IN ({','.join('?' * len(chunk))})", [session_id, *chunk]
+                )
+            )
+        return out
+
+    def frames_with_ids(
+        self, session_id: int, to_elapsed: float, message_types: Sequence[int], unique_ids: Iterable[str]
+    ) -> list[FrameRecord]:
+        """The frames of one session before ``to_elapsed`` of these message types with these
+        unique ids, in wire order (a lookup on disk: a connection open for weeks stays there)."""
+        out: list[FrameRecord] = []
+        ids = sorted(set(unique_ids))
+        types = ",".join(str(int(t)) for t in message_types)
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            out.extend(
+                self._frames(
+                    f"session_id = ? AND elapsed < ? AND message_type IN ({types}) "
+                    f"AND unique_id IN ({','.join('?' * len(chunk))})",
+                    [session_id, to_elapsed, *chunk],
+                )
+            )
+        out.sort(key=lambda f: f.seq)
+        return out
+
+    def priming_frames(self, session_id: int, to_elapsed: float, *, answers: bool) -> Iterator[FrameRecord]:
+        """The frames of one session before ``to_elapsed`` that the priming walk of a window
+        reads (:func:`ocpp_replay.core.window.priming_calls`), streamed in wire order: the
+        charger's calls of ``actions``, and with ``answers`` the backend's CALLRESULTs (1.6)."""
+        from ocpp_replay.core.window import PRIMING_ACTIONS
+
+        actions = sorted(PRIMING_ACTIONS)
+        calls = f"direction = 'to_csms' AND message_type = 2 AND action IN ({','.join('?' * len(actions))})"
+        if answers:
+            calls = f"({calls}) OR (direction = 'to_cp' AND message_type = 3)"
+        where = f"session_id = ? AND elapsed < ? AND ({calls})"
+        return self._frames(where, [session_id, to_elapsed, *actions])
+
+    def _frames(self, where: str, params: Sequence[Any]) -> Iterator[FrameRecord]:
         sql = (
             "SELECT session_id, seq, timestamp, elapsed, direction, message_type, unique_id, "
-            "action, raw, raw_bytes, parse_error FROM frames WHERE session_id = ? ORDER BY seq"
+            f"action, raw, raw_bytes, parse_error FROM frames WHERE {where} ORDER BY seq"
         )
         try:
-            cursor = self.db.execute(sql, [session_id])
+            cursor = self.db.execute(sql, params)
         except sqlite3.DatabaseError as exc:
             raise CaptureError(f"cannot read frames from {self.path}: {exc}") from exc
-        for row in cursor:
-            yield FrameRecord(row[0], row[1], row[2], row[3], Direction(row[4]), *row[5:])
+        return (FrameRecord(row[0], row[1], row[2], row[3], Direction(row[4]), *row[5:]) for row in cursor)
 
     def frames_since(self, rowid: int, limit: int = 1000) -> list[tuple[int, FrameRecord]]:
         """Frames of every session with a rowid above ``rowid`` (for following a live capture)."""

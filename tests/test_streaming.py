@@ -1,0 +1,289 @@
+"""Replaying a capture larger than memory should hold (issue 12): windows read from disk as they
+go, and a whole-capture replay loads sessions ahead of their start, not all at once.
+
+The captures are real SQLite files written by the capture writer; the replays run against the
+test CSMS of tests/replay_peers.py (the `ocpp` package) on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+import tracemalloc
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+
+from ocpp_replay.core.frames import Direction
+from ocpp_replay.core.window import Window
+from ocpp_replay.replay import Selection, load_sessions, run_replay
+from ocpp_replay.replay.window import cut_loaded, cut_stored, load_window
+from ocpp_replay.store import CaptureWriter, Store, utc_iso
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _write(
+    w: CaptureWriter, sid: int, seq: int, start: float, elapsed: float, direction: Direction, body: Any
+) -> None:
+    w.frame(sid, seq, start + elapsed, elapsed, direction, json.dumps(body))
+
+
+def _messy_capture(db: Path, seed: int) -> float:
+    """Sessions of 1.6 and 2.0.1 with pipelined calls, answers late across any boundary, stray
+    answers, CALLERRORs and backend calls. Returns the capture's start (epoch seconds)."""
+    rng = random.Random(seed)
+    w = CaptureWriter(db, flush_interval=0.2)
+    t0 = time.time() - 86_400
+    for n in range(12):
+        version = "ocpp1.6" if n % 2 == 0 else "ocpp2.0.1"
+        start = t0 + rng.uniform(0, 50)
+        sid = w.open_session(start, charge_point_id=f"CP-{n}", subprotocol=version)
+        seq = 0
+        pending: list[tuple[float, Direction, Any]] = []  # answers not yet written
+        at = 0.0
+        tx = 0
+        for k in range(rng.randint(20, 80)):
+            at += rng.uniform(0.1, 5.0)
+            uid = f"u{k % 17}"  # unique ids recur: lookups must pick the right one
+            roll = rng.random()
+            if version == "ocpp1.6":
+                if roll < 0.1:
+                    call = [
+                        2,
+                        uid,
+                        "BootNotification",
+                        {"chargePointVendor": "Alfen BV", "chargePointModel": "NG9"},
+                    ]
+                    answer: Any = [
+                        3,
+                        uid,
+                        {"status": "Accepted", "currentTime": utc_iso(start), "interval": 60},
+                    ]
+                elif roll < 0.35:
+                    call = [
+                        2,
+                        uid,
+                        "StatusNotification",
+                        {"connectorId": rng.randint(0, 2), "status": "Available", "errorCode": "NoError"},
+                    ]
+                    answer = [3, uid, {}]
+                elif roll < 0.5:
+                    tx += 1
+                    call = [
+                        2,
+                        uid,
+                        "StartTransaction",
+                        {"connectorId": 1, "idTag": "A", "meterStart": 0, "timestamp": utc_iso(start + at)},
+                    ]
+                    answer = [3, uid, {"transactionId": 100 * n + tx, "idTagInfo": {"status": "Accepted"}}]
+                elif roll < 0.6:
+                    call = [
+                        2,
+                        uid,
+                        "StopTransaction",
+                        {"transactionId": 100 * n + tx, "meterStop": 5, "timestamp": utc_iso(start + at)},
+                    ]
+                    answer = [4, uid, "InternalError", "", {}] if rng.random() < 0.3 else [3, uid, {}]
+                else:
+                    call = [2, uid, "MeterValues", {"connectorId": 1, "meterValue": []}]
+                    answer = [3, uid, {}]
+            else:
+                event = rng.choice(["Started", "Updated", "Ended"])
+                if roll < 0.3:
+                    call = [
+                        2,
+                        uid,
+                        "StatusNotification",
+                        {
+                            "timestamp": utc_iso(start + at),
+                            "connectorStatus": "Available",
+                            "evseId": 1,
+                            "connectorId": rng.randint(1, 2),
+                        },
+                    ]
+                else:
+                    call = [
+                        2,
+                        uid,
+                        "TransactionEvent",
+                        {
+                            "eventType": event,
+                            "timestamp": utc_iso(start + at),
+                            "triggerReason": "Authorized",
+                            "seqNo": k,
+                            "transactionInfo": {"transactionId": f"T{rng.randint(1, 3)}"},
+                        },
+                    ]
+                answer = [3, uid, {}]
+            pending.append((at + rng.choice([0.01, 0.01, 3.0, 12.0]), Direction.TO_CP, answer))
+            frames = [(at, Direction.TO_CSMS, call)]
+            if rng.random() < 0.05:
+                frames.append((at + 0.2, Direction.TO_CP, [3, "stray", {}]))  # answers nothing
+            if rng.random() < 0.05:
+                frames.append((at + 0.3, Direction.TO_CP, [2, f"b{k}", "Reset", {"type": "Soft"}]))
+                pending.append((at + 0.4, Direction.TO_CSMS, [3, f"b{k}", {"status": "Accepted"}]))
+            ready = sorted([p for p in pending if p[0] <= at] + frames, key=lambda x: x[0])
+            pending = [p for p in pending if p[0] > at]
+            for when, direction, body in ready:
+                seq += 1
+                _write(w, sid, seq, start, when, direction, body)
+        for when, direction, body in sorted(pending, key=lambda x: x[0]):
+            seq += 1
+            _write(w, sid, seq, start, when, direction, body)
+        if n % 3:
+            w.close_session(sid, start + at + 20, close_code=1000, closed_by="cp")
+    w.start()
+    w.close(timeout=60)
+    return t0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_window_read_from_disk_is_the_window_cut_in_memory(tmp_path: Path, seed: int) -> None:
+    db = tmp_path / "messy.db"
+    t0 = _messy_capture(db, seed)
+    rng = random.Random(seed)
+    checked = 0
+    with Store.open(db, read_only=True) as store:
+        infos = store.sessions()
+        for _ in range(15):
+            start = t0 + rng.uniform(0, 250)
+            window = Window(start, rng.choice([None, start + rng.uniform(5, 120)]))
+            for prime in (True, False):
+                for info in infos:
+                    in_memory = cut_loaded(info, list(store.frames(info.id)), window, prime=prime)
+                    on_disk = cut_stored(store, info, window, prime=prime)
+                    assert on_disk == in_memory, (seed, info.id, window, prime)
+                    checked += on_disk is not None and bool(on_disk[1])
+    assert checked > 20  # windows that primed something were among them
+
+
+def test_a_window_of_a_long_connection_holds_the_window_not_the_connection(tmp_path: Path) -> None:
+    """One connection of 40,000 frames (a month of MeterValues at a minute): a window of an
+    hour in its middle reads a few hundred frames into memory, whatever came before."""
+    db = tmp_path / "long.db"
+    w = CaptureWriter(db, flush_interval=0.2)
+    start = time.time() - 40 * 86_400
+    sid = w.open_session(start, charge_point_id="CP-LONG", subprotocol="ocpp1.6")
+    boot = [2, "b", "BootNotification", {"chargePointVendor": "Alfen BV", "chargePointModel": "NG9"}]
+    _write(w, sid, 1, start, 0.0, Direction.TO_CSMS, boot)
+    _write(
+        w,
+        sid,
+        2,
+        start,
+        0.01,
+        Direction.TO_CP,
+        [3, "b", {"status": "Accepted", "currentTime": "x", "interval": 60}],
+    )
+    seq = 2
+    for k in range(20_000):
+        at = 60.0 * (k + 1)
+        mv = {
+            "connectorId": 1,
+            "meterValue": [
+                {
+                    "timestamp": utc_iso(start + at),
+                    "sampledValue": [{"value": str(k), "measurand": "Energy.Active.Import.Register"}] * 4,
+                }
+            ],
+        }
+        _write(w, sid, seq + 1, start, at, Direction.TO_CSMS, [2, f"m{k}", "MeterValues", mv])
+        _write(w, sid, seq + 2, start, at + 0.01, Direction.TO_CP, [3, f"m{k}", {}])
+        seq += 2
+    w.start()
+    w.close(timeout=60)
+    window = Window(start + 10 * 86_400 - 30, start + 10 * 86_400 + 3570)  # no frame on a bound
+    with Store.open(db, read_only=True) as store:
+        everything = sum(len(f.raw or "") for f in store.frames(sid))
+        tracemalloc.start()
+        loaded, priming = load_window(store, Selection(), window)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    [(_, frames)] = loaded
+    assert len(frames) == 2 + 120  # the boot primed, then an hour of calls and answers
+    assert priming[sid] == frozenset({1, 2})
+    # Loading the connection whole would hold more than its raw text (10 MB here) at once.
+    assert everything > 8_000_000
+    assert peak < everything / 10, (peak, everything)
+
+
+@contextlib.asynccontextmanager
+async def fast_csms() -> AsyncIterator[tuple[str, list[str]]]:
+    """Answers every CALL with an empty result at once; notes each charger's handshake."""
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("ocpp1.6",))
+        await ws.prepare(request)
+        seen.append(request.match_info["cp"])
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT and msg.data.startswith("[2,"):
+                uid = msg.data.split(",", 2)[1]
+                await ws.send_str(f"[3,{uid},{{}}]")
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ocpp/{cp}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"ws://127.0.0.1:{port}/ocpp", seen
+    finally:
+        await runner.cleanup()
+
+
+def _reconnecting_capture(db: Path, sessions: int, apart: float) -> None:
+    """Five chargers, each reconnecting: ``sessions`` short connections ``apart`` seconds apart,
+    each with three StatusNotifications answered."""
+    w = CaptureWriter(db, flush_interval=0.2)
+    t0 = time.time() - 3600
+    for n in range(sessions):
+        start = t0 + n * apart
+        sid = w.open_session(start, charge_point_id=f"CP-{n % 5}", subprotocol="ocpp1.6")
+        for k in range(3):
+            status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+            _write(
+                w,
+                sid,
+                2 * k + 1,
+                start,
+                0.05 + 0.1 * k,
+                Direction.TO_CSMS,
+                [2, f"{n}-{k}", "StatusNotification", status],
+            )
+            _write(w, sid, 2 * k + 2, start, 0.06 + 0.1 * k, Direction.TO_CP, [3, f"{n}-{k}", {}])
+        w.close_session(sid, start + 0.4, close_code=1000, closed_by="cp")
+    w.start()
+    w.close(timeout=60)
+
+
+async def test_a_capture_replays_streamed_holding_the_sessions_due_soon_not_all(tmp_path: Path) -> None:
+    """40 connections over 20 recorded seconds, at --speed 4, loading 1 s ahead: never more
+    than a few sessions in memory at once, and the same run as with every session loaded."""
+    db = tmp_path / "long.db"
+    _reconnecting_capture(db, 40, 0.5)
+    kw: dict[str, Any] = {"speed": 4.0, "answer_timeout": 2.0, "grace": 0.1, "connect_ahead": 0.2}
+    with Store.open(db) as store:
+        async with fast_csms() as (url, seen):
+            streamed = await run_replay(store, url, load_ahead=1.0, **kw)
+            loaded = await asyncio.to_thread(load_sessions, store)
+            whole = await run_replay(store, url, sessions=loaded, **kw)
+    assert len(seen) == 80  # every session connected, twice
+    info = streamed.options["streamed"]
+    assert info["loaded"] == 40
+    # 1 s ahead at speed 4 is 4 recorded seconds: about 8 sessions due, a few running
+    assert info["most_held"] <= 15, info
+    assert streamed.messages == whole.messages == 40 * 3 * 2
+    assert streamed.differences == whole.differences == ()
+    assert [s.session_id for s in streamed.sessions] == [s.session_id for s in whole.sessions]
+    assert "streamed" not in whole.options
