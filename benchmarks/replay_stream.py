@@ -2,6 +2,8 @@
 
     python benchmarks/replay_stream.py [--frames 5000000] [--chargers 250] [--speed 60]
     python benchmarks/replay_stream.py --baseline-ref 8f48a45    # the same, with that commit too
+    python benchmarks/replay_stream.py --whole --frames 200000 --chargers 50 --interval 1 \
+        --connection-days 0.000694 --speed 10 --baseline-ref 8f48a45   # whole captures, 1-min connections
 
 Builds (once; kept in ``--dir``) two captures with the capture writer that differ only in
 length: ``--frames`` frames and a tenth of that, ``--chargers`` chargers each sending
@@ -12,7 +14,8 @@ open for days, and primes them). Then replays the
 ``--speed`` against the fast CSMS of replay_scale.py, sampling the replaying process's RSS every
 0.1 s, and prints it at 10 %, 50 % and 90 % of the run and at its peak, with the command's wall
 time and its differences (expected: 0). With ``--baseline-ref`` the same runs use the code of
-that commit (a git worktree), in the same invocation, so the change is a ratio.
+that commit (a git worktree), in the same invocation, so the change is a ratio. ``--whole``
+replays each capture whole instead (size it to a few minutes: it replays every frame).
 """
 
 from __future__ import annotations
@@ -139,9 +142,10 @@ def capture(path: Path, frames: int, args: argparse.Namespace) -> tuple[float, f
 
 
 def replay(
-    code: Path, db: Path, target: str, first: float, last: float, speed: float, results: Path
+    code: Path, db: Path, target: str, first: float, last: float, speed: float, results: Path, whole: bool
 ) -> dict[str, float]:
-    """``ocpp-replay replay --from --to`` of the hour in the middle; RSS sampled every 0.1 s."""
+    """``ocpp-replay replay --from --to`` of the hour in the middle (``whole``: of the whole
+    capture); RSS sampled every 0.1 s."""
     middle = first + (last - first) / 2
     frm = datetime.fromtimestamp(middle, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     to = datetime.fromtimestamp(middle + 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -155,10 +159,7 @@ def replay(
         str(db),
         "--target",
         target,
-        "--from",
-        frm,
-        "--to",
-        to,
+        *(() if whole else ("--from", frm, "--to", to)),
         "--speed",
         str(speed),
         "--workers",
@@ -210,6 +211,7 @@ def main() -> int:
     ap.add_argument("--connection-days", type=float, default=7.0, help="how long a connection stays up")
     ap.add_argument("--speed", type=float, default=60.0, help="replay speed (60: the hour in a minute)")
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "ocpp-replay-stream")
+    ap.add_argument("--whole", action="store_true", help="replay each capture whole, not a window of it")
     ap.add_argument("--baseline-ref", help="a commit to measure in the same run (git worktree)")
     ap.add_argument("--serve", metavar="PORT_FILE", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -240,14 +242,15 @@ def main() -> int:
             time.sleep(0.05)
         target = f"ws://127.0.0.1:{port_file.read_text()}/ocpp"
         results = Path(tempfile.mkdtemp(prefix="stream-results-"))
-        print(f"1-hour window in the middle of each capture, --speed {args.speed:g}, against a fast CSMS")
+        what = "the whole of each capture" if args.whole else "1-hour window in the middle of each capture"
+        print(f"{what}, --speed {args.speed:g}, against a fast CSMS")
         print(
             f"{'code':<22} {'capture':>12} {'wall s':>7} {'RSS MiB at 10%':>15} {'50%':>6} {'90%':>6} "
             f"{'peak':>6} {'messages':>9} {'diffs':>6}"
         )
         for code in codes:
             for db, (first, last) in spans.items():
-                r = replay(code, db, target, first, last, args.speed, results)
+                r = replay(code, db, target, first, last, args.speed, results, args.whole)
                 name = "this checkout" if code == ROOT else code.name
                 frames = int(db.stem.split("-")[1])
                 print(

@@ -19,10 +19,13 @@ from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
+from typer.testing import CliRunner
 
+from ocpp_replay.cli import app
 from ocpp_replay.core.frames import Direction
 from ocpp_replay.core.window import Window
-from ocpp_replay.replay import Selection, load_sessions, run_replay
+from ocpp_replay.replay import Selection, load_run, load_sessions, run_replay, store_run
+from ocpp_replay.replay.runner import ResultSpool
 from ocpp_replay.replay.window import cut_loaded, cut_stored, load_window
 from ocpp_replay.store import CaptureWriter, Store, utc_iso
 
@@ -287,3 +290,93 @@ async def test_a_capture_replays_streamed_holding_the_sessions_due_soon_not_all(
     assert streamed.differences == whole.differences == ()
     assert [s.session_id for s in streamed.sessions] == [s.session_id for s in whole.sessions]
     assert "streamed" not in whole.options
+
+
+async def test_a_replay_writes_each_session_s_frames_to_its_run_as_it_finishes(tmp_path: Path) -> None:
+    """The run is in the capture from the start; finished sessions' frames are there while
+    later ones still run, and are not held in memory; the completed run reads back whole."""
+    db = tmp_path / "long.db"
+    _reconnecting_capture(db, 40, 0.5)
+    seen_stored: list[int] = []
+    with Store.open(db) as store, Store.open(db, read_only=True) as reader:
+
+        def progress(p: Any) -> None:
+            if p.finished is not None:
+                row = reader.db.execute("SELECT count(*) FROM run_frames").fetchone()
+                seen_stored.append(row[0])
+
+        async with fast_csms() as (url, _):
+            spool = ResultSpool(store)
+            result = await run_replay(
+                store, url, speed=4.0, answer_timeout=2.0, grace=0.1, spool=spool, progress=progress
+            )
+        stored = store_run(store, result)
+        again = load_run(store, stored.run_id or 0)
+        runs = store.db.execute(
+            "SELECT count(*), max(ended_at IS NOT NULL), max(messages) FROM runs"
+        ).fetchone()
+    assert stored.run_id == spool.run_id
+    assert runs == (1, 1, 240)  # one run, completed, its messages counted
+    assert all(s.frames == () and s.frames_stored == 6 for s in result.sessions)
+    assert result.messages == 240 and result.differences == ()
+    assert [len(s.frames) for s in again.sessions] == [6] * 40
+    assert again.messages == 240
+    assert 0 < max(seen_stored) < 240  # written while the replay went on, not at its end
+
+
+async def test_a_replay_that_fails_after_it_started_leaves_no_run(tmp_path: Path) -> None:
+    """A target that accepts TCP and never completes a handshake (the run fails after 10 s, the
+    connect timeout): exit 2, and the run opened when the replay started is gone."""
+    db = tmp_path / "long.db"
+    _reconnecting_capture(db, 2, 0.5)
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # the probe passes; handshakes never end
+        writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        out = await asyncio.to_thread(
+            CliRunner().invoke,
+            app,
+            ["replay", "--db", str(db), "--target", f"ws://127.0.0.1:{port}/ocpp"],
+        )
+    finally:
+        server.close()
+    assert out.exit_code == 2, out.output
+    assert "error:" in out.output
+    with Store.open(db, read_only=True) as store:
+        assert store.db.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+
+
+async def test_workers_stream_their_shards_and_write_into_one_run(tmp_path: Path) -> None:
+    """`--workers 2` on a capture (not amplified, so streamed): each worker reads its own
+    chargers' sessions and writes their frames into the run the parent opened; the run is the
+    one `--workers 1` stores, frame for frame."""
+    db = tmp_path / "long.db"
+    _reconnecting_capture(db, 20, 0.5)
+    args = ["replay", "--db", str(db), "--speed", "4", "--timeout", "2", "--grace", "0.1"]
+    async with fast_csms() as (url, seen):
+        for workers in ("1", "2"):
+            out = await asyncio.to_thread(
+                CliRunner().invoke, app, [*args, "--target", url, "--workers", workers]
+            )
+            assert out.exit_code == 0, out.output
+    assert len(seen) == 40
+    with Store.open(db, read_only=True) as store:
+        runs = store.db.execute(
+            "SELECT id, sessions, messages, diffs, ended_at IS NOT NULL, options FROM runs"
+        ).fetchall()
+        frames = [
+            store.db.execute(
+                "SELECT session_id, side, seq, direction, action FROM run_frames WHERE run_id = ? "
+                "ORDER BY session_id, seq",
+                [run_id],
+            ).fetchall()
+            for run_id, *_ in runs
+        ]
+    (one, two) = runs
+    assert one[1:5] == two[1:5] == (20, 120, 0, 1)
+    assert json.loads(two[5])["workers"] == 2 and json.loads(two[5])["streamed"]["loaded"] == 20
+    assert len(frames[0]) == 120 and frames[0] == frames[1]

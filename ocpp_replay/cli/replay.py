@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ocpp_replay.core.window import Window
     from ocpp_replay.replay import Progress as ReplayProgress
     from ocpp_replay.replay import Selection
+    from ocpp_replay.replay.runner import ResultSpool
     from ocpp_replay.store import FrameRecord, SessionInfo, Store
 
 __all__ = ["register"]
@@ -446,36 +447,53 @@ async def _stop_on_ctrl_c() -> AsyncIterator[asyncio.Event]:
 def _run_and_store(
     db: Path,
     prepare: Callable[
-        [], tuple[AbstractContextManager[Any], Callable[[Store], Coroutine[Any, Any, RunResult]]]
+        [], tuple[AbstractContextManager[Any], Callable[[Store, ResultSpool], Coroutine[Any, Any, RunResult]]]
     ],
     results: Path | None = None,
+    *,
+    frames: bool = False,
 ) -> RunResult:
     """Check the options, run the replay (or compare) on the capture and store the run: in the
     capture, or with ``results`` in that results file (the capture only read).
 
     ``prepare`` checks and loads the options before the capture is opened and returns the
-    progress display and the run to start on the store. An error is one line and exit 2.
+    progress display and the run to start on the store and a :class:`ResultSpool` on where the
+    run goes (a replay writes each session's frames there as it finishes). With ``frames`` (an
+    HTML or JUnit report wants them) the stored run is read back whole. An error is one line
+    and exit 2.
     """
     import asyncio
 
-    from ocpp_replay.replay import store_run
+    from ocpp_replay.replay import load_run, store_run
+    from ocpp_replay.replay.runner import ResultSpool
     from ocpp_replay.store import Store
     from ocpp_replay.store.runs import copy_sessions, open_results
 
     store: Store | None = None
     out: Store | None = None
+    spool: ResultSpool | None = None
     try:
         display, run = prepare()
         store = Store.open(db, read_only=results is not None)
         out = open_results(results, store) if results is not None else store
+        spool = ResultSpool(out)
         with display:
-            result = asyncio.run(run(store))
+            result = asyncio.run(run(store, spool))
         if out is not store:
             copy_sessions(store, out, (s.session_id for s in result.sessions))
-        return store_run(out, result)
+        stored = store_run(out, result)
+        spool = None  # the run is complete
+        if frames and any(s.frames_stored for s in stored.sessions):
+            assert stored.run_id is not None
+            return load_run(out, stored.run_id)
+        return stored
     except OcppReplayError as exc:
+        if spool is not None:
+            spool.discard()
         fail(exc)
     except KeyboardInterrupt:
+        if spool is not None:
+            spool.discard()
         fail("interrupted; the run was not stored")
     finally:
         for s in {id(x): x for x in (store, out) if x is not None}.values():
@@ -623,10 +641,10 @@ def replay(
     Exit status: 0 no differences, 1 differences found, 2 error.
     """
 
-    def prepare() -> tuple[_Display, Callable[[Store], Coroutine[Any, Any, RunResult]]]:
+    def prepare() -> tuple[_Display, Callable[[Store, ResultSpool], Coroutine[Any, Any, RunResult]]]:
         import functools
 
-        from ocpp_replay.replay import load_sessions, run_replay, selected_sessions
+        from ocpp_replay.replay import run_replay, selected_sessions
         from ocpp_replay.replay.amplify import load_amplified
         from ocpp_replay.replay.workers import auto_workers, run_replay_workers
 
@@ -658,13 +676,13 @@ def replay(
             stop_metrics = serve_metrics(metrics_port, metrics_host, collector)
             progress = tee(display, collector.update)
 
-        async def run(store: Store) -> RunResult:
+        async def run(store: Store, spool: ResultSpool) -> RunResult:
             try:
-                return await _replay(store)
+                return await _replay(store, spool)
             finally:
                 stop_metrics()
 
-        async def _replay(store: Store) -> RunResult:
+        async def _replay(store: Store, spool: ResultSpool) -> RunResult:
             import asyncio
 
             loaded: Sequence[tuple[SessionInfo, Sequence[FrameRecord]]] | None = None
@@ -684,9 +702,12 @@ def replay(
                 else:
                     infos = await asyncio.to_thread(selected_sessions, store, selection)
                 n = auto_workers(len({info.charge_point_id for info in infos}))
-            if n > 1 and loaded is None:  # the workers take planned sessions (not streamed yet)
-                loaded = await asyncio.to_thread(load_sessions, store, selection)
-            replayer = functools.partial(run_replay_workers, workers=n) if n > 1 else run_replay
+            # finished sessions' frames go to the run as they finish (from each worker's process)
+            replayer: Callable[..., Coroutine[Any, Any, RunResult]] = (
+                functools.partial(run_replay_workers, workers=n, spool=spool)
+                if n > 1
+                else functools.partial(run_replay, spool=spool)
+            )
             async with _stop_on_ctrl_c() as stop:
                 result = await replayer(
                     store,
@@ -716,7 +737,8 @@ def replay(
 
         return display, run
 
-    _finish(_run_and_store(db, prepare, results), report, junit, html, force=force)
+    stored = _run_and_store(db, prepare, results, frames=html is not None or junit is not None)
+    _finish(stored, report, junit, html, force=force)
 
 
 def compare(
@@ -767,7 +789,7 @@ def compare(
     """
     from ocpp_replay.core.compare import noise_rules_toml
 
-    def prepare() -> tuple[_CompareDisplay, Callable[[Store], Coroutine[Any, Any, RunResult]]]:
+    def prepare() -> tuple[_CompareDisplay, Callable[[Store, ResultSpool], Coroutine[Any, Any, RunResult]]]:
         from ocpp_replay.replay import run_compare
 
         _check_options(
@@ -787,7 +809,7 @@ def compare(
         _check_outputs(force, report=report, junit=junit, html=html, save_rules=save_rules)
         display = _CompareDisplay(console.is_terminal)
 
-        async def run(store: Store) -> RunResult:
+        async def run(store: Store, spool: ResultSpool) -> RunResult:  # compare stores its run at the end
             import asyncio
 
             loaded = None

@@ -210,6 +210,9 @@ class SessionResult:
     held_seconds: tuple[float, ...] = ()  # how long each held frame was held
     handshake: float | None = None  # seconds from dialling to the 101 (or the failure)
     connected_at: float | None = None  # seconds after the session's recorded start (negative: ahead)
+    #: frames already written to the stored run as the session finished, and not held here
+    #: (replay/runner.ResultSpool); ``frames`` holds the rest
+    frames_stored: int = 0
 
     @property
     def duration(self) -> float | None:
@@ -223,7 +226,7 @@ class SessionResult:
 
     @property
     def messages(self) -> int:
-        return len(self.frames)
+        return len(self.frames) + self.frames_stored
 
     def on(self, side: str) -> tuple[Difference, ...]:
         """The differences of one side (target, compare, baseline, candidate)."""

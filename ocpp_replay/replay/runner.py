@@ -214,7 +214,7 @@ _LOAD_BATCH = 100
 
 
 @dataclass(frozen=True, slots=True)
-class _Due:
+class Due:
     """A session of a streamed replay: planned when its start comes near (:class:`_Loader`)."""
 
     info: SessionInfo
@@ -231,7 +231,7 @@ class _Loader:
     def __init__(
         self,
         store: Store,
-        dues: Sequence[_Due],
+        dues: Sequence[Due],
         timeline: Timeline,
         rules: RuleSet,
         rewrite: Rewriter | None,
@@ -252,14 +252,14 @@ class _Loader:
         self.held = 0  # sessions loaded and not finished
         self.most_held = 0
 
-    def _load(self, dues: Sequence[_Due]) -> list[SessionPlan]:
+    def _load(self, dues: Sequence[Due]) -> list[SessionPlan]:
         plans = [plan_session(*load_session(self.store, d.info), self.timeline, self.rules) for d in dues]
         plans, rewritten = rewrite_plans(plans, self.rewrite)
         self.rewritten.extend(rewritten)
         return plans
 
-    def _batch(self, until: float) -> list[_Due]:
-        batch: list[_Due] = []
+    def _batch(self, until: float) -> list[Due]:
+        batch: list[Due] = []
         while self.next < len(self.queue) and len(batch) < _LOAD_BATCH:
             due = self.queue[self.next]
             if batch and due.start > until:
@@ -268,7 +268,7 @@ class _Loader:
             self.next += 1
         return batch
 
-    def _deliver(self, dues: Sequence[_Due], plans: Sequence[SessionPlan]) -> None:
+    def _deliver(self, dues: Sequence[Due], plans: Sequence[SessionPlan]) -> None:
         loop = asyncio.get_running_loop()
         for due, plan in zip(dues, plans, strict=True):
             self.plans.setdefault(due.session_id, loop.create_future()).set_result(plan)
@@ -306,18 +306,101 @@ class _Loader:
             del self.plans[session_id]
 
 
-def _dues(
+def due_sessions(
     store: Store, selection: Selection, speed: float, max_gap: float | None
-) -> tuple[list[_Due], Timeline]:
-    """The selected sessions of a streamed replay, in start order, and their timeline (blocking)."""
+) -> tuple[list[Due], Timeline]:
+    """The selected sessions of a streamed replay, in start order, with their replay starts, and
+    their timeline (blocking)."""
     infos = selected_sessions(store, selection)
     timeline = stored_timeline(store, infos, speed=speed, max_gap=max_gap)
     dues = []
     for info in infos:
         start = session_start(load_session(store, info)[0] if info.pruned_before else info)
-        dues.append(_Due(info, timeline(start), info.id, info.charge_point_id))
+        dues.append(Due(info, timeline(start), info.id, info.charge_point_id))
     dues.sort(key=lambda d: (d.start, d.session_id))
     return dues, timeline
+
+
+class ResultSpool:
+    """A replay's results written to its run as each session finishes, so that memory does not
+    hold every frame a long replay exchanged: the run is opened in the store when the replay
+    starts (:meth:`open`; ``ocpp-replay runs`` shows it going), each finished session's frames
+    go to it in the background, one transaction per batch, and the session's result is kept
+    without them (``frames_stored``). :func:`~ocpp_replay.store.runs.store_run` of the final
+    result (it carries the run's id) completes the run; :meth:`discard` removes a run that
+    failed. Writes happen in one thread at a time, in order."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.run_id: int | None = None
+        self._queue: list[SessionResult] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.stored = 0  # frames written
+
+    async def open(self, target: str, started_at: str) -> int:
+        from ocpp_replay.store.runs import open_live_run
+
+        self.run_id = await asyncio.to_thread(
+            open_live_run,
+            self.store,
+            kind="replay",
+            started_at=started_at,
+            target=target,
+            baseline=None,
+            options={},
+        )
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._drain(), name="replay-results")
+        return self.run_id
+
+    async def attach(self, run_id: int) -> None:
+        """Write into run ``run_id``, opened by another process (a worker of ``--workers``)."""
+        self.run_id = run_id
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._drain(), name="replay-results")
+
+    def put(self, result: SessionResult) -> SessionResult:
+        """Queue a finished session's frames for the run; returns its result without them."""
+        if self._wake is None or not result.frames:
+            return result
+        self._queue.append(result)
+        self._wake.set()
+        return replace(result, frames=(), frames_stored=result.frames_stored + len(result.frames))
+
+    async def _drain(self) -> None:
+        from ocpp_replay.store.runs import store_session_frames
+
+        assert self._wake is not None and self.run_id is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await asyncio.to_thread(store_session_frames, self.store, self.run_id, batch)
+                self.stored += sum(len(r.frames) for r in batch)
+            if self._closing:
+                return
+
+    async def close(self) -> None:
+        """Write what is queued and stop; an error of the writes is raised here."""
+        task = self._task
+        if task is None or self._wake is None:
+            return
+        self._closing = True
+        self._wake.set()
+        self._task = None
+        await task  # never cancelled: a write in a thread cannot be
+
+    def discard(self) -> None:
+        """Remove the run (blocking): the replay failed and stores nothing."""
+        from ocpp_replay.store.runs import delete_run
+
+        if self.run_id is not None:
+            with contextlib.suppress(OcppReplayError):
+                delete_run(self.store, self.run_id)
+            self.run_id = None
 
 
 # ----------------------------------------------------------------------------- one session
@@ -724,6 +807,8 @@ async def run_replay(
     plans: Sequence[SessionPlan] | None = None,
     start_at: Callable[[], float] | None = None,
     load_ahead: float = LOAD_AHEAD,
+    spool: ResultSpool | None = None,
+    due: tuple[Sequence[Due], Timeline] | None = None,
 ) -> RunResult:
     """Replay the selected sessions of ``store`` against ``target`` and compare the answers.
 
@@ -749,6 +834,10 @@ async def run_replay(
     planned ``load_ahead`` replay seconds (at least twice ``connect_ahead``) before its start, in
     batches, so memory holds the sessions due soon and running, not the capture
     (``options["streamed"]``: sessions loaded, the most held at once).
+    With ``spool``, each finished session's frames are written to a run opened when the replay
+    starts (or the spool's, when it has one already) and are not kept (:class:`ResultSpool`);
+    the result carries that run's id. ``due`` streams these sessions of the capture on this
+    timeline (:func:`due_sessions`; a worker's shard) instead of the selection's.
     ``sessions`` may be given pre-loaded (then ``store`` and ``selection`` are not read).
     ``check_schema`` validates every answer and CALL of the backend against the official OCPP
     schema (a violation is a ``schema`` difference).
@@ -771,11 +860,15 @@ async def run_replay(
     target = target.rstrip("/")
     rewritten: list[dict[str, Any]] = []
     loader: _Loader | None = None
-    entries: Sequence[SessionPlan | _Due]
+    entries: Sequence[SessionPlan | Due]
     if plans is None and sessions is None:  # the capture, streamed
         if store is None:
             raise ReplayError("run_replay needs a capture, sessions or plans")
-        dues = await asyncio.to_thread(_dues, store, selection, speed, max_gap)
+        dues = (
+            due
+            if due is not None
+            else await asyncio.to_thread(due_sessions, store, selection, speed, max_gap)
+        )
         loader = _Loader(store, dues[0], dues[1], rules, rewrite, max(load_ahead, 2 * connect_ahead))
         entries = dues[0]
     elif plans is None:
@@ -796,7 +889,7 @@ async def run_replay(
         optional_calls=optional,
     )
     await probe(target, connect_timeout)
-    by_cp: dict[str, list[SessionPlan | _Due]] = {}
+    by_cp: dict[str, list[SessionPlan | Due]] = {}
     for entry in entries:
         by_cp.setdefault(entry.charge_point_id, []).append(entry)
     options: dict[str, Any] = {
@@ -843,6 +936,8 @@ async def run_replay(
         )
         if loader is not None:
             await loader.preload()
+        if spool is not None and spool.run_id is None:
+            await spool.open(target, started_at)
         gc_guard = _no_full_gc() if quiet_gc else contextlib.nullcontext()
         gc_guard.__enter__()  # before the clock starts: entering it runs one full collection
         if start_at is not None:  # time 0 shared with other processes, as a wall-clock time
@@ -851,14 +946,15 @@ async def run_replay(
         else:  # the first sessions too are dialled ahead of their start
             run_start = loop.time() + start_delay + connect_ahead
 
-        async def charger(cp_entries: list[SessionPlan | _Due]) -> None:
+        async def charger(cp_entries: list[SessionPlan | Due]) -> None:
             for entry in cp_entries:  # reconnects of one charger: in order, never overlapping
                 anchor = max(run_start + entry.start, loop.time())
                 delay = anchor - connect_ahead - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 plan = entry if isinstance(entry, SessionPlan) else await loader.plan(entry.session_id)  # type: ignore[union-attr]
-                results[plan.session_id] = await _SessionRun(plan, ctx, anchor).run()
+                result = await _SessionRun(plan, ctx, anchor).run()
+                results[plan.session_id] = spool.put(result) if spool is not None else result
                 if loader is not None:
                     loader.held -= 1
 
@@ -877,6 +973,8 @@ async def run_replay(
             raise _first_error(group) from None
         finally:
             gc_guard.__exit__(None, None, None)
+            if spool is not None:
+                await spool.close()
     ordered = tuple(results[e.session_id] for e in entries if e.session_id in results)
     options["handshakes"] = handshake_summary(ordered)
     if loader is not None:
@@ -890,6 +988,7 @@ async def run_replay(
         ended_at=utc_iso(time.time()),
         sessions=ordered,
         options=options,
+        run_id=spool.run_id if spool is not None else None,
     )
 
 

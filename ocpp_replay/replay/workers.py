@@ -25,22 +25,25 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from multiprocessing.context import SpawnProcess
 from multiprocessing.sharedctypes import Synchronized
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from ocpp_replay.core.results import RunResult, SessionResult, handshake_summary
 from ocpp_replay.core.rewrite import Rewriter, rewrite_plans
 from ocpp_replay.core.rules import RuleSet
-from ocpp_replay.core.schedule import SessionPlan, plan_sessions
+from ocpp_replay.core.schedule import SessionPlan, Timeline, plan_sessions
 from ocpp_replay.errors import OcppReplayError, ReplayError
 from ocpp_replay.replay.runner import (
     DEFAULT_CONNECT_AHEAD,
+    Due,
     Progress,
     ProgressCallback,
+    ResultSpool,
     Selection,
+    due_sessions,
     load_sessions,
     run_replay,
 )
@@ -49,6 +52,8 @@ from ocpp_replay.store import FrameRecord, SessionInfo, Store
 __all__ = ["AUTO_MIN_CHARGE_POINTS", "auto_workers", "run_replay_workers", "shard_plans"]
 
 log = logging.getLogger(__name__)
+
+_E = TypeVar("_E", SessionPlan, Due)
 
 #: With ``--workers auto``: fewer charge points than this replay in one process (starting
 #: processes costs about half a second each, and one loop has room for them).
@@ -69,28 +74,50 @@ def auto_workers(charge_points: int) -> int:
 def shard_plans(plans: Sequence[SessionPlan], workers: int) -> list[list[SessionPlan]]:
     """Plans by charge point over ``workers`` shards: each charger whole and in order, the
     heaviest chargers (frames to send) first to the lightest shard."""
-    by_cp: dict[str, list[SessionPlan]] = {}
-    for plan in plans:
-        by_cp.setdefault(plan.charge_point_id, []).append(plan)
+    return _shard(plans, workers, lambda p: len(p.steps))
+
+
+def shard_dues(dues: Sequence[Due], workers: int) -> list[list[Due]]:
+    """:func:`shard_plans` for sessions not planned yet (a streamed replay): weighed by their
+    recorded frames."""
+    return _shard(dues, workers, lambda d: d.info.frames)
+
+
+def _shard(entries: Sequence[_E], workers: int, weight: Callable[[_E], int]) -> list[list[_E]]:
+    by_cp: dict[str, list[_E]] = {}
+    for entry in entries:
+        by_cp.setdefault(entry.charge_point_id, []).append(entry)
     weights = sorted(
-        ((sum(len(p.steps) for p in cp_plans) + 1, cp) for cp, cp_plans in by_cp.items()),
+        ((sum(weight(e) for e in cp_entries) + 1, cp) for cp, cp_entries in by_cp.items()),
         key=lambda w: (-w[0], w[1]),
     )
     load = [0] * workers
-    shards: list[list[SessionPlan]] = [[] for _ in range(workers)]
-    for weight, cp in weights:
+    shards: list[list[_E]] = [[] for _ in range(workers)]
+    for w, cp in weights:
         i = min(range(workers), key=load.__getitem__)
-        load[i] += weight
+        load[i] += w
         shards[i].extend(by_cp[cp])
-    return [sorted(s, key=lambda p: (p.start, p.session_id)) for s in shards if s]
+    return [sorted(s, key=lambda e: (e.start, e.session_id)) for s in shards if s]
 
 
 # ----------------------------------------------------------------------------- the worker
 
 
+@dataclass(frozen=True, slots=True)
+class _Streamed:
+    """A worker's shard of a streamed replay: it reads its sessions from the capture itself and
+    writes each finished session's frames into the run the parent opened."""
+
+    capture: str
+    dues: list[Due]
+    timeline: Timeline
+    results: str | None  # the database of the run (the capture, or a results file)
+    run_id: int | None
+
+
 def _work(
     index: int,
-    plans: list[SessionPlan],
+    shard: list[SessionPlan] | _Streamed,
     target: str,
     options: dict[str, Any],
     out: multiprocessing.Queue[Any],
@@ -98,7 +125,7 @@ def _work(
     halt: Synchronized[int],
     report: bool,
 ) -> None:
-    """A worker process: replay ``plans``, send progress and the result through ``out``.
+    """A worker process: replay ``shard``, send progress and the result through ``out``.
     ``zero`` is 0 until the parent gives time 0; ``halt`` becomes 1 to stop. (Shared values
     polled, not multiprocessing events: an event waited on with a timeout can leave its
     condition's count behind, and a later set() then blocks.)"""
@@ -119,7 +146,7 @@ def _work(
             last[0] = now
             out.put(("progress", index, p.sessions_done, p.frames_sent, p.diffs, p.finished))
 
-    async def main() -> RunResult:
+    async def main(stores: list[Store]) -> RunResult:
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
 
@@ -129,24 +156,37 @@ def _work(
             loop.call_soon_threadsafe(stopping.set)
 
         threading.Thread(target=watch, daemon=True, name="replay-worker-stop").start()
-        return await run_replay(
-            None,  # plans given: the capture is not read here
-            target,
-            plans=plans,
-            start_at=start_at,
-            progress=progress if report else None,  # no callback per frame when nobody watches
-            stop=stopping,
+        common: dict[str, Any] = {
+            "start_at": start_at,
+            "progress": progress if report else None,  # no callback per frame when nobody watches
+            "stop": stopping,
             **options,
-        )
+        }
+        if isinstance(shard, list):  # planned by the parent: the capture is not read here
+            return await run_replay(None, target, plans=shard, **common)
+        writes_capture = shard.results == shard.capture  # the run goes into the capture itself
+        capture = Store.open(shard.capture, read_only=not writes_capture)
+        stores.append(capture)
+        spool = None
+        if shard.results is not None and shard.run_id is not None:
+            results = capture if writes_capture else Store.open(shard.results)
+            stores.append(results)
+            spool = ResultSpool(results)
+            await spool.attach(shard.run_id)
+        return await run_replay(capture, target, due=(shard.dues, shard.timeline), spool=spool, **common)
 
+    stores: list[Store] = []
     try:
-        result = asyncio.run(main())
+        result = asyncio.run(main(stores))
     except OcppReplayError as exc:
         out.put(("error", index, type(exc).__name__, str(exc)))
         return
     except BaseException as exc:
         out.put(("error", index, "ReplayError", f"worker {index} failed: {type(exc).__name__}: {exc}"))
         return
+    finally:
+        for store in {id(s): s for s in stores}.values():
+            store.close()
     out.put(("result", index, result))
 
 
@@ -168,19 +208,47 @@ async def run_replay_workers(
     stop: asyncio.Event | None = None,
     connect_ahead: float = DEFAULT_CONNECT_AHEAD,
     start_delay: float = 0.05,
+    spool: ResultSpool | None = None,
     **options: Any,
 ) -> RunResult:
     """:func:`run_replay` over ``workers`` processes (see the module's text). ``options`` are
-    run_replay's other keyword arguments (answer_timeout, grace, auth, ...); they must pickle."""
+    run_replay's other keyword arguments (answer_timeout, grace, auth, ...); they must pickle.
+
+    Without ``sessions`` (and without ``rewrite``) the replay is streamed: the parent reads
+    only the sessions' rows and their timeline, and each worker loads its own sessions ahead of
+    their starts; with ``spool`` the parent opens the run and each worker writes its finished
+    sessions' frames into it (as :func:`run_replay` does in one process)."""
     if workers < 1:
         raise ReplayError(f"workers must be 1 or more, not {workers}")
     rules = rules or RuleSet.default()
-    if sessions is None:
-        sessions = await asyncio.to_thread(load_sessions, store, selection)
-    plans, rewritten = rewrite_plans(
-        plan_sessions(sessions, speed=speed, max_gap=max_gap, rules=rules), rewrite
-    )
-    shards = shard_plans(plans, workers)
+    rewritten: list[dict[str, Any]] = []
+    shards: Sequence[list[SessionPlan] | _Streamed]
+    order: list[int]  # session ids in the order one process gives them
+    if sessions is None and (rewrite is None or rewrite.empty):  # streamed: each worker reads its own
+        dues, timeline = await asyncio.to_thread(due_sessions, store, selection, speed, max_gap)
+        if spool is not None and spool.run_id is None:
+            from ocpp_replay.store import utc_iso
+
+            await spool.open(target.rstrip("/"), utc_iso(time.time()))
+        shards = [
+            _Streamed(
+                str(store.path),
+                shard,
+                timeline,
+                str(spool.store.path) if spool is not None else None,
+                spool.run_id if spool is not None else None,
+            )
+            for shard in shard_dues(dues, workers)
+        ]
+        order = [d.session_id for d in dues]
+    else:
+        if sessions is None:
+            sessions = await asyncio.to_thread(load_sessions, store, selection)
+        plans, rewritten = rewrite_plans(
+            plan_sessions(sessions, speed=speed, max_gap=max_gap, rules=rules), rewrite
+        )
+        shards = shard_plans(plans, workers)
+        order = [p.session_id for p in plans]
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue[Any] = ctx.Queue()
     zero: Synchronized[float] = ctx.Value("d", 0.0)
@@ -195,11 +263,11 @@ async def run_replay_workers(
         )
         for i, shard in enumerate(shards)
     ]
-    log.info("replay of %d sessions over %d workers", len(plans), len(procs))
+    log.info("replay of %d sessions over %d workers", len(order), len(procs))
     for p in procs:
         p.start()
     try:
-        results = await _collect(procs, out, zero, halt, len(plans), connect_ahead + start_delay,
+        results = await _collect(procs, out, zero, halt, len(order), connect_ahead + start_delay,
                                  progress, stop)  # fmt: skip
     finally:
         halt.value = 1
@@ -207,9 +275,12 @@ async def run_replay_workers(
             await asyncio.to_thread(p.join, 10)
             if p.is_alive():
                 p.kill()
-    return _merge(
-        results, plans, rewritten, speed=speed, max_gap=max_gap, selection=selection, workers=len(procs)
+        if spool is not None:
+            await spool.close()
+    merged = _merge(
+        results, order, rewritten, speed=speed, max_gap=max_gap, selection=selection, workers=len(procs)
     )
+    return replace(merged, run_id=spool.run_id) if spool is not None else merged
 
 
 async def _collect(
@@ -269,7 +340,7 @@ def _error(kind: str, message: str) -> OcppReplayError:
 
 def _merge(
     results: list[RunResult],
-    plans: Sequence[SessionPlan],
+    planned: Sequence[int],
     rewritten: list[dict[str, Any]],
     *,
     speed: float,
@@ -278,7 +349,7 @@ def _merge(
     workers: int,
 ) -> RunResult:
     """One run from the workers' runs, its sessions in the order one process gives them."""
-    order = {p.session_id: i for i, p in enumerate(plans)}
+    order = {sid: i for i, sid in enumerate(planned)}
     sessions: tuple[SessionResult, ...] = tuple(
         sorted((s for r in results for s in r.sessions), key=lambda s: order[s.session_id])
     )
@@ -295,13 +366,16 @@ def _merge(
         workers=workers,
         handshakes=handshake_summary(sessions),
     )
+    streamed = [r.options["streamed"] for r in results if isinstance(r.options.get("streamed"), Mapping)]
+    if streamed:  # most_held: the workers' peaks added (at most that many at once)
+        options["streamed"] = {k: sum(x[k] for x in streamed) for k in ("loaded", "most_held")}
     options.pop("rewritten", None)
     if rewritten:
         options["rewritten"] = rewritten
     stopped = [r.options["interrupted"] for r in results if isinstance(r.options.get("interrupted"), Mapping)]
     options.pop("interrupted", None)
     if stopped:
-        options["interrupted"] = {"finished": len(sessions), "planned": len(plans)}
+        options["interrupted"] = {"finished": len(sessions), "planned": len(planned)}
     return replace(
         results[0],
         started_at=min(r.started_at for r in results),

@@ -49,9 +49,55 @@ def _insert_diffs(conn: sqlite3.Connection, run_id: int, differences: Iterable[D
     )
 
 
+_FRAME_COLUMNS = (
+    "run_id, side, session_id, seq, recorded_seq, timestamp, elapsed, direction, message_type, unique_id, "
+    "action, raw, lateness, held"
+)
+
+
+def _frame_rows(run_id: int, sessions: Iterable[SessionResult]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            run_id,
+            f.side,
+            s.session_id,
+            f.seq,
+            f.recorded_seq,
+            f.timestamp,
+            f.elapsed,
+            f.direction,
+            f.message_type,
+            f.unique_id,
+            f.action,
+            f.raw,
+            f.lateness,
+            f.held,
+        )
+        for s in sessions
+        for f in s.frames
+    ]
+
+
+def store_session_frames(store: Store, run_id: int, sessions: Iterable[SessionResult]) -> None:
+    """Write the frames finished sessions exchanged into run ``run_id`` while it goes on, in one
+    transaction (blocking); :func:`store_run` with that run's id completes it. Raises CaptureError."""
+    conn = store.db.conn
+    try:
+        with transaction(conn):
+            conn.executemany(
+                f"INSERT INTO run_frames ({_FRAME_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                _frame_rows(run_id, sessions),
+            )
+    except sqlite3.Error as exc:
+        raise CaptureError(f"cannot store the run's frames in {store.path}: {exc}") from exc
+
+
 def store_run(store: Store, result: RunResult, *, frames: bool = True) -> RunResult:
     """Write a run, its differences and (with ``frames``) its live frames; returns it with run_id.
 
+    A result that has a ``run_id`` already completes that run (opened with
+    :func:`open_live_run`, its finished sessions' frames written by :func:`store_session_frames`
+    as they finished): its row is updated, and the frames sessions still hold are added.
     Blocking: call it in a thread from async code.
     """
     conn = store.db.conn
@@ -74,54 +120,43 @@ def store_run(store: Store, result: RunResult, *, frames: bool = True) -> RunRes
             for s in result.sessions
         ],
     }
+    values = (
+        result.kind,
+        result.started_at,
+        result.ended_at,
+        result.target,
+        result.baseline,
+        result.candidate,
+        _json(result.options),
+        len(result.sessions),
+        result.messages,
+        len(result.gating),
+        result.exit_code,
+        _json(summary),
+    )
     try:
         conn.execute("BEGIN")
-        cur = conn.execute(
-            "INSERT INTO runs (kind, started_at, ended_at, target, baseline, candidate, options, sessions, "
-            "messages, diffs, exit_code, summary) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                result.kind,
-                result.started_at,
-                result.ended_at,
-                result.target,
-                result.baseline,
-                result.candidate,
-                _json(result.options),
-                len(result.sessions),
-                result.messages,
-                len(result.gating),
-                result.exit_code,
-                _json(summary),
-            ),
-        )
-        run_id = cur.lastrowid
+        if result.run_id is None:
+            cur = conn.execute(
+                "INSERT INTO runs (kind, started_at, ended_at, target, baseline, candidate, options, "
+                "sessions, messages, diffs, exit_code, summary) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                values,
+            )
+            run_id = cur.lastrowid
+        else:
+            run_id = result.run_id
+            conn.execute(
+                "UPDATE runs SET kind = ?, started_at = ?, ended_at = ?, target = ?, baseline = ?, "
+                "candidate = ?, options = ?, sessions = ?, messages = ?, diffs = ?, exit_code = ?, "
+                "summary = ? WHERE id = ?",
+                (*values, run_id),
+            )
         assert run_id is not None
         _insert_diffs(conn, run_id, result.differences)
         if frames:
             conn.executemany(
-                "INSERT INTO run_frames (run_id, side, session_id, seq, recorded_seq, timestamp, elapsed, "
-                "direction, message_type, unique_id, action, raw, lateness, held) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        run_id,
-                        f.side,
-                        s.session_id,
-                        f.seq,
-                        f.recorded_seq,
-                        f.timestamp,
-                        f.elapsed,
-                        f.direction,
-                        f.message_type,
-                        f.unique_id,
-                        f.action,
-                        f.raw,
-                        f.lateness,
-                        f.held,
-                    )
-                    for s in result.sessions
-                    for f in s.frames
-                ],
+                f"INSERT INTO run_frames ({_FRAME_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                _frame_rows(run_id, result.sessions),
             )
         conn.execute("COMMIT")
     except Exception as exc:
