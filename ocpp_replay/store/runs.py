@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +55,13 @@ _FRAME_COLUMNS = (
 )
 
 
-def _frame_rows(run_id: int, sessions: Iterable[SessionResult]) -> list[tuple[Any, ...]]:
+def _frame_rows(run_id: int, frames: Iterable[tuple[int, LiveFrame]]) -> list[tuple[Any, ...]]:
+    """Rows of run_frames (:data:`_FRAME_COLUMNS`) for (session id, frame) pairs."""
     return [
         (
             run_id,
             f.side,
-            s.session_id,
+            sid,
             f.seq,
             f.recorded_seq,
             f.timestamp,
@@ -73,9 +74,12 @@ def _frame_rows(run_id: int, sessions: Iterable[SessionResult]) -> list[tuple[An
             f.lateness,
             f.held,
         )
-        for s in sessions
-        for f in s.frames
+        for sid, f in frames
     ]
+
+
+def _pairs(sessions: Iterable[SessionResult]) -> Iterator[tuple[int, LiveFrame]]:
+    return ((s.session_id, f) for s in sessions for f in s.frames)
 
 
 def store_session_frames(store: Store, run_id: int, sessions: Iterable[SessionResult]) -> None:
@@ -86,7 +90,7 @@ def store_session_frames(store: Store, run_id: int, sessions: Iterable[SessionRe
         with transaction(conn):
             conn.executemany(
                 f"INSERT INTO run_frames ({_FRAME_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                _frame_rows(run_id, sessions),
+                _frame_rows(run_id, _pairs(sessions)),
             )
     except sqlite3.Error as exc:
         raise CaptureError(f"cannot store the run's frames in {store.path}: {exc}") from exc
@@ -156,7 +160,7 @@ def store_run(store: Store, result: RunResult, *, frames: bool = True) -> RunRes
         if frames:
             conn.executemany(
                 f"INSERT INTO run_frames ({_FRAME_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                _frame_rows(run_id, result.sessions),
+                _frame_rows(run_id, _pairs(result.sessions)),
             )
         conn.execute("COMMIT")
     except Exception as exc:
@@ -350,27 +354,8 @@ def update_live_run(
         conn.execute("BEGIN IMMEDIATE")
         _insert_diffs(conn, run_id, differences)
         conn.executemany(
-            "INSERT OR REPLACE INTO run_frames (run_id, side, session_id, seq, recorded_seq, timestamp, "
-            "elapsed, direction, message_type, unique_id, action, raw, lateness) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [
-                (
-                    run_id,
-                    f.side,
-                    sid,
-                    f.seq,
-                    f.recorded_seq,
-                    f.timestamp,
-                    f.elapsed,
-                    f.direction,
-                    f.message_type,
-                    f.unique_id,
-                    f.action,
-                    f.raw,
-                    f.lateness,
-                )
-                for sid, f in frames
-            ],
+            f"INSERT OR REPLACE INTO run_frames ({_FRAME_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            _frame_rows(run_id, frames),
         )
         sessions, messages, diffs = counts
         conn.execute(
