@@ -32,7 +32,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ocpp_replay.core.frames import Direction
-from ocpp_replay.replay import load_sessions, run_replay, store_run
+from ocpp_replay.replay import load_run, load_sessions, run_replay, store_run
+from ocpp_replay.replay.runner import ResultSpool
 from ocpp_replay.store import CaptureWriter, Store, utc_iso
 
 # ----------------------------------------------------------------------------- the backend
@@ -196,6 +197,8 @@ async def bench(args: argparse.Namespace) -> int:
                 f"start primed with {sum(len(p) for p in priming.values())} frames "
                 f"(cut in {time.monotonic() - t_load:.1f}s)"
             )
+        elif args.stream:
+            sessions = None  # as the CLI replays a capture: streamed, results written as sessions end
         else:
             sessions = await asyncio.to_thread(load_sessions, store)
         if args.amplify:
@@ -237,10 +240,12 @@ async def bench(args: argparse.Namespace) -> int:
             from ocpp_replay.replay.workers import run_replay_workers
 
             replayer = functools.partial(run_replay_workers, workers=args.workers)
+        spool = ResultSpool(store) if args.stream else None
         result = await replayer(
             store,
             target,
             sessions=sessions,
+            spool=spool,
             answer_timeout=10.0,
             grace=1.0,
             start_delay=1.0,
@@ -257,6 +262,10 @@ async def bench(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         stored = await asyncio.to_thread(store_run, store, result)
         store_s = time.monotonic() - t0
+        if args.stream:  # the frames went to the run as sessions ended: read back for the figures
+            result = await asyncio.to_thread(load_run, store, stored.run_id)
+            got = result.options.get("streamed", {})
+            print(f"  streamed: {got.get('loaded')} sessions loaded, at most {got.get('most_held')} held")
         store.close()
     finally:
         proc.terminate()
@@ -373,6 +382,11 @@ def main() -> None:
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() the loaded capture")
     parser.add_argument("--no-quiet-gc", action="store_true", help="let full GC run during the replay")
     parser.add_argument("--keep", action="store_true", help="keep the temporary capture")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="replay as the CLI does: the capture streamed, each session's frames stored as it ends",
+    )
     parser.add_argument("--amplify", type=int, default=0, help="replay sessions/N recorded sessions N times")
     parser.add_argument(
         "--window",

@@ -172,7 +172,9 @@ def replay(
     ]
     env = {**os.environ, "PYTHONPATH": str(code)}
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = results / f"{db.stem}-{code.name}.log"  # a file: a pipe nobody reads would block the replay
+    with log.open("wb") as err_file:
+        proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=err_file)
     ps = psutil.Process(proc.pid)
     samples: list[tuple[float, float]] = []
     while proc.poll() is None:
@@ -182,7 +184,7 @@ def replay(
             break
         time.sleep(0.1)
     wall = time.monotonic() - started
-    err = proc.stderr.read().decode() if proc.stderr else ""
+    err = log.read_text(errors="replace")[-2000:]
     if proc.returncode not in (0, 1):
         raise SystemExit(f"replay failed ({proc.returncode}): {err}")
     data = json.loads(report.read_text())

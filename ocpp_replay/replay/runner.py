@@ -208,7 +208,7 @@ def stored_timeline(
 
 
 #: Replay seconds ahead of its start that a streamed session is loaded and planned.
-LOAD_AHEAD = 30.0
+LOAD_AHEAD = 10.0
 #: Sessions loaded in one go by a streamed replay's loader (between two, the loop runs).
 _LOAD_BATCH = 100
 
