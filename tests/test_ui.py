@@ -323,6 +323,7 @@ async def test_a_live_frame_appears_while_a_charger_talks_through_the_proxy(tmp_
             async with UiServer(db, port=0) as ui, browser() as b:
                 lst, problems = await _open(b, ui.url + "#/sessions")
                 await lst.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 1")
+                await lst.evaluate("window.__row = document.querySelector('#sessions tbody tr')")
                 page, problems2 = await _open(b, ui.url + "#/session/1")
                 await page.wait_for_function(both("b1"))
                 assert await page.is_checked("#follow")
@@ -335,6 +336,13 @@ async def test_a_live_frame_appears_while_a_charger_talks_through_the_proxy(tmp_
                     await page.wait_for_function(both(f"h{n}"), timeout=10_000)
                 last = page.locator(".frame", has_text="id h2").last
                 assert "Heartbeat" in await last.inner_text() and "↩" in await last.inner_text()
+                # the list follows in place: the same row element, its frame count (column 7) grown
+                # from the boot's 2 to the heartbeats' (and the CSMS's own calls)
+                await lst.wait_for_function(
+                    "Number(document.querySelector('#sessions tbody tr td:nth-child(7)').textContent) >= 8",
+                    timeout=5000,
+                )
+                assert await lst.evaluate("window.__row === document.querySelector('#sessions tbody tr')")
                 # a second charger: its session appears in the list without a reload
                 async with connect(proxy.url + "/LIVE-2", subprotocols=["ocpp1.6"]) as ws2:  # type: ignore[list-item]
                     await ws2.send(boot)
