@@ -29,7 +29,9 @@ proxy written in Python here), and this load generator.
 
 5. The steady load through a proxy without ``--shadow`` and through one with ``--shadow`` (to a
    second fast CSMS that answers everything), in the same run, in rounds rotated as the floods
-   are: the production round trip with and without the shadow.
+   are: the production round trip with and without the shadow. ``--remote-shadow`` runs the
+   shadow CSMS at SCHED_IDLE, a stand-in for a backend on another machine: the figure is then
+   what ``--shadow`` costs on the proxy's machine (the relay's hand-off and our shadow process).
 6. The steady load for ``--deaf-seconds`` through a proxy whose shadow accepts the handshake and
    then never reads: production's p99 per 10-s window and the proxy's RSS every 5 s.
 """
@@ -444,9 +446,13 @@ def shadow_main(args: argparse.Namespace) -> int:
     plain_port, mirrored_port, deaf_proxy_port = free_port(), free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="ocpp-bench-shadow-"))
     me = [sys.executable, __file__]
+    # --remote-shadow: the shadow CSMS at SCHED_IDLE, a stand-in for a backend on another machine
+    # (it takes a core only when the relay, the production CSMS, the load and our shadow process
+    # leave one): what remains is the cost of --shadow on the proxy's machine.
+    idle = ["--idle"] if args.remote_shadow else []
     procs = [
         subprocess.Popen([*me, "--serve-csms", str(prod_port)]),
-        subprocess.Popen([*me, "--serve-csms", str(shadow_port)]),
+        subprocess.Popen([*me, "--serve-csms", str(shadow_port), *idle]),
         subprocess.Popen([*me, "--serve-deaf-shadow", str(deaf_port)]),
     ]
     try:
@@ -591,10 +597,20 @@ def main() -> int:
     ap.add_argument("--deaf-seconds", type=float, default=60.0, help="--shadow: the run with a deaf shadow")
     ap.add_argument("--serve-deaf-shadow", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--serve-csms", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--idle", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--remote-shadow",
+        action="store_true",
+        help="--shadow: the shadow CSMS at SCHED_IDLE, standing in for a backend on another machine",
+    )
     ap.add_argument("--serve-bare-hop", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--serve-tcp-relay", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_csms:
+        if args.idle:
+            from ocpp_replay.ui.process import lower_priority
+
+            lower_priority()
         asyncio.run(serve_csms(args.serve_csms))
         return 0
     if args.serve_bare_hop:
