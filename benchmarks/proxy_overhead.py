@@ -608,7 +608,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.serve_csms:
         if args.idle:
-            from ocpp_replay.ui.process import lower_priority
+            from ocpp_replay.priority import lower_priority
 
             lower_priority()
         asyncio.run(serve_csms(args.serve_csms))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -474,6 +475,11 @@ def test_shadow_options_without_shadow_are_one_error_line(tmp_path: Path) -> Non
     assert result.output.strip() == "error: --shadow-rules and --shadow-auth-file need --shadow"
     bad = CliRunner().invoke(app, ["proxy", "--upstream", "ws://127.0.0.1:1/x", "--shadow", "http://x/"])
     assert bad.exit_code == 2 and bad.output.startswith("error: shadow must be a ws:// or wss:// URL")
+    odd = CliRunner().invoke(
+        app, ["proxy", "--upstream", "ws://127.0.0.1:1/x", "--shadow", "ws://x/", "--shadow-priority", "fast"]
+    )
+    assert odd.exit_code == 2
+    assert odd.output.strip() == "error: --shadow-priority must be idle or normal, not 'fast'"
 
 
 async def test_the_shadow_process_with_two_shadows_one_down(tmp_path: Path) -> None:
@@ -491,6 +497,13 @@ async def test_the_shadow_process_with_two_shadows_one_down(tmp_path: Path) -> N
                 await cp.call(call16.Authorize(id_tag=TAG))  # type: ignore[union-attr]
                 rec: Recording = cp.recording  # type: ignore[union-attr]
             await settle(proxy)
+            # ready, the shadow process went behind the relay (ocpp_replay/priority.py)
+            assert shadow._proc is not None
+            for _ in range(100):
+                if os.sched_getscheduler(shadow._proc.pid) == os.SCHED_IDLE:
+                    break
+                await asyncio.sleep(0.05)
+            assert os.sched_getscheduler(shadow._proc.pid) == os.SCHED_IDLE
     assert rec.received == prod.connections[0].sent and len(rec.received) == 1
     with Store.open(db) as store:
         [session] = store.sessions()

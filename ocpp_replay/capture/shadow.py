@@ -803,6 +803,11 @@ _PIPE_LIMIT = 16 * 1024 * 1024
 #: would cost the relay as many system calls as the relay's own).
 _PIPE_INTERVAL = 0.01
 _FIELDS = ("subprotocol", "offered_subprotocols", "path_suffix", "query", "auth_user")
+#: ``--shadow-priority``: ``idle`` (default) puts the shadow process in SCHED_IDLE once it is
+#: ready, so that it takes no core the relay wants; ``normal`` leaves it at the proxy's priority
+#: (on a host kept busy by other work, an idle-class shadow falls behind: what it cannot take in
+#: is counted as not mirrored, never production's loss).
+PRIORITIES = ("idle", "normal")
 
 
 class ShadowProcess:
@@ -824,11 +829,14 @@ class ShadowProcess:
         auth_file: str | None = None,
         queue_limit: int = DEFAULT_QUEUE_LIMIT,
         log_level: str = "INFO",
+        priority: str = "idle",
     ) -> None:
         for url in urls:
             ws_address(url, "shadow")
         if queue_limit < 1:
             raise ConfigError("the shadow queue must hold at least one message")
+        if priority not in PRIORITIES:
+            raise ConfigError(f"--shadow-priority must be idle or normal, not {priority!r}")
         self.args: dict[str, Any] = {
             "urls": list(urls),
             "production": production,
@@ -836,6 +844,7 @@ class ShadowProcess:
             "auth": auth_file,
             "queue_limit": queue_limit,
             "log_level": log_level,
+            "priority": priority,
         }
         self._proc: asyncio.subprocess.Process | None = None
         self._batch: list[tuple[Any, ...]] = []
@@ -874,6 +883,10 @@ class ShadowProcess:
         if self._flushing is not None:
             self._flushing.cancel()
         self._send()
+        if self.args["priority"] == "idle":  # its last flush must not wait for an idle core
+            from ocpp_replay.priority import restore_priority
+
+            restore_priority(proc.pid)
         assert proc.stdin is not None
         proc.stdin.close()
         try:
@@ -948,6 +961,10 @@ async def _work(args: dict[str, Any]) -> None:
     reader = asyncio.StreamReader(limit=_PIPE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     print("ready", flush=True)
+    if args.get("priority", "idle") == "idle":  # behind the relay from now on (ocpp_replay/priority.py)
+        from ocpp_replay.priority import lower_priority
+
+        log.debug("shadow process: %s", lower_priority())
     mirrors: dict[int, Mirror] = {}
     try:
         while True:

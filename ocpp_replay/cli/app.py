@@ -244,6 +244,14 @@ def proxy(
         int,
         typer.Option(help="Messages of one charger waiting for its shadow; past it they are not mirrored."),
     ] = 256,
+    shadow_priority: Annotated[
+        str,
+        typer.Option(
+            metavar="idle|normal",
+            help="The shadow's process: idle (default) takes a core only when the relay does not want "
+            "one; normal runs at the proxy's priority (docs/shadow.md).",
+        ),
+    ] = "idle",
     log_level: LogLevelOption = "INFO",
     ui: Annotated[
         int | None,
@@ -270,7 +278,9 @@ def proxy(
         if capture_buffer < 1:
             raise ConfigError(f"--capture-buffer must be 1 MiB or more, not {capture_buffer}")
         retention = retention_option(retain, max_size)
-        mirror = _shadow(shadow, upstream, shadow_rules, shadow_auth_file, shadow_queue, log_level)
+        mirror = _shadow(
+            shadow, upstream, shadow_rules, shadow_auth_file, shadow_queue, log_level, shadow_priority
+        )
         server = ProxyServer(
             upstream,
             db,
@@ -306,6 +316,7 @@ def _shadow(
     auth_file: Path | None,
     queue: int,
     log_level: str,
+    priority: str = "idle",
 ) -> ShadowProcess | None:
     """The proxy's --shadow tap (a child process), or None. Raises ConfigError."""
     if not urls:
@@ -326,6 +337,7 @@ def _shadow(
         auth_file=str(auth_file) if auth_file is not None else None,
         queue_limit=queue,
         log_level=log_level,
+        priority=priority,
     )
 
 

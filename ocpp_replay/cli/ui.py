@@ -32,7 +32,8 @@ def ui(
     import asyncio  # here, not at the top: every command's start-up imports this module
     import os
 
-    from ocpp_replay.ui.process import IDLE_ENV, lower_priority
+    from ocpp_replay.priority import lower_priority
+    from ocpp_replay.ui.process import IDLE_ENV
     from ocpp_replay.ui.server import UiServer, is_loopback, serve
 
     if not is_loopback(host):

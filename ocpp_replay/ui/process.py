@@ -14,32 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ocpp_replay.priority import NICE
+
 log = logging.getLogger(__name__)
 
 
-#: Where SCHED_IDLE is missing (not Linux), how much lower the UI's priority is than the proxy's.
-NICE = 10
-
 #: Set in the UI process's environment: once it serves, it lowers its own priority
-#: (:func:`lower_priority`; by the child itself: preexec_fn is unsafe in a process that already
-#: runs threads, the capture writer's). On Linux the UI then runs under SCHED_IDLE: it gets a
-#: core only when nothing else wants it, and the relay, waking for a frame, takes the core from
-#: it at once. Elsewhere: nice NICE. It starts (imports, opens the capture, binds its port) at
-#: the proxy's priority: about a second of CPU once, which on a saturated machine would
-#: otherwise never come.
+#: (:func:`ocpp_replay.priority.lower_priority`, by the child itself: preexec_fn is unsafe in a
+#: process that already runs threads, the capture writer's), to SCHED_IDLE on Linux.
 IDLE_ENV = "OCPP_REPLAY_UI_IDLE"
-
-
-def lower_priority(nice: int = NICE) -> str:
-    """Every thread of this process to SCHED_IDLE (Linux), else ``nice`` lower. Returns which."""
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
-        return "SCHED_IDLE"
-    except (AttributeError, OSError, ValueError):
-        if hasattr(os, "nice"):
-            os.nice(nice)
-        return f"nice {nice}"
 
 
 def start_ui_process(
