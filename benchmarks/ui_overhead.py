@@ -344,7 +344,7 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
     }
     p99: dict[str, list[float]] = {name: [] for name in paths}
     names = list(paths)
-    ui_cpu = browser_cpu = 0.0
+    ui_cpu = browser_cpu = blank_cpu = 0.0  # blank: the browser's pages on about:blank ("proxy (2)")
     delays: list[float] = []  # from a CALL sent to its row on the followed page, seconds
     missed = 0
     shown = 0
@@ -375,6 +375,8 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
                 missed += sum(1 for uid in sent if uid not in seen)
                 ui_cpu += cpu_of([ui_proc.pid]) - before_ui
                 browser_cpu += cpu_of(browser.pids()) - before_browser
+            elif name == "proxy (2)":
+                blank_cpu += cpu_of(browser.pids()) - before_browser
             print(line(name, results[name]))
             p99[name].append(results[name].pct(99))
         for name in added:
@@ -401,7 +403,8 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
     print(
         f"the UI process used {ui_cpu / seconds * 100:.1f} % of a core, the browser "
         f"{browser_cpu / seconds * 100:.1f} %, while the load went through proxy --ui; "
-        f"the followed session showed {shown} frames live"
+        f"the followed session showed {shown} frames live; the browser with its pages blank "
+        f"{blank_cpu / seconds * 100:.1f} %"
     )
     if delays:
         ds = sorted(delays)
@@ -418,6 +421,7 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
         "same_proxy_p99_ms_median": statistics.median(same),
         "added_p99_ms_proxy_ui_unwatched": added["--ui unwatched"],
         "added_p99_ms_proxy_ui": added["proxy --ui"],
+        "browser_blank_cpu_share": blank_cpu / seconds,
         "ui_cost_p99_ms_rounds": cost,
         "ui_cost_p99_ms_median": statistics.median(cost),
         "unwatched_cost_p99_ms_rounds": null,
