@@ -142,6 +142,11 @@ class Pages:
         self.sessions = await self.browser.new_page()
         # (the page's CSP forbids the evaluated script that notes when each frame appears)
         self.follow = await self.browser.new_page(bypass_csp=True)
+        # Chromium's own accounting of the pages' work (DevTools' Performance domain)
+        self.cdp = {}
+        for name, page in (("sessions", self.sessions), ("follow", self.follow)):
+            self.cdp[name] = await page.context.new_cdp_session(page)
+            await self.cdp[name].send("Performance.enable")
 
     async def away(self) -> str:
         """Both pages on about:blank: nobody looks, the UI process idles."""
@@ -203,6 +208,16 @@ class Pages:
         """When each CALL of the followed session appeared on the page: unique id -> epoch ms."""
         return json.dumps(await self.follow.evaluate("window.__seen"))
 
+    async def metrics(self) -> str:
+        """Seconds of the main thread's work per page since it was loaded: tasks in all, and
+        script, layout and style within them."""
+        out = {}
+        for name, cdp in self.cdp.items():
+            got = {m["name"]: m["value"] for m in (await cdp.send("Performance.getMetrics"))["metrics"]}
+            out[name] = {k: got.get(k, 0.0) for k in ("TaskDuration", "ScriptDuration", "LayoutDuration",
+                                                     "RecalcStyleDuration", "LayoutCount")}  # fmt: skip
+        return json.dumps(out)
+
     async def count(self) -> str:
         return str(await self.follow.locator(".frame").count())
 
@@ -218,6 +233,7 @@ class Pages:
                 "poll": lambda: self.poll(line[1]),
                 "away": self.away,
                 "count": self.count,
+                "metrics": self.metrics,
                 "seen": self.seen,
             }[line[0]]()
             print(answer, flush=True)
@@ -266,6 +282,9 @@ class Browser:
 
     async def frames_shown(self) -> int:
         return int(await asyncio.to_thread(self._ask, "count"))
+
+    async def page_metrics(self) -> dict[str, dict[str, float]]:
+        return json.loads(await asyncio.to_thread(self._ask, "metrics"))  # type: ignore[no-any-return]
 
     async def seen(self) -> dict[str, float]:
         return {k: v / 1000 for k, v in json.loads(await asyncio.to_thread(self._ask, "seen")).items()}
@@ -370,6 +389,12 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
             if name == "proxy --ui":
                 await asyncio.sleep(1.0)  # the last frames reach the page
                 shown += await browser.frames_shown()  # the followed session, this round
+                for page, m in (await browser.page_metrics()).items():
+                    print(
+                        f"  {page} page since loaded: main-thread tasks {m['TaskDuration'] * 1e3:.0f} ms "
+                        f"(script {m['ScriptDuration'] * 1e3:.0f}, layout {m['LayoutDuration'] * 1e3:.0f} "
+                        f"in {m['LayoutCount']:.0f} layouts, style {m['RecalcStyleDuration'] * 1e3:.0f})"
+                    )
                 seen = await browser.seen()
                 delays += [seen[uid] - t for uid, t in sent.items() if uid in seen]
                 missed += sum(1 for uid in sent if uid not in seen)
