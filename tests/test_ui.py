@@ -247,6 +247,32 @@ async def _open(b: Any, url: str) -> tuple[Any, list[str]]:
 
 @pytest.mark.usefixtures("needs_chromium")
 @pytest.mark.timeout(90)
+async def test_the_sessions_list_shows_a_page_and_more_on_demand(tmp_path: Path) -> None:
+    """60 sessions: the newest 50 on the list (a live list is laid out again every second, and
+    each row costs the browser), the rest behind its "more" button."""
+    from ocpp_replay.core.frames import Direction
+    from ocpp_replay.store import CaptureWriter
+
+    db = tmp_path / "many.db"
+    w = CaptureWriter(db)
+    t0 = time.time() - 3600
+    for n in range(60):
+        sid = w.open_session(t0 + n, charge_point_id=f"CP-{n:02d}", subprotocol="ocpp1.6")
+        w.frame(sid, 1, t0 + n + 0.1, 0.1, Direction.TO_CSMS, '[2,"1","Heartbeat",{}]')
+        w.close_session(sid, t0 + n + 0.5, close_code=1000, closed_by="cp")
+    w.start()
+    w.close()
+    async with UiServer(db, port=0) as ui, browser() as b:
+        page, problems = await _open(b, ui.url + "#/sessions")
+        await page.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 50")
+        assert await page.inner_text("#count") == "50 of 60 sessions (newest first)"
+        assert await page.locator("#sessions tbody tr td:nth-child(2)").first.inner_text() == "CP-59"
+        await page.click("#more")
+        await page.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 60")
+        assert await page.is_hidden("#more")
+    assert problems == []
+
+
 async def test_sessions_filters_and_the_sequence_diagram(capture: tuple[Path, int]) -> None:
     db, run_id = capture
     with Store.open(db) as s:

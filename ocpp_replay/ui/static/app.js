@@ -158,6 +158,9 @@ function throttle(fn, ms) {
 
 // ------------------------------------------------------------------ sessions
 
+/** Sessions on the list at first, and added by its "more" button. */
+const PAGE = 50;
+
 function fmtDuration(s) {
   if (s === null || s === undefined) return "";
   if (s < 1) return `${(s * 1000).toFixed(1)} ms`;
@@ -204,7 +207,12 @@ async function sessionsView(params) {
     ["session", "charge point", "OCPP", "started (UTC)", "ended", "duration", "frames", "close", "closed by",
       "schema", "error"].map((c) => h("th", {}, c)))), h("tbody"));
   const problem = h("div");
-  $main.replaceChildren(h("h1", {}, "Sessions"), form, help, problem, status, table);
+  // A page of the newest sessions, and more on demand: a live capture's list is laid out again
+  // every second, and each row on it costs the browser (and the CPU it shares with the proxy).
+  let shown = PAGE;
+  const more = h("button", { type: "button", id: "more", hidden: true,
+    onclick: () => { shown += PAGE; load(); } }, `${PAGE} more`);
+  $main.replaceChildren(h("h1", {}, "Sessions"), form, help, problem, status, table, more);
 
   api("/api/suggestions").then((s) => {
     document.getElementById("cps")?.replaceChildren(...s.charge_points.map((c) => h("option", { value: c })));
@@ -220,6 +228,7 @@ async function sessionsView(params) {
 
   const load = async () => {
     let data;
+    query.set("limit", String(shown));
     try {
       data = await api("/api/sessions?" + query.toString());
     } catch (err) {
@@ -229,6 +238,7 @@ async function sessionsView(params) {
     problem.replaceChildren();
     status.textContent = `${data.sessions.length} of ${plural(data.total, "session")}` +
       (data.total > data.sessions.length ? " (newest first)" : "");
+    more.hidden = data.total <= data.sessions.length;
     syncRows(table.tBodies[0], data.sessions.map((s) => {
       const dur = s.ended_at ? (Date.parse(s.ended_at) - Date.parse(s.started_at)) / 1000 : null;
       return h("tr", { "data-session": s.id },
