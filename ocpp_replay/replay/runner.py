@@ -180,33 +180,6 @@ def load_sessions(
     return [load_session(store, info) for info in selected_sessions(store, selection)]
 
 
-def stored_timeline(
-    store: Store, infos: Sequence[SessionInfo], *, speed: float, max_gap: float | None
-) -> Timeline:
-    """The timeline :func:`~ocpp_replay.core.schedule.plan_sessions` would build for these
-    sessions, read from the capture without holding their frames (blocking): without
-    ``max_gap`` each session's first and last instants are enough; with it, each session's
-    frame times are read, one session at a time."""
-
-    def instants(info: SessionInfo) -> Iterable[float]:
-        if info.pruned_before:  # replayed from its cut: its instants are the cut session's
-            cut, frames = load_session(store, info)
-            return session_instants(cut, session_start(cut), [f.elapsed for f in frames])
-        start = session_start(info)
-        if max_gap is None:
-            row = store.db.execute(
-                "SELECT min(elapsed), max(elapsed) FROM frames WHERE session_id = ?", [info.id]
-            ).fetchone()
-            return session_instants(info, start, [e for e in row if e is not None])
-        rows = store.db.execute("SELECT elapsed FROM frames WHERE session_id = ?", [info.id])
-        return session_instants(info, start, [r[0] for r in rows])
-
-    try:
-        return Timeline.of_sessions((instants(info) for info in infos), speed=speed, max_gap=max_gap)
-    except sqlite3.DatabaseError as exc:
-        raise CaptureError(f"cannot read frames from {store.path}: {exc}") from exc
-
-
 #: Replay seconds ahead of its start that a streamed session is loaded and planned.
 LOAD_AHEAD = 10.0
 #: Sessions loaded in one go by a streamed replay's loader (between two, the loop runs).
@@ -219,8 +192,14 @@ class Due:
 
     info: SessionInfo
     start: float  # replay seconds after the run's start
-    session_id: int
-    charge_point_id: str
+
+    @property
+    def session_id(self) -> int:
+        return self.info.id
+
+    @property
+    def charge_point_id(self) -> str:
+        return self.info.charge_point_id
 
 
 class _Loader:
@@ -237,13 +216,11 @@ class _Loader:
         rewrite: Rewriter | None,
         ahead: float,
     ) -> None:
-        self.store, self.timeline, self.rules, self.rewrite, self.ahead = (
-            store,
-            timeline,
-            rules,
-            rewrite,
-            ahead,
-        )
+        self.store = store
+        self.timeline = timeline
+        self.rules = rules
+        self.rewrite = rewrite
+        self.ahead = ahead
         self.queue = list(dues)  # in start order
         self.next = 0
         self.plans: dict[int, asyncio.Future[SessionPlan]] = {}
@@ -310,14 +287,33 @@ def due_sessions(
     store: Store, selection: Selection, speed: float, max_gap: float | None
 ) -> tuple[list[Due], Timeline]:
     """The selected sessions of a streamed replay, in start order, with their replay starts, and
-    their timeline (blocking)."""
+    their timeline, the one :func:`~ocpp_replay.core.schedule.plan_sessions` would build, read
+    without holding the frames (blocking): without ``max_gap`` each session's first and last
+    instants are enough; with it, each session's frame times are read, one session at a time."""
     infos = selected_sessions(store, selection)
-    timeline = stored_timeline(store, infos, speed=speed, max_gap=max_gap)
-    dues = []
-    for info in infos:
-        start = session_start(load_session(store, info)[0] if info.pruned_before else info)
-        dues.append(Due(info, timeline(start), info.id, info.charge_point_id))
-    dues.sort(key=lambda d: (d.start, d.session_id))
+    starts: dict[int, float] = {}  # recorded, as replayed (a pruned session: from its cut)
+
+    def instants(info: SessionInfo) -> Iterable[float]:
+        if info.pruned_before:  # replayed from its cut: its instants are the cut session's
+            cut, frames = load_session(store, info)
+            start = starts[info.id] = session_start(cut)
+            return session_instants(cut, start, [f.elapsed for f in frames])
+        start = starts[info.id] = session_start(info)
+        if max_gap is None:
+            row = store.db.execute(
+                "SELECT min(elapsed), max(elapsed) FROM frames WHERE session_id = ?", [info.id]
+            ).fetchone()
+            return session_instants(info, start, [e for e in row if e is not None])
+        rows = store.db.execute("SELECT elapsed FROM frames WHERE session_id = ?", [info.id])
+        return session_instants(info, start, [r[0] for r in rows])
+
+    try:
+        timeline = Timeline.of_sessions((instants(info) for info in infos), speed=speed, max_gap=max_gap)
+    except sqlite3.DatabaseError as exc:
+        raise CaptureError(f"cannot read frames from {store.path}: {exc}") from exc
+    dues = sorted(
+        (Due(info, timeline(starts[info.id])) for info in infos), key=lambda d: (d.start, d.session_id)
+    )
     return dues, timeline
 
 
@@ -337,12 +333,11 @@ class ResultSpool:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.stored = 0  # frames written
 
     async def open(self, target: str, started_at: str) -> int:
         from ocpp_replay.store.runs import open_live_run
 
-        self.run_id = await asyncio.to_thread(
+        run_id = await asyncio.to_thread(
             open_live_run,
             self.store,
             kind="replay",
@@ -351,9 +346,8 @@ class ResultSpool:
             baseline=None,
             options={},
         )
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._drain(), name="replay-results")
-        return self.run_id
+        await self.attach(run_id)
+        return run_id
 
     async def attach(self, run_id: int) -> None:
         """Write into run ``run_id``, opened by another process (a worker of ``--workers``)."""
@@ -379,7 +373,6 @@ class ResultSpool:
             while self._queue:
                 batch, self._queue = self._queue, []
                 await asyncio.to_thread(store_session_frames, self.store, self.run_id, batch)
-                self.stored += sum(len(r.frames) for r in batch)
             if self._closing:
                 return
 
