@@ -25,15 +25,16 @@ SLOW = 0.3  # seconds each handshake takes
 
 
 @contextlib.asynccontextmanager
-async def slow_csms() -> AsyncIterator[tuple[str, dict[str, int]]]:
-    """Answers every CALL with an empty result after a handshake of SLOW seconds; counts the
-    handshakes in flight at once."""
-    seen = {"in_flight": 0, "most": 0, "handshakes": 0}
+async def slow_csms(handshake: float = SLOW) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """Answers every CALL with an empty result after a handshake of ``handshake`` seconds;
+    counts the handshakes in flight at once, and notes each charger that connected."""
+    seen: dict[str, Any] = {"in_flight": 0, "most": 0, "handshakes": 0, "charge_points": []}
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
         seen["in_flight"] += 1
         seen["most"] = max(seen["most"], seen["in_flight"])
-        await asyncio.sleep(SLOW)
+        seen["charge_points"].append(request.match_info["cp"])
+        await asyncio.sleep(handshake)
         ws = web.WebSocketResponse(protocols=("ocpp1.6",))
         await ws.prepare(request)
         seen["in_flight"] -= 1

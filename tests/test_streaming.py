@@ -8,17 +8,14 @@ test CSMS of tests/replay_peers.py (the `ocpp` package) on loopback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import WSMsgType, web
 from typer.testing import CliRunner
 
 from ocpp_replay.cli import app
@@ -28,6 +25,7 @@ from ocpp_replay.replay import Selection, load_run, load_sessions, run_replay, s
 from ocpp_replay.replay.runner import ResultSpool
 from ocpp_replay.replay.window import cut_loaded, cut_stored, load_window
 from ocpp_replay.store import CaptureWriter, Store, utc_iso
+from tests.test_ramp import slow_csms
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -217,32 +215,9 @@ def test_a_window_of_a_long_connection_holds_the_window_not_the_connection(tmp_p
     assert peak < everything / 10, (peak, everything)
 
 
-@contextlib.asynccontextmanager
-async def fast_csms() -> AsyncIterator[tuple[str, list[str]]]:
-    """Answers every CALL with an empty result at once; notes each charger's handshake."""
-    seen: list[str] = []
-
-    async def handler(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(protocols=("ocpp1.6",))
-        await ws.prepare(request)
-        seen.append(request.match_info["cp"])
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT and msg.data.startswith("[2,"):
-                uid = msg.data.split(",", 2)[1]
-                await ws.send_str(f"[3,{uid},{{}}]")
-        return ws
-
-    app = web.Application()
-    app.router.add_get("/ocpp/{cp}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"ws://127.0.0.1:{port}/ocpp", seen
-    finally:
-        await runner.cleanup()
+def fast_csms() -> Any:
+    """A CSMS that answers every CALL with an empty result at once (tests/test_ramp.py's)."""
+    return slow_csms(handshake=0.0)
 
 
 def _reconnecting_capture(db: Path, sessions: int, apart: float) -> None:
@@ -281,7 +256,7 @@ async def test_a_capture_replays_streamed_holding_the_sessions_due_soon_not_all(
             streamed = await run_replay(store, url, load_ahead=1.0, **kw)
             loaded = await asyncio.to_thread(load_sessions, store)
             whole = await run_replay(store, url, sessions=loaded, **kw)
-    assert len(seen) == 80  # every session connected, twice
+    assert len(seen["charge_points"]) == 80  # every session connected, twice
     info = streamed.options["streamed"]
     assert info["loaded"] == 40
     # 1 s ahead at speed 4 is 4 recorded seconds: about 8 sessions due, a few running
@@ -363,7 +338,7 @@ async def test_workers_stream_their_shards_and_write_into_one_run(tmp_path: Path
                 CliRunner().invoke, app, [*args, "--target", url, "--workers", workers]
             )
             assert out.exit_code == 0, out.output
-    assert len(seen) == 40
+    assert len(seen["charge_points"]) == 40
     with Store.open(db, read_only=True) as store:
         runs = store.db.execute(
             "SELECT id, sessions, messages, diffs, ended_at IS NOT NULL, options FROM runs"
