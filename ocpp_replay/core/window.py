@@ -38,6 +38,7 @@ __all__ = [
     "cut_parts",
     "cut_session",
     "priming_calls",
+    "reads_answers",
     "set_apart_priming",
     "window_bounds",
 ]
@@ -216,9 +217,15 @@ def cut_parts(
     return Cut(tuple(prime_seqs), tuple(kept), opened_before, cut_at_end)
 
 
+def reads_answers(version: str | None) -> bool:
+    """Whether :func:`priming_calls` reads the backend's CALLRESULTs too (1.6: the transaction
+    ids StartTransaction got; 2.x carries them in the charger's own TransactionEvents)."""
+    return version == "1.6"
+
+
 def priming_calls(before: Iterable[FrameLike], version: str | None) -> list[FrameLike]:
     """The charger's calls that re-establish the backend's state at the window's start."""
-    v16 = version == "1.6"
+    v16 = version == "1.6"  # (reads_answers says the same for the 1.6 CALLRESULTs read below)
     boot: FrameLike | None = None
     statuses: dict[Any, FrameLike] = {}
     open_tx: dict[Any, FrameLike] = {}  # transaction id -> the frame that started it

@@ -17,7 +17,15 @@ from typing import Any, Literal
 from ocpp_replay.core.correlate import ocpp_version, utc_seconds
 from ocpp_replay.core.frames import MessageType
 from ocpp_replay.core.records import FrameLike
-from ocpp_replay.core.window import Cut, Key, Window, cut_parts, cut_session, window_bounds
+from ocpp_replay.core.window import (
+    Cut,
+    Key,
+    Window,
+    cut_parts,
+    cut_session,
+    reads_answers,
+    window_bounds,
+)
 from ocpp_replay.errors import ReplayError
 from ocpp_replay.replay.runner import Selection
 from ocpp_replay.store.reader import FrameRecord, SessionInfo, Store
@@ -132,7 +140,7 @@ def cut_stored(
     ]
     before: Iterable[FrameLike] = ()
     if opened_before and prime:
-        streamed = store.priming_frames(info.id, lo + _SLACK, answers=version == "1.6")
+        streamed = store.priming_frames(info.id, lo + _SLACK, answers=reads_answers(version))
         before = (f for f in streamed if start + f.elapsed < window.start)
     earlier = _OnDisk(store, info.id, start, window)
     cut = cut_parts(before, inside, earlier, version, opened_before, cut_at_end, prime=prime)
