@@ -34,26 +34,17 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
-import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
-from ocpp_replay.capture.handshake import (
-    HandshakeError,
-    accept_key,
-    head_end,
-    header,
-    new_key,
-    parse_response_head,
-    upgrade_request,
-)
+from ocpp_replay.capture.handshake import HandshakeError, header
 from ocpp_replay.capture.reach import ws_address
-from ocpp_replay.capture.wsframes import BINARY, CLOSE, PING, PONG, TEXT, close_payload, unmask
+from ocpp_replay.capture.wsclient import DROPPED, GOING_AWAY, BadUpgrade, Endpoint, WsClient, frame
+from ocpp_replay.capture.wsframes import TEXT, unmask
 from ocpp_replay.core.correlate import Correlator, ocpp_version
 from ocpp_replay.core.diff import Difference
 from ocpp_replay.core.results import LiveFrame, Timing
@@ -80,7 +71,6 @@ _SUMMARY_INTERVAL = 5.0
 _TICK = 0.25
 _TICK_SLICE = 100
 _MAX_MESSAGE = 16 * 1024 * 1024
-_MAX_HEAD = 64 * 1024
 
 #: (capture seq, to the CSMS?, payload, mask, monotonic time)
 Item = tuple[int, bool, bytes, bytes, float]
@@ -150,12 +140,9 @@ class _Run:
         self.url = url
         self.production = production
         self.options = options
-        parts = urlsplit(url)
-        self.address = ws_address(url, "shadow")
-        self.host_header = parts.netloc.rpartition("@")[2]
-        self.path = parts.path.rstrip("/")
-        self.query = parts.query
-        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "wss" else None
+        self.endpoint = Endpoint.of(url, "shadow")
+        self.path = self.endpoint.path.rstrip("/")
+        self.query = urlsplit(url).query
         self.run_id: int | None = None
         self.legs: dict[int, _Leg] = {}
         self.correlators: dict[str, Correlator] = {}
@@ -431,10 +418,13 @@ class _Run:
             self._store_failed = False
 
 
-class _Leg(asyncio.Protocol):
+class _Leg(WsClient):
     """One charger on one shadow: the queue the relay fills, and the shadow's socket."""
 
+    strict_text = False  # the judge sees what the shadow sent, U+FFFD where it is not UTF-8
+
     def __init__(self, run: _Run, judge: ShadowJudge, fields: Mapping[str, Any]) -> None:
+        super().__init__(_MAX_MESSAGE)
         self.owner = run
         self.judge = judge
         self.fields = fields
@@ -445,12 +435,6 @@ class _Leg(asyncio.Protocol):
         self.closing = False
         self.finished = False
         self.grace_until = 0.0
-        self.transport: asyncio.Transport | None = None
-        self.open = False  # the shadow's 101 came; frames flow
-        self._inbox = bytearray()
-        self._head: asyncio.Future[tuple[bytes, bytes]] | None = None
-        self._key = ""
-        self._frames = _Frames(_MAX_MESSAGE)
         self._backoff = 0.5
         self._timer: asyncio.TimerHandle | None = None
         self._connecting = False  # a dial under way (what is queued waits for it)
@@ -528,7 +512,7 @@ class _Leg(asyncio.Protocol):
             if transport.get_write_buffer_size() > limit:  # the shadow is not reading
                 self.dropped += 1
                 continue
-            transport.write(_frame(TEXT, text.encode("utf-8")))
+            transport.write(frame(TEXT, text.encode("utf-8")))
         self._note_dropped()
 
     def _note_dropped(self) -> None:
@@ -550,8 +534,7 @@ class _Leg(asyncio.Protocol):
         judge.close(time.monotonic())
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            if self.open:
-                transport.write(_frame(CLOSE, (1001).to_bytes(2, "big") + b"charge point connection ended"))
+            self.send_close(GOING_AWAY, "charge point connection ended")
             transport.close()
         meta = run.metas.get(judge.session_id)
         if meta is not None:
@@ -601,25 +584,14 @@ class _Leg(asyncio.Protocol):
 
     async def _dial(self) -> None:
         run, judge = self.owner, self.judge
-        loop = asyncio.get_running_loop()
-        host, port = run.address
-        self._inbox = bytearray()
-        self._frames = _Frames(_MAX_MESSAGE)
-        self._head = loop.create_future()
-        self._key = new_key()
+        timeout = run.options.connect_timeout
         try:
-            async with asyncio.timeout(run.options.connect_timeout):
-                await loop.create_connection(
-                    lambda: self, host, port, ssl=run.ssl, server_hostname=host if run.ssl else None
-                )
-                assert self.transport is not None
-                self.transport.write(
-                    upgrade_request(self._target(), run.host_header, self._key, self._headers())
-                )
-                head, rest = await self._head
-            response = parse_response_head(head)
+            response = await self.connect(run.endpoint, self._target(), self._headers(), timeout)
         except TimeoutError:
-            self._failed(f"no websocket handshake within {run.options.connect_timeout:g} s")
+            self._failed(f"no websocket handshake within {timeout:g} s")
+            return
+        except BadUpgrade as exc:
+            self._failed(str(exc), 101)
             return
         except (OSError, ConnectionError, HandshakeError) as exc:
             self._failed(f"unreachable: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}")
@@ -627,13 +599,9 @@ class _Leg(asyncio.Protocol):
         if response.status != 101:
             self._failed(f"{response.status} {response.reason}", response.status)
             return
-        if response.headers.get("Sec-WebSocket-Accept", "").strip() != accept_key(self._key):
-            self._failed("101 with a wrong Sec-WebSocket-Accept", 101)
-            return
         if self.finished:
             self._drop()
             return
-        self.open = True
         self._backoff = 0.5
         judge.connected_with(
             self.fields.get("offered_subprotocols"),
@@ -641,8 +609,6 @@ class _Leg(asyncio.Protocol):
             header(response.headers, "Sec-WebSocket-Protocol") or None,
         )
         run.collect(judge)
-        if rest:
-            self.data_received(rest)
         run.ready(self)
 
     def _failed(self, reason: str, status: int | None = None) -> None:
@@ -667,131 +633,27 @@ class _Leg(asyncio.Protocol):
         if transport is not None:
             transport.abort()
 
-    # -- asyncio callbacks ----------------------------------------------------------------------
+    # -- the connection's callbacks (WsClient) --------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+    def message(self, opcode: int, payload: bytes | str) -> None:
+        text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
+        self.judge.from_shadow(text, time.monotonic())
 
-    def data_received(self, data: bytes) -> None:
-        if not self.open:
-            self._inbox += data
-            head = self._head
-            found = head_end(self._inbox)
-            if head is not None and not head.done():
-                if found is not None:
-                    end, after = found
-                    head.set_result((bytes(self._inbox[:end]), bytes(self._inbox[after:])))
-                elif len(self._inbox) > _MAX_HEAD:
-                    head.set_exception(HandshakeError("answer head too long"))
-            return
-        try:
-            messages = self._frames.feed(data)
-        except ValueError:
-            self._lost_now("the shadow sent a frame over the size limit")
-            return
-        now = time.monotonic()
-        judge = self.judge
-        for opcode, payload in messages:
-            if opcode in (TEXT, BINARY):
-                judge.from_shadow(payload.decode("utf-8", "replace"), now)
-            elif opcode == PING and self.transport is not None:
-                self.transport.write(_frame(PONG, payload))
-            elif opcode == CLOSE:
-                code, _ = close_payload(payload)
-                if self.transport is not None and not self.transport.is_closing():
-                    self.transport.write(_frame(CLOSE, payload[:2]))
-                self._lost_now(
-                    f"closed by the shadow ({code})" if code and code != 1006 else "connection dropped"
-                )
-                return
+    def messages_done(self) -> None:
         self.send_outbox()
-        self.owner.collect(judge)
+        self.owner.collect(self.judge)
 
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        head = self._head
-        if head is not None and not head.done():
-            head.set_exception(ConnectionResetError("the shadow closed the connection"))
-        if self.open:
-            self._lost_now("connection dropped")
-
-    def _lost_now(self, reason: str) -> None:
-        if not self.open:
-            return
+    def ended(self, code: int | None, reason: str) -> None:
+        if self.refusal is not None:
+            why = "the shadow sent a frame over the size limit"
+        else:
+            why = f"closed by the shadow ({code})" if code and code != DROPPED else "connection dropped"
         self._drop()
         if self.closing or self.finished:
             return
-        self.judge.lost(reason)
+        self.judge.lost(why)
         self.owner.collect(self.judge)
         self._again()
-
-
-class _Frames:
-    """Websocket frames from the shadow (a server: unmasked, as RFC 6455 says) -> messages."""
-
-    __slots__ = ("buf", "limit", "op", "parts")
-
-    def __init__(self, limit: int) -> None:
-        self.buf = bytearray()
-        self.limit = limit
-        self.op = 0
-        self.parts: list[bytes] = []
-
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Complete messages (opcode, payload); control frames as they come. Raises ValueError
-        for a frame over the limit."""
-        buf = self.buf
-        buf += data
-        out: list[tuple[int, bytes]] = []
-        while len(buf) >= 2:
-            b0, b1 = buf[0], buf[1]
-            n, pos = b1 & 0x7F, 2
-            if n == 126:
-                if len(buf) < 4:
-                    break
-                n, pos = int.from_bytes(buf[2:4], "big"), 4
-            elif n == 127:
-                if len(buf) < 10:
-                    break
-                n, pos = int.from_bytes(buf[2:10], "big"), 10
-            mask = b""
-            if b1 & 0x80:
-                if len(buf) < pos + 4:
-                    break
-                mask, pos = bytes(buf[pos : pos + 4]), pos + 4
-            if n > self.limit:
-                raise ValueError(f"frame of {n} bytes")
-            if len(buf) < pos + n:
-                break
-            payload = unmask(bytes(buf[pos : pos + n]), mask)
-            del buf[: pos + n]
-            op = b0 & 0x0F
-            if op >= 8:
-                out.append((op, payload))
-                continue
-            if op:
-                self.op, self.parts = op, [payload]
-            else:
-                self.parts.append(payload)
-            if b0 & 0x80:
-                out.append((self.op, b"".join(self.parts)))
-                self.parts = []
-        return out
-
-
-def _frame(opcode: int, payload: bytes) -> bytes:
-    """A client's frame: final, masked."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 1 << 16:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    mask = os.urandom(4)
-    return head + mask + unmask(payload, mask)
 
 
 # ----------------------------------------------------------------------------- in a child process

@@ -1,4 +1,4 @@
-"""Replay captured sessions against a target CSMS, playing the charger side (aiohttp).
+"""Replay captured sessions against a target CSMS, playing the charger side.
 
 The edge around the pure core: :mod:`ocpp_replay.core.schedule` says what to send when and what to
 wait for, :mod:`ocpp_replay.core.correlate` rewrites assigned ids and timestamps,
@@ -26,7 +26,6 @@ import base64
 import contextlib
 import gc
 import logging
-import socket
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
@@ -35,11 +34,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
-from aiohttp import WSMsgType
 from yarl import URL
 
+from ocpp_replay.capture.handshake import HandshakeError
 from ocpp_replay.capture.reach import probe
+from ocpp_replay.capture.wsclient import DROPPED, GOING_AWAY, Endpoint, WsClient
+from ocpp_replay.capture.wsframes import BINARY, TEXT
 from ocpp_replay.core.compare import compare_result
 from ocpp_replay.core.correlate import Correlator
 from ocpp_replay.core.results import RunResult, SessionResult, handshake_summary
@@ -89,7 +89,6 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECT_AHEAD = 1.0
 #: Handshakes in flight at once.
 DEFAULT_MAX_CONNECTING = 100
-_CLOSE_GOING_AWAY = 1001
 _CLOSE_WAIT = 5.0  # seconds for the backend to answer a close frame
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
@@ -409,7 +408,7 @@ class _Counters:
 
 @dataclass(slots=True)
 class _Context:
-    http: aiohttp.ClientSession
+    endpoint: Endpoint
     target: str
     rules: RuleSet
     auth: Mapping[str, str]
@@ -425,20 +424,26 @@ class _Context:
     dialling: asyncio.Semaphore | None = None
 
 
-class _SessionRun:
+class _SessionRun(WsClient):
     """Drives one :class:`~ocpp_replay.core.session.ReplaySession` over a websocket: connects,
-    feeds it the backend's frames and the loop's time, performs the actions it hands out."""
+    feeds it the backend's frames and the loop's time, performs the actions it hands out.
+
+    The connection is this object (a :class:`~ocpp_replay.capture.wsclient.WsClient`): the
+    backend's messages reach the session in the loop turn that read them, with no reader task;
+    the driver (:meth:`run`) sleeps until the session's next wakeup or until a message gives it
+    something to do sooner."""
 
     def __init__(self, plan: SessionPlan, ctx: _Context, anchor: float) -> None:
+        super().__init__(MAX_MESSAGE_SIZE)
         self.plan = plan
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
         self.anchor = anchor
-        #: The driver's sleep: a future the reader resolves when the session has something to do
+        self.session: ReplaySession | None = None
+        #: The driver's sleep: a future a message resolves when the session has something to do
         #: sooner (cheaper per frame than asyncio.timeout, whose expiry raises two exceptions).
         self.waiter: asyncio.Future[None] | None = None
         self.sleeping_until: float | None = None  # the wakeup the driver sleeps until
-        self.ended = asyncio.Event()  # the connection is over (the reader has told the session)
         self.handshake: float | None = None  # seconds from dialling to the 101 (or the failure)
 
     def _now(self) -> float:
@@ -446,24 +451,26 @@ class _SessionRun:
 
     # -- connection -------------------------------------------------------------------
 
-    def _url(self) -> URL:
-        """``<target><suffix as dialled>``; a query of the target and the recorded one both kept.
-        Sent byte for byte (not re-quoted) when the capture has the suffix: its query is raw too.
-        Older captures hold the query decoded: quoted as before."""
+    def _target(self) -> str:
+        """The request target: ``<target's path><suffix as dialled>``; a query of the target and
+        the recorded one both kept. Sent byte for byte (not re-quoted) when the capture has the
+        suffix: its query is raw too. Older captures hold the query decoded: quoted as before."""
         plan = self.plan
         url = session_url(self.ctx.target, plan.charge_point_id, plan.query, plan.path_suffix)
-        return URL(url, encoded=plan.path_suffix is not None)
+        return URL(url, encoded=plan.path_suffix is not None).raw_path_qs
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self) -> list[tuple[str, str]]:
+        plan = self.plan
+        out = [("Sec-WebSocket-Protocol", plan.subprotocol)] if plan.subprotocol else []
         auth = self.ctx.auth
-        password = auth.get(self.plan.charge_point_id, auth.get("*"))
-        if password is None:
-            return {}
-        user = self.plan.auth_user or self.plan.charge_point_id
-        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        return {"Authorization": f"Basic {token}"}
+        password = auth.get(plan.charge_point_id, auth.get("*"))
+        if password is not None:
+            user = plan.auth_user or plan.charge_point_id
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            out.append(("Authorization", f"Basic {token}"))
+        return out
 
-    async def _connect(self, session: ReplaySession) -> aiohttp.ClientWebSocketResponse | None:
+    async def _connect(self, session: ReplaySession) -> bool:
         async with self.ctx.dialling or contextlib.nullcontext():
             started = self.loop.time()
             try:
@@ -471,44 +478,38 @@ class _SessionRun:
             finally:
                 self.handshake = self.loop.time() - started
 
-    async def _dial(self, session: ReplaySession) -> aiohttp.ClientWebSocketResponse | None:
-        plan = self.plan
+    async def _dial(self, session: ReplaySession) -> bool:
+        plan, ctx = self.plan, self.ctx
         headers = self._headers()
         try:
-            async with asyncio.timeout(self.ctx.connect_timeout):
-                ws = await self.ctx.http.ws_connect(
-                    self._url(),
-                    protocols=(plan.subprotocol,) if plan.subprotocol else (),
-                    headers=headers,
-                    autoping=True,
-                    heartbeat=None,
-                    max_msg_size=MAX_MESSAGE_SIZE,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-                )
-        except aiohttp.WSServerHandshakeError as exc:
-            session.refused(exc.status, exc.message, auth_sent=bool(headers))
-            return None
+            response = await self.connect(ctx.endpoint, self._target(), headers, ctx.connect_timeout)
         except TimeoutError as exc:
-            reason = f"no websocket handshake within {self.ctx.connect_timeout:g} s"
-            if not self.ctx.connected_once:
+            reason = f"no websocket handshake within {ctx.connect_timeout:g} s"
+            if not ctx.connected_once:
                 raise UpstreamError(
-                    f"target {self.ctx.target} accepted the connection for {plan.charge_point_id} but "
+                    f"target {ctx.target} accepted the connection for {plan.charge_point_id} but "
                     f"completed {reason}"
                 ) from exc
             # The target worked for other chargers but not for this one: a difference of this
             # session (the backend fell over, or refuses this charger), not the end of the run.
             session.failed(reason)
-            return None
-        except (aiohttp.ClientError, OSError) as exc:
-            if not self.ctx.connected_once:
+            return False
+        except (OSError, HandshakeError) as exc:
+            what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            what = what or type(exc).__name__
+            if not ctx.connected_once:
                 raise UpstreamError(
-                    f"target {self.ctx.target} unreachable for {plan.charge_point_id}: "
-                    f"{str(exc) or type(exc).__name__}"
+                    f"target {ctx.target} unreachable for {plan.charge_point_id}: {what}"
                 ) from exc
-            session.failed(f"unreachable: {str(exc) or type(exc).__name__}")
-            return None
-        self.ctx.connected_once = True
-        return ws
+            session.failed(f"unreachable: {what}")
+            return False
+        if response.status != 101:
+            session.refused(
+                response.status, response.reason, auth_sent=any(n == "Authorization" for n, _ in headers)
+            )
+            return False
+        ctx.connected_once = True
+        return True
 
     async def run(self) -> SessionResult:
         plan, ctx = self.plan, self.ctx
@@ -523,25 +524,25 @@ class _SessionRun:
             shift=wall_anchor - plan.recorded_start,
         )
         log.debug("session %d (%s): connecting", plan.session_id, plan.charge_point_id)
-        ws = await self._connect(session)
+        connected = await self._connect(session)
         connected_at = self._now()  # negative: connected ahead of the session's recorded start
-        if ws is not None:
-            reader = asyncio.create_task(self._read(ws, session), name=f"replay-read-{plan.session_id}")
+        if connected:
             try:
-                session.connected(connected_at, ws.protocol)
-                await self._drive(ws, session)
+                self.session = session
+                session.connected(connected_at, self.protocol)
+                await self._drive(session)
             finally:
-                if not ws.closed:
+                if not self.done:
                     with contextlib.suppress(Exception):
-                        await ws.close(code=_CLOSE_GOING_AWAY)
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+                        await self.close(GOING_AWAY, wait=_CLOSE_WAIT)
+                    if not self.done:  # the backend never answered the close: the connection is over
+                        self.abort()
+                        self._end(DROPPED, "")
         self._count(session.actions())
         result = replace(
             session.result(started_at=started_at, ended_at=utc_iso(time.time())),
             handshake=self.handshake,
-            connected_at=connected_at if ws is not None else None,
+            connected_at=connected_at if connected else None,
         )
         log.info(
             "session %d (%s): %d frames, %d differences",
@@ -566,14 +567,14 @@ class _SessionRun:
 
     # -- the loop ---------------------------------------------------------------------
 
-    async def _drive(self, ws: aiohttp.ClientWebSocketResponse, session: ReplaySession) -> None:
+    async def _drive(self, session: ReplaySession) -> None:
         """Perform the session's actions and advance it at its wakeup times until it is done."""
         loop = self.loop
         while True:
-            await self._perform(ws, session)
+            await self._perform(session)
             if session.done:
                 return
-            if session.has_actions:  # the reader fed it while the actions above went out
+            if session.has_actions:  # a message fed it while the actions above went out
                 continue
             wakeup = session.wakeup
             if wakeup is not None and wakeup <= self._now():
@@ -595,13 +596,13 @@ class _SessionRun:
         if self.waiter is not None:
             _wake(self.waiter)
 
-    async def _perform(self, ws: aiohttp.ClientWebSocketResponse, session: ReplaySession) -> None:
-        """Perform the actions in order (only the driver does: the reader just feeds the session)."""
+    async def _perform(self, session: ReplaySession) -> None:
+        """Perform the actions in order (only the driver does: messages just feed the session)."""
         for action in session.actions():
             if isinstance(action, Send):
-                await self._send(ws, session, action)
+                self._send(session, action)
             elif isinstance(action, Close):
-                await self._close(ws, action)
+                await self._close(action)
             else:
                 self.ctx.counters.diffs += 1
                 if log.isEnabledFor(logging.DEBUG):
@@ -611,14 +612,12 @@ class _SessionRun:
     def _count(self, actions: Sequence[Action]) -> None:
         self.ctx.counters.diffs += sum(1 for a in actions if isinstance(a, Finding))
 
-    async def _send(self, ws: aiohttp.ClientWebSocketResponse, session: ReplaySession, send: Send) -> None:
-        try:
-            if isinstance(send.data, str):
-                await ws.send_str(send.data)
-            else:
-                await ws.send_bytes(send.data)
-        except (ConnectionError, aiohttp.ClientError, RuntimeError):
-            session.closed(self._now(), 1006, "")
+    def _send(self, session: ReplaySession, send: Send) -> None:
+        data = send.data
+        sent = self.send(TEXT, data.encode()) if isinstance(data, str) else self.send(BINARY, data)
+        if not sent:
+            if not self.done:  # the close handshake is under way: the frame cannot go out
+                session.closed(self._now(), DROPPED, "")
             return
         counters = self.ctx.counters
         counters.frames_sent += 1
@@ -631,57 +630,35 @@ class _SessionRun:
                 )
             )
 
-    async def _close(self, ws: aiohttp.ClientWebSocketResponse, close: Close) -> None:
-        """Close as the session says; the reader reports the end of the connection to it."""
-        with contextlib.suppress(Exception):
-            if close.abort:
-                # The charger vanished in the recording: end the TCP connection, no close frame.
-                sock = ws.get_extra_info("socket")
-                if sock is not None:
-                    sock.shutdown(socket.SHUT_RDWR)
-                else:
-                    await ws.close(code=_CLOSE_GOING_AWAY)
-            elif close.code is None:
-                # A close frame without a status code (the peer sees 1005), as recorded; the
-                # peer's answer ends the reader.
-                await ws.send_frame(b"", WSMsgType.CLOSE)
-                try:
-                    async with asyncio.timeout(_CLOSE_WAIT):
-                        await self.ended.wait()
-                except TimeoutError:
-                    await ws.close(code=_CLOSE_GOING_AWAY)
-            else:
-                await ws.close(code=close.code, message=close.reason.encode("utf-8"))
+    async def _close(self, close: Close) -> None:
+        """Close as the session says; the end of the connection is reported to it (ended)."""
+        if close.abort:
+            # The charger vanished in the recording: end the TCP connection, no close frame.
+            self.shutdown()
+        elif close.code is None:
+            # A close frame without a status code (the peer sees 1005), as recorded.
+            await self.close(None, wait=_CLOSE_WAIT)
+        else:
+            await self.close(close.code, close.reason, wait=_CLOSE_WAIT)
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse, session: ReplaySession) -> None:
-        code: int | None = None
-        reason = ""
-        try:
-            while True:
-                msg = await ws.receive()
-                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                    session.receive(self._now(), msg.data)
-                    # Wake the driver only when there is something to do sooner than it planned:
-                    # most answers just settle a call.
-                    if self.waiter is not None:  # the driver sleeps: wake it if it must act sooner
-                        wakeup, sleeping = session.wakeup, self.sleeping_until
-                        if session.has_actions or (
-                            wakeup is not None and (sleeping is None or wakeup < sleeping)
-                        ):
-                            self._wake()
-                    continue
-                if msg.type is WSMsgType.CLOSE:
-                    code = msg.data or None  # 0: a close frame without a status code
-                    reason = msg.extra or ""
-                else:
-                    code = ws.close_code or 1006
-                break
-        except (ConnectionError, aiohttp.ClientError):
-            code = 1006
-        finally:
-            session.closed(self._now(), code, reason)
-            self.ended.set()
-            self._wake()
+    # -- the connection's callbacks (WsClient) --------------------------------------------------
+
+    def message(self, opcode: int, payload: bytes | str) -> None:
+        session = self.session
+        if session is None:
+            return
+        session.receive(self._now(), payload)
+        # Wake the driver only when there is something to do sooner than it planned: most
+        # answers just settle a call.
+        if self.waiter is not None:
+            wakeup, sleeping = session.wakeup, self.sleeping_until
+            if session.has_actions or (wakeup is not None and (sleeping is None or wakeup < sleeping)):
+                self._wake()
+
+    def ended(self, code: int | None, reason: str) -> None:
+        if self.session is not None:
+            self.session.closed(self._now(), code, reason)
+        self._wake()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -910,64 +887,58 @@ async def run_replay(
     started_at = utc_iso(time.time())
     log.info("replay of %d sessions (%d charge points) against %s", len(entries), len(by_cp), target)
     results: dict[int, SessionResult] = {}
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout),
-        skip_auto_headers=("User-Agent",),
-    ) as http:
-        ctx = _Context(
-            http=http,
-            target=target,
-            rules=rules,
-            auth=dict(auth or {}),
-            connect_timeout=connect_timeout,
-            progress=progress,
-            counters=_Counters(len(entries)),
-            options=session_options,
-            dialling=asyncio.Semaphore(max_connecting),
-        )
-        if loader is not None:
-            await loader.preload()
-        if spool is not None and spool.run_id is None:
-            await spool.open(target, started_at)
-        gc_guard = _no_full_gc() if quiet_gc else contextlib.nullcontext()
-        gc_guard.__enter__()  # before the clock starts: entering it runs one full collection
-        if start_at is not None:  # time 0 shared with other processes, as a wall-clock time
-            zero = await asyncio.to_thread(start_at)
-            run_start = loop.time() + (zero - time.time())
-        else:  # the first sessions too are dialled ahead of their start
-            run_start = loop.time() + start_delay + connect_ahead
+    ctx = _Context(
+        endpoint=Endpoint.of(target),
+        target=target,
+        rules=rules,
+        auth=dict(auth or {}),
+        connect_timeout=connect_timeout,
+        progress=progress,
+        counters=_Counters(len(entries)),
+        options=session_options,
+        dialling=asyncio.Semaphore(max_connecting),
+    )
+    if loader is not None:
+        await loader.preload()
+    if spool is not None and spool.run_id is None:
+        await spool.open(target, started_at)
+    gc_guard = _no_full_gc() if quiet_gc else contextlib.nullcontext()
+    gc_guard.__enter__()  # before the clock starts: entering it runs one full collection
+    if start_at is not None:  # time 0 shared with other processes, as a wall-clock time
+        zero = await asyncio.to_thread(start_at)
+        run_start = loop.time() + (zero - time.time())
+    else:  # the first sessions too are dialled ahead of their start
+        run_start = loop.time() + start_delay + connect_ahead
 
-        async def charger(cp_entries: list[SessionPlan | Due]) -> None:
-            for entry in cp_entries:  # reconnects of one charger: in order, never overlapping
-                anchor = max(run_start + entry.start, loop.time())
-                delay = anchor - connect_ahead - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                plan = entry if isinstance(entry, SessionPlan) else await loader.plan(entry.session_id)  # type: ignore[union-attr]
-                result = await _SessionRun(plan, ctx, anchor).run()
-                results[plan.session_id] = spool.put(result) if spool is not None else result
-                if loader is not None:
-                    loader.held -= 1
+    async def charger(cp_entries: list[SessionPlan | Due]) -> None:
+        for entry in cp_entries:  # reconnects of one charger: in order, never overlapping
+            anchor = max(run_start + entry.start, loop.time())
+            delay = anchor - connect_ahead - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            plan = entry if isinstance(entry, SessionPlan) else await loader.plan(entry.session_id)  # type: ignore[union-attr]
+            result = await _SessionRun(plan, ctx, anchor).run()
+            results[plan.session_id] = spool.put(result) if spool is not None else result
+            if loader is not None:
+                loader.held -= 1
 
-        async def every_charger() -> None:
-            async with asyncio.TaskGroup() as tg:
-                if loader is not None:
-                    tg.create_task(loader.run(lambda: loop.time() - run_start), name="replay-loader")
-                for cp, cp_entries in by_cp.items():
-                    tg.create_task(charger(cp_entries), name=f"replay-{cp}")
+    async def every_charger() -> None:
+        async with asyncio.TaskGroup() as tg:
+            if loader is not None:
+                tg.create_task(loader.run(lambda: loop.time() - run_start), name="replay-loader")
+            for cp, cp_entries in by_cp.items():
+                tg.create_task(charger(cp_entries), name=f"replay-{cp}")
 
-        try:
-            if not await _until_stopped(every_charger(), stop):
-                options["interrupted"] = {"finished": len(results), "planned": len(entries)}
-                log.info("replay interrupted: %d of %d sessions finished", len(results), len(entries))
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
-        finally:
-            gc_guard.__exit__(None, None, None)
-            if spool is not None:
-                await spool.close()
+    try:
+        if not await _until_stopped(every_charger(), stop):
+            options["interrupted"] = {"finished": len(results), "planned": len(entries)}
+            log.info("replay interrupted: %d of %d sessions finished", len(results), len(entries))
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
+    finally:
+        gc_guard.__exit__(None, None, None)
+        if spool is not None:
+            await spool.close()
     ordered = tuple(results[e.session_id] for e in entries if e.session_id in results)
     options["handshakes"] = handshake_summary(ordered)
     if loader is not None:
