@@ -77,6 +77,20 @@ def test_201_request_and_missing_property() -> None:
     assert validate("ocpp2.0", "BootNotification", payload, response=False) == []
 
 
+def test_a_payload_validated_again_gives_the_same_answer_from_memory() -> None:
+    bad = {"interval": "300", "status": "Maybe", "currentTime": "yesterday"}
+    first = validate("1.6", "BootNotification", bad, response=True)
+    first.append(Violation("mine", "the caller's own list"))  # a caller may change its list
+    reordered = {"status": "Maybe", "currentTime": "yesterday", "interval": "300"}
+    again = validate("1.6", "BootNotification", reordered, response=True)
+    assert {v.path for v in again} == {"currentTime", "interval", "status"}
+    key = ("1.6", "BootNotification", True, json.dumps(bad, sort_keys=True, separators=(",", ":")))
+    assert key in schemas._checked  # the second answer came from memory
+    # the same text for another action, direction or version is validated on its own
+    assert validate("1.6", "BootNotification", bad, response=False) != again
+    assert validate("1.6", "Heartbeat", {}, response=True) != validate("1.6", "Heartbeat", {}, response=False)
+
+
 def test_unknown_action_and_version() -> None:
     assert validate("1.6", "TransactionEvent", {}, response=False) == [Violation("", "unknown action")]
     assert validate("2.0.1", "StartTransaction", {}, response=True) == [Violation("", "unknown action")]
@@ -123,8 +137,8 @@ def test_each_schema_is_compiled_once_for_every_frame() -> None:
     payload = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
     validate("1.6", "StatusNotification", payload, response=False)
     before = _validator.cache_info()
-    for _ in range(200):
-        assert validate("1.6", "StatusNotification", payload, response=False) == []
+    for n in range(2, 202):  # payloads not seen before: each validated, none recompiled
+        assert validate("1.6", "StatusNotification", {**payload, "connectorId": n}, response=False) == []
     after = _validator.cache_info()
     assert after.misses == before.misses and after.hits >= before.hits + 200
 
