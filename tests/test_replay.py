@@ -1125,3 +1125,35 @@ async def test_metrics_port_on_the_command_line(capture16: Path, tmp_path: Path)
             assert store.db.execute("SELECT count(*) FROM runs").fetchone() == (0,)
         res = await _invoke(["replay", "--db", str(db), "--target", url, "--metrics-port", str(free_port())])
     assert res.exit_code == 0, res.output
+
+
+async def test_the_gc_guard_runs_young_collections_itself_and_restores_the_thresholds() -> None:
+    """CPython's own trigger counts deallocations of old objects against new ones, so during a
+    replay young objects pile up unexamined; the guard collects the young generations from the
+    loop every YOUNG_GC_INTERVAL, never the old one, and puts everything back afterwards."""
+    import gc
+
+    from ocpp_replay.replay.runner import YOUNG_GC_INTERVAL, _no_full_gc
+
+    before = gc.get_threshold()
+    seen: list[int] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            seen.append(info["generation"])
+
+    gc.callbacks.append(note)
+    gc.disable()  # CPython's own trigger is off: every collection seen below is the guard's
+    try:
+        with _no_full_gc():
+            assert gc.get_threshold()[2] == 1_000_000_000
+            seen.clear()  # entering collected everything once
+            await asyncio.sleep(YOUNG_GC_INTERVAL * 25)
+            during = list(seen)
+        await asyncio.sleep(YOUNG_GC_INTERVAL * 5)
+    finally:
+        gc.enable()
+        gc.callbacks.remove(note)
+    assert during.count(0) >= 10 and 1 in during and 2 not in during
+    assert len(seen) == len(during)  # the ticker stopped with the guard
+    assert gc.get_threshold() == before
