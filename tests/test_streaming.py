@@ -25,6 +25,7 @@ from ocpp_replay.replay import Selection, load_run, load_sessions, run_replay, s
 from ocpp_replay.replay.runner import ResultSpool
 from ocpp_replay.replay.window import cut_loaded, cut_stored, load_window
 from ocpp_replay.store import CaptureWriter, Store, utc_iso
+from ocpp_replay.store.runs import list_runs
 from tests.test_ramp import slow_csms
 
 pytestmark = pytest.mark.timeout(120)
@@ -355,3 +356,47 @@ async def test_workers_stream_their_shards_and_write_into_one_run(tmp_path: Path
     assert one[1:5] == two[1:5] == (20, 120, 0, 1)
     assert json.loads(two[5])["workers"] == 2 and json.loads(two[5])["streamed"]["loaded"] == 20
     assert len(frames[0]) == 120 and frames[0] == frames[1]
+
+
+async def test_a_replay_raises_its_open_file_limit_for_its_chargers(tmp_path: Path) -> None:
+    """A charger's connection is a file: 40 chargers connected at once under a soft limit of 40
+    open files (the usual soft limit is 1,024, the hard one far higher) replay with 0
+    differences, the replay raising its soft limit to the hard one as the proxy does."""
+    import resource
+    import subprocess
+    import sys
+
+    db = tmp_path / "forty.db"
+    w = CaptureWriter(db, flush_interval=0.2)
+    t0 = time.time() - 3600
+    for n in range(40):
+        sid = w.open_session(t0 + n * 0.01, charge_point_id=f"CP-{n}", subprotocol="ocpp1.6")
+        for k in range(3):
+            status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+            call = [2, f"{n}-{k}", "StatusNotification", status]
+            _write(w, sid, 2 * k + 1, t0 + n * 0.01, 0.2 + 0.3 * k, Direction.TO_CSMS, call)
+            _write(w, sid, 2 * k + 2, t0 + n * 0.01, 0.21 + 0.3 * k, Direction.TO_CP, [3, f"{n}-{k}", {}])
+        w.close_session(sid, t0 + n * 0.01 + 1.2, close_code=1000, closed_by="cp")
+    w.start()
+    w.close(timeout=60)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard == resource.RLIM_INFINITY or hard > 200, "this test needs a hard limit above 200 open files"
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, hard))
+
+    async with fast_csms() as (url, seen):
+        argv = ["replay", "--db", str(db), "--target", url, "--timeout", "2", "--grace", "0.1"]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "ocpp_replay.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            preexec_fn=low_soft_limit,  # a limit, set in the child only
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(seen["charge_points"]) == 40
+    with Store.open(db) as store:
+        run = load_run(store, list_runs(store)[-1]["id"])
+    assert run.differences == () and len(run.sessions) == 40 and run.messages == 40 * 3 * 2

@@ -65,7 +65,7 @@ from ocpp_replay.capture.handshake import (
     upgrade_request,
 )
 from ocpp_replay.capture.metrics import metrics_route
-from ocpp_replay.capture.reach import probe, ws_address
+from ocpp_replay.capture.reach import probe, raise_open_file_limit, ws_address
 from ocpp_replay.capture.wsframes import (
     CLOSE,
     TEXT,
@@ -139,23 +139,6 @@ def _wire_text(s: str) -> str:
         return s.encode("latin-1").decode("utf-8")
     except UnicodeError:
         return s
-
-
-def raise_open_file_limit() -> int:
-    """Raise the soft limit on open files to the hard limit; return the soft limit now in force."""
-    try:
-        import resource
-    except ImportError:  # not on this platform (Windows): nothing to raise
-        return 0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):  # refused (a container's seccomp, macOS's OPEN_MAX): keep it
-            pass
-    return int(soft)
 
 
 @dataclass(frozen=True, slots=True)

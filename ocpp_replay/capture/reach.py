@@ -2,6 +2,8 @@
 
 The proxy (its upstream), the replay (its target) and the simulator (its CSMS) all check this
 before they start, so a typo in a URL is one clear line at once instead of minutes of retries.
+The proxy and the replay also raise their limit on open files (:func:`raise_open_file_limit`):
+a connection is a file, and the usual soft limit is 1,024.
 """
 
 from __future__ import annotations
@@ -41,3 +43,20 @@ async def probe(url: str, connect_timeout: float, what: str = "target") -> None:
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard limit; return the soft limit now in force."""
+    try:
+        import resource
+    except ImportError:  # not on this platform (Windows): nothing to raise
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # refused (a container's seccomp, macOS's OPEN_MAX): keep it
+            pass
+    return int(soft)

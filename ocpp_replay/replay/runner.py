@@ -37,7 +37,7 @@ from urllib.parse import quote, urlsplit
 from yarl import URL
 
 from ocpp_replay.capture.handshake import HandshakeError
-from ocpp_replay.capture.reach import probe
+from ocpp_replay.capture.reach import probe, raise_open_file_limit
 from ocpp_replay.capture.wsclient import DROPPED, GOING_AWAY, Endpoint, WsClient
 from ocpp_replay.capture.wsframes import BINARY, TEXT
 from ocpp_replay.core.compare import compare_result
@@ -882,6 +882,14 @@ async def run_replay(
     by_cp: dict[str, list[SessionPlan | Due]] = {}
     for entry in entries:
         by_cp.setdefault(entry.charge_point_id, []).append(entry)
+    files = raise_open_file_limit()  # a charger's connection is a file
+    if files and len(by_cp) > files - 64:
+        log.warning(
+            "%d chargers and a limit of %d open files: those connected at once past the limit fail "
+            "(raise it with ulimit -n, or spread the chargers with --workers)",
+            len(by_cp),
+            files,
+        )
     options: dict[str, Any] = {
         "speed": speed,
         "max_gap": max_gap,
