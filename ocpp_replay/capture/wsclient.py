@@ -77,6 +77,21 @@ class WsClient(asyncio.Protocol):
     #: Text that is not UTF-8: refused (close 1007), or handed over with U+FFFD in its place.
     strict_text = True
 
+    __slots__ = (
+        "_gone",
+        "_head",
+        "_inbox",
+        "_limit",
+        "_op",
+        "_parts",
+        "close_sent",
+        "done",
+        "open",
+        "protocol",
+        "refusal",
+        "transport",
+    )  # fmt: skip
+
     def __init__(self, max_message: int) -> None:
         self.transport: asyncio.Transport | None = None
         self.open = False

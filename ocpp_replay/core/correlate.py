@@ -23,6 +23,7 @@ Timestamps inside replayed payloads move with the session: :func:`shift_timestam
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -205,6 +206,22 @@ def _key(value: Any) -> tuple[str, Any] | None:
     return None
 
 
+_BySource = dict[tuple[str, Message], list[Correlation]]
+_ByTarget = dict[tuple[str, Message], list[tuple[Correlation, Path]]]
+
+
+@functools.lru_cache(maxsize=64)
+def _index(correlations: tuple[Correlation, ...]) -> tuple[_BySource, _ByTarget]:
+    """The correlations by the message that assigns them and by the messages that carry them."""
+    by_source: _BySource = {}
+    by_target: _ByTarget = {}
+    for c in correlations:
+        by_source.setdefault((c.source.action, c.source.message), []).append(c)
+        for t in c.targets:
+            by_target.setdefault((t.action, t.message), []).append((c, t.path))
+    return by_source, by_target
+
+
 class Correlator:
     """Recorded → live values of one charge point (all its sessions, in order)."""
 
@@ -214,12 +231,8 @@ class Correlator:
         self.correlations = tuple(correlations)
         #: (correlation name, recorded value key) -> live value
         self.live: dict[tuple[str, tuple[str, Any]], Any] = {}
-        self._by_source: dict[tuple[str, Message], list[Correlation]] = {}
-        self._by_target: dict[tuple[str, Message], list[tuple[Correlation, Path]]] = {}
-        for c in self.correlations:
-            self._by_source.setdefault((c.source.action, c.source.message), []).append(c)
-            for t in c.targets:
-                self._by_target.setdefault((t.action, t.message), []).append((c, t.path))
+        # One per charge point (10,000 in a fleet replay): the lookups are shared, read only.
+        self._by_source, self._by_target = _index(self.correlations)
 
     def source_paths(self, action: str | None, message: Message) -> list[Path]:
         """Paths where this message carries an assigned value (compared for presence and type)."""

@@ -246,7 +246,8 @@ class ReplaySession:
         self._timers: list[tuple[float, int, str]] = []
         self._tokens = 0
         self._timed_out: dict[str, Step] = {}
-        self._strays = Counter(plan.stray_answer_ids)
+        # answers to backend calls the capture lacks (rare): most sessions have none
+        self._strays: Counter[str] | None = Counter(plan.stray_answer_ids) if plan.stray_answer_ids else None
         self._live_seq = 0
         self._close_sent: Close | None = None
 
@@ -389,7 +390,7 @@ class ReplaySession:
             elif frame.unique_id in self._timed_out:
                 step = self._timed_out.pop(frame.unique_id)  # after its timeout: reported as one
                 self._record(now, Direction.TO_CP, data, step.answer_seq, step.action, head=head)
-            elif self._strays[frame.unique_id] > 0:
+            elif self._strays and self._strays[frame.unique_id] > 0:
                 self._strays[frame.unique_id] -= 1  # the recording has the backend do this too
                 self._record(now, Direction.TO_CP, data, None, None, head=head)
             else:

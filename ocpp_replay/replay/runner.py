@@ -433,6 +433,8 @@ class _SessionRun(WsClient):
     the driver (:meth:`run`) sleeps until the session's next wakeup or until a message gives it
     something to do sooner."""
 
+    __slots__ = ("anchor", "ctx", "handshake", "loop", "plan", "session", "sleeping_until", "waiter")
+
     def __init__(self, plan: SessionPlan, ctx: _Context, anchor: float) -> None:
         super().__init__(MAX_MESSAGE_SIZE)
         self.plan = plan
