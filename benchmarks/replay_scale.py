@@ -295,6 +295,10 @@ async def bench(args: argparse.Namespace) -> int:
         f"  lateness p50 {t.p50 * 1e3:.3f} ms, p99 {t.p99 * 1e3:.3f} ms, max {t.max * 1e3:.3f} ms "
         f"({t.frames} scheduled frames, {t.held} held by a causal wait)"
     )
+    lateness = [f.lateness for s in result.sessions for f in s.frames if f.lateness is not None]
+    earliest = min(lateness, default=0.0)
+    verdict = "never early" if earliest >= 0 else "EARLY"
+    print(f"  earliest frame: {earliest * 1e3:+.3f} ms against its time ({verdict})")
     shakes = result.options.get("handshakes") or {}
     if shakes.get("sessions"):
         print(
