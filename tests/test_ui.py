@@ -349,7 +349,10 @@ async def test_a_live_frame_appears_while_a_charger_talks_through_the_proxy(tmp_
             async with UiServer(db, port=0) as ui, browser() as b:
                 lst, problems = await _open(b, ui.url + "#/sessions")
                 await lst.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 1")
-                await lst.evaluate("window.__row = document.querySelector('#sessions tbody tr')")
+                await lst.evaluate(
+                    "window.__row = document.querySelector('#sessions tbody tr');"
+                    "window.__cp = __row.cells[1]; window.__count = __row.cells[6]"
+                )
                 page, problems2 = await _open(b, ui.url + "#/session/1")
                 await page.wait_for_function(both("b1"))
                 assert await page.is_checked("#follow")
@@ -369,6 +372,8 @@ async def test_a_live_frame_appears_while_a_charger_talks_through_the_proxy(tmp_
                     timeout=5000,
                 )
                 assert await lst.evaluate("window.__row === document.querySelector('#sessions tbody tr')")
+                # only the cells whose text changed are built again: the charge point's is kept
+                assert await lst.evaluate("__row.cells[1] === __cp && __row.cells[6] !== __count")
                 # a second charger: its session appears in the list without a reload
                 async with connect(proxy.url + "/LIVE-2", subprotocols=["ocpp1.6"]) as ws2:  # type: ignore[list-item]
                     await ws2.send(boot)
