@@ -433,7 +433,7 @@ class _SessionRun(WsClient):
     the driver (:meth:`run`) sleeps until the session's next wakeup or until a message gives it
     something to do sooner."""
 
-    __slots__ = ("anchor", "ctx", "handshake", "loop", "plan", "session", "sleeping_until", "waiter")
+    __slots__ = ("_over", "_timer", "anchor", "ctx", "handshake", "loop", "plan", "session", "sleeping_until")
 
     def __init__(self, plan: SessionPlan, ctx: _Context, anchor: float) -> None:
         super().__init__(MAX_MESSAGE_SIZE)
@@ -442,10 +442,9 @@ class _SessionRun(WsClient):
         self.loop = asyncio.get_running_loop()
         self.anchor = anchor
         self.session: ReplaySession | None = None
-        #: The driver's sleep: a future a message resolves when the session has something to do
-        #: sooner (cheaper per frame than asyncio.timeout, whose expiry raises two exceptions).
-        self.waiter: asyncio.Future[None] | None = None
-        self.sleeping_until: float | None = None  # the wakeup the driver sleeps until
+        self._over: asyncio.Future[None] | None = None  # set when the session is done
+        self._timer: asyncio.TimerHandle | None = None  # at the session's next wakeup
+        self.sleeping_until: float | None = None  # that wakeup
         self.handshake: float | None = None  # seconds from dialling to the 101 (or the failure)
 
     def _now(self) -> float:
@@ -534,6 +533,11 @@ class _SessionRun(WsClient):
                 session.connected(connected_at, self.protocol)
                 await self._drive(session)
             finally:
+                if self._timer is not None:  # cancelled (the run stops): no more steps
+                    self._timer.cancel()
+                    self._timer = None
+                if self._over is not None and not self._over.done():
+                    self._over.cancel()
                 if not self.done:
                     with contextlib.suppress(Exception):
                         await self.close(GOING_AWAY, wait=_CLOSE_WAIT)
@@ -570,41 +574,61 @@ class _SessionRun(WsClient):
     # -- the loop ---------------------------------------------------------------------
 
     async def _drive(self, session: ReplaySession) -> None:
-        """Perform the session's actions and advance it at its wakeup times until it is done."""
-        loop = self.loop
+        """Perform the session's actions and advance it at its wakeup times until it is done.
+
+        No task sleeps per session: a timer at the session's next wakeup, or a message that
+        gives it something to do sooner, runs :meth:`_step` in the loop's turn."""
+        self._over = self.loop.create_future()
+        self._step()
+        await self._over
+
+    def _step(self) -> None:
+        """Do what is due now, then set the timer for the session's next wakeup."""
+        session = self.session
+        assert session is not None
+        self._timer = None
         while True:
-            await self._perform(session)
+            self._perform(session)
             if session.done:
+                if self._over is not None and not self._over.done():
+                    self._over.set_result(None)
                 return
-            if session.has_actions:  # a message fed it while the actions above went out
+            if session.has_actions:  # a send just failed: the session has more to say
                 continue
             wakeup = session.wakeup
             if wakeup is not None and wakeup <= self._now():
                 session.advance(self._now())
                 continue
-            waiter = self.waiter = loop.create_future()
-            self.sleeping_until = wakeup
-            timer = None if wakeup is None else loop.call_at(self.anchor + wakeup, _wake, waiter)
-            try:
-                await waiter
-            finally:
-                self.waiter = self.sleeping_until = None
-                if timer is not None:
-                    timer.cancel()
-            if wakeup is not None and self._now() >= wakeup:
-                session.advance(self._now())
+            break
+        self.sleeping_until = wakeup
+        if wakeup is not None:
+            self._timer = self.loop.call_at(self.anchor + wakeup, self._woken)
+
+    def _woken(self) -> None:
+        self._timer = None
+        session = self.session
+        assert session is not None
+        wakeup = self.sleeping_until
+        if wakeup is not None and self._now() >= wakeup:
+            session.advance(self._now())
+        self._step()
 
     def _wake(self) -> None:
-        if self.waiter is not None:
-            _wake(self.waiter)
+        """Something to do sooner than the timer says: now."""
+        if self._over is None or self._over.done():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._step()
 
-    async def _perform(self, session: ReplaySession) -> None:
-        """Perform the actions in order (only the driver does: messages just feed the session)."""
+    def _perform(self, session: ReplaySession) -> None:
+        """Perform the actions in order."""
         for action in session.actions():
             if isinstance(action, Send):
                 self._send(session, action)
             elif isinstance(action, Close):
-                await self._close(action)
+                self._close(action)
             else:
                 self.ctx.counters.diffs += 1
                 if log.isEnabledFor(logging.DEBUG):
@@ -632,16 +656,16 @@ class _SessionRun(WsClient):
                 )
             )
 
-    async def _close(self, close: Close) -> None:
-        """Close as the session says; the end of the connection is reported to it (ended)."""
+    def _close(self, close: Close) -> None:
+        """Close as the session says; the end of the connection is reported to it (ended), or
+        after _CLOSE_WAIT without the backend's answer the connection is dropped."""
         if close.abort:
             # The charger vanished in the recording: end the TCP connection, no close frame.
             self.shutdown()
-        elif close.code is None:
-            # A close frame without a status code (the peer sees 1005), as recorded.
-            await self.close(None, wait=_CLOSE_WAIT)
-        else:
-            await self.close(close.code, close.reason, wait=_CLOSE_WAIT)
+            return
+        # close.code None: a close frame without a status code (the peer sees 1005), as recorded
+        if self.send_close(close.code, close.reason if close.code is not None else ""):
+            self.loop.call_later(_CLOSE_WAIT, self.abort)
 
     # -- the connection's callbacks (WsClient) --------------------------------------------------
 
@@ -650,22 +674,16 @@ class _SessionRun(WsClient):
         if session is None:
             return
         session.receive(self._now(), payload)
-        # Wake the driver only when there is something to do sooner than it planned: most
-        # answers just settle a call.
-        if self.waiter is not None:
-            wakeup, sleeping = session.wakeup, self.sleeping_until
-            if session.has_actions or (wakeup is not None and (sleeping is None or wakeup < sleeping)):
-                self._wake()
+        # Step now only when there is something to do sooner than the timer says: most answers
+        # just settle a call.
+        wakeup, sleeping = session.wakeup, self.sleeping_until
+        if session.has_actions or (wakeup is not None and (sleeping is None or wakeup < sleeping)):
+            self._wake()
 
     def ended(self, code: int | None, reason: str) -> None:
         if self.session is not None:
             self.session.closed(self._now(), code, reason)
-        self._wake()
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+            self._wake()
 
 
 # ----------------------------------------------------------------------------- the run
