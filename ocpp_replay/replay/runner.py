@@ -430,8 +430,8 @@ class _SessionRun(WsClient):
 
     The connection is this object (a :class:`~ocpp_replay.capture.wsclient.WsClient`): the
     backend's messages reach the session in the loop turn that read them, with no reader task;
-    the driver (:meth:`run`) sleeps until the session's next wakeup or until a message gives it
-    something to do sooner."""
+    a timer at the session's next wakeup steps it (sends what is due), and so does a message
+    that gives it something to do sooner. :meth:`run` awaits the end."""
 
     __slots__ = ("_over", "_timer", "anchor", "ctx", "handshake", "loop", "plan", "session", "sleeping_until")
 
