@@ -97,6 +97,17 @@ async def test_exchange_close_and_the_servers_view(echo_server: tuple[str, list[
     assert dict(seen)["path"] == "/ocpp/CP%201?a=b"  # the target as given, not re-quoted
 
 
+async def test_a_long_close_reason_is_cut_at_a_character() -> None:
+    sent: list[bytes] = []
+    client = Recorder()
+    async with raw_server(_switching, b"", sent) as url:
+        await client.connect(Endpoint.of(url), "/CP", [], 5.0)
+        assert client.send_close(4000, "é" * 100)  # 200 bytes of two-byte characters
+        client.abort()
+    closes = [p for op, p in _client_messages(sent) if op == 8]
+    assert closes and closes[0][2:].decode("utf-8") == "é" * 61  # 122 bytes: the 62nd would not fit
+
+
 async def test_client_close_waits_for_the_servers_answer(
     echo_server: tuple[str, list[tuple[str, object]]],
 ) -> None:

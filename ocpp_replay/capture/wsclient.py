@@ -187,7 +187,9 @@ class WsClient(asyncio.Protocol):
     def send_close(self, code: int | None, reason: str = "") -> bool:
         """Start the closing handshake (``code`` None: a close frame without a status code).
         The server's close frame, or the end of the connection, calls :meth:`ended`."""
-        payload = b"" if code is None else code.to_bytes(2, "big") + reason.encode("utf-8")[:123]
+        # a close frame's reason is at most 123 bytes: cut at a character, never inside one
+        text = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+        payload = b"" if code is None else code.to_bytes(2, "big") + text
         sent = self.send(CLOSE, payload)
         self.close_sent = self.close_sent or sent
         return sent
