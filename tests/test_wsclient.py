@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -24,8 +25,8 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class Recorder(WsClient):
-    def __init__(self, max_message: int = 1 << 20) -> None:
-        super().__init__(max_message)
+    def __init__(self, max_message: int = 1 << 20, max_unsent: int = 1 << 23) -> None:
+        super().__init__(max_message, max_unsent)
         self.got: list[tuple[int, bytes | str]] = []
         self.ends: list[tuple[int | None, str]] = []
         self.open_at_first_message: list[bool] = []
@@ -121,12 +122,14 @@ async def test_client_close_waits_for_the_servers_answer(
 
 @contextlib.asynccontextmanager
 async def raw_server(
-    answer: Callable[[str], bytes], then: bytes = b"", record: list[bytes] | None = None
+    answer: Callable[[str], bytes], then: bytes = b"", record: list[bytes] | None = None, reads: bool = True
 ) -> AsyncIterator[str]:
     """A TCP server that reads the upgrade request, writes ``answer(accept key)`` and ``then``
     in one write, then records what the client sends until the client ends the connection
-    (waited for, at most 5 s, before the server closes)."""
+    (waited for, at most 5 s, before the server closes). ``reads=False``: after its answer it
+    reads nothing more (with a 4 KiB receive buffer) until the server closes."""
     handlers: list[asyncio.Task[None]] = []
+    done = asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         handlers.append(asyncio.current_task())  # type: ignore[arg-type]
@@ -144,6 +147,9 @@ async def raw_server(
             )
             accept = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
             writer.write(answer(accept) + then)
+            if not reads:
+                await done.wait()
+                return
             while chunk := await reader.read(65536):
                 if record is not None:
                     record.append(chunk)
@@ -153,10 +159,13 @@ async def raw_server(
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    if not reads:  # accepted sockets inherit it
+        server.sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     port = server.sockets[0].getsockname()[1]
     try:
         yield f"ws://127.0.0.1:{port}/"
     finally:
+        done.set()
         if handlers:
             await asyncio.wait(handlers, timeout=5.0)
         server.close()
@@ -250,3 +259,23 @@ async def test_a_refusal_is_returned_and_a_dropped_connection_reported() -> None
         client.shutdown()  # FIN both ways, no close frame: the end is a drop
         await _until(lambda: client.done)
         assert client.ends == [(DROPPED, "")]
+
+
+async def test_a_server_that_reads_nothing_is_dropped_with_the_unsent_bytes_bounded() -> None:
+    """Writing never waits, so a server that stops reading must not make the client buffer
+    without end: past max_unsent bytes the connection is dropped and the client says why."""
+    client = Recorder(max_unsent=64 * 1024)
+    sent = 0
+    async with raw_server(_switching, reads=False) as url:
+        await client.connect(Endpoint.of(url), "/CP", [], 5.0)
+        assert client.transport is not None
+        client.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        for _ in range(2000):  # at most 2,000 x 16 KiB
+            if not client.send(BINARY, b"x" * 16384):
+                break
+            sent += 1
+            await asyncio.sleep(0)
+        assert client.done and client.refusal is not None and "read nothing" in client.refusal
+        assert client.ends == [(DROPPED, client.refusal)]
+        assert not client.send(BINARY, b"late")
+    assert 4 < sent < 2000  # the first frames went into the buffers; then it stopped

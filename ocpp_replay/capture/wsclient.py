@@ -43,6 +43,8 @@ MAX_HEAD = 64 * 1024
 GOING_AWAY, TOO_BIG, INVALID_DATA = 1001, 1009, 1007
 #: ``ended``'s code when the connection ended without a close frame.
 DROPPED = 1006
+#: Bytes written that the kernel has not taken yet past which the server is deemed not to read.
+MAX_UNSENT = 8 * 1024 * 1024
 
 
 class BadUpgrade(HandshakeError):
@@ -82,6 +84,7 @@ class WsClient(asyncio.Protocol):
         "_head",
         "_inbox",
         "_limit",
+        "_max_unsent",
         "_op",
         "_parts",
         "close_sent",
@@ -92,13 +95,14 @@ class WsClient(asyncio.Protocol):
         "transport",
     )  # fmt: skip
 
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int, max_unsent: int = MAX_UNSENT) -> None:
         self.transport: asyncio.Transport | None = None
         self.open = False
         self.close_sent = False
         self.done = False  # ended() has been called
         self.protocol: str | None = None  # the subprotocol the server's 101 names
         self._limit = max_message
+        self._max_unsent = max_unsent
         self._inbox = bytearray()
         self._head: asyncio.Future[tuple[bytes, bytes]] | None = None
         self._parts: list[bytes] = []
@@ -177,9 +181,19 @@ class WsClient(asyncio.Protocol):
     # -- sending ------------------------------------------------------------------------------
 
     def send(self, opcode: int, payload: bytes) -> bool:
-        """Write one final, masked frame. False when the connection can take no more frames."""
+        """Write one final, masked frame. False when the connection can take no more frames.
+
+        Writing never waits: when the server has left more than ``max_unsent`` bytes unread,
+        the connection is dropped (``ended`` with :data:`DROPPED` and ``refusal`` saying why), so
+        that memory stays bounded whatever the server does."""
         transport = self.transport
         if not self.open or self.close_sent or transport is None or transport.is_closing():
+            return False
+        unsent = transport.get_write_buffer_size()
+        if unsent > self._max_unsent:
+            self.refusal = f"the server read nothing of the last {unsent} bytes written"
+            transport.abort()
+            self._end(DROPPED, self.refusal)
             return False
         transport.write(frame(opcode, payload))
         return True

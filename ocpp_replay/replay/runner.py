@@ -433,7 +433,18 @@ class _SessionRun(WsClient):
     a timer at the session's next wakeup steps it (sends what is due), and so does a message
     that gives it something to do sooner. :meth:`run` awaits the end."""
 
-    __slots__ = ("_over", "_timer", "anchor", "ctx", "handshake", "loop", "plan", "session", "sleeping_until")
+    __slots__ = (
+        "_over",
+        "_stepping",
+        "_timer",
+        "anchor",
+        "ctx",
+        "handshake",
+        "loop",
+        "plan",
+        "session",
+        "sleeping_until",
+    )  # fmt: skip
 
     def __init__(self, plan: SessionPlan, ctx: _Context, anchor: float) -> None:
         super().__init__(MAX_MESSAGE_SIZE)
@@ -444,6 +455,7 @@ class _SessionRun(WsClient):
         self.session: ReplaySession | None = None
         self._over: asyncio.Future[None] | None = None  # set when the session is done
         self._timer: asyncio.TimerHandle | None = None  # at the session's next wakeup
+        self._stepping = False  # in _step (what happens meanwhile, it sees when it goes on)
         self.sleeping_until: float | None = None  # that wakeup
         self.handshake: float | None = None  # seconds from dialling to the 101 (or the failure)
 
@@ -587,19 +599,23 @@ class _SessionRun(WsClient):
         session = self.session
         assert session is not None
         self._timer = None
-        while True:
-            self._perform(session)
-            if session.done:
-                if self._over is not None and not self._over.done():
-                    self._over.set_result(None)
-                return
-            if session.has_actions:  # a send just failed: the session has more to say
-                continue
-            wakeup = session.wakeup
-            if wakeup is not None and wakeup <= self._now():
-                session.advance(self._now())
-                continue
-            break
+        self._stepping = True
+        try:
+            while True:
+                self._perform(session)
+                if session.done:
+                    if self._over is not None and not self._over.done():
+                        self._over.set_result(None)
+                    return
+                if session.has_actions:  # a send just failed: the session has more to say
+                    continue
+                wakeup = session.wakeup
+                if wakeup is not None and wakeup <= self._now():
+                    session.advance(self._now())
+                    continue
+                break
+        finally:
+            self._stepping = False
         self.sleeping_until = wakeup
         if wakeup is not None:
             self._timer = self.loop.call_at(self.anchor + wakeup, self._woken)
@@ -614,8 +630,8 @@ class _SessionRun(WsClient):
         self._step()
 
     def _wake(self) -> None:
-        """Something to do sooner than the timer says: now."""
-        if self._over is None or self._over.done():
+        """Something to do sooner than the timer says: now (a step under way sees it itself)."""
+        if self._over is None or self._over.done() or self._stepping:
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -681,6 +697,8 @@ class _SessionRun(WsClient):
             self._wake()
 
     def ended(self, code: int | None, reason: str) -> None:
+        if self.refusal is not None:  # this side ended it: a message refused, a backend not reading
+            log.warning("session %d (%s): %s", self.plan.session_id, self.plan.charge_point_id, self.refusal)
         if self.session is not None:
             self.session.closed(self._now(), code, reason)
             self._wake()
