@@ -80,6 +80,17 @@ def basic_auth_user(header: str | None) -> str | None:
     return decoded.partition(":")[0]
 
 
+def basic_auth(auth: Mapping[str, str], charge_point_id: str, user: str | None) -> tuple[str, str] | None:
+    """The Authorization header a charger dials with: its password from ``auth`` (by charge
+    point id, else ``"*"``; an auth file's contents), ``user`` as recorded or the id; None
+    without a password."""
+    password = auth.get(charge_point_id, auth.get("*"))
+    if password is None:
+        return None
+    token = base64.b64encode(f"{user or charge_point_id}:{password}".encode()).decode("ascii")
+    return ("Authorization", f"Basic {token}")
+
+
 def offered_protocols(header: str | None) -> tuple[str, ...]:
     """The subprotocols a Sec-WebSocket-Protocol header offers, in the charger's order."""
     if not header:

@@ -31,7 +31,6 @@ relay's; :class:`Shadow` is the same work in the proxy's own process (the tests 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ocpp_replay.capture.handshake import HandshakeError, header
+from ocpp_replay.capture.handshake import HandshakeError, basic_auth, header
 from ocpp_replay.capture.reach import ws_address
 from ocpp_replay.capture.wsclient import DROPPED, GOING_AWAY, BadUpgrade, Endpoint, WsClient, frame
 from ocpp_replay.capture.wsframes import TEXT, unmask
@@ -573,14 +572,8 @@ class _Leg(WsClient):
         offered = self.fields.get("offered_subprotocols")
         if offered:
             out.append(("Sec-WebSocket-Protocol", str(offered)))
-        auth = self.owner.options.auth
-        cp = self.judge.charge_point_id
-        password = auth.get(cp, auth.get("*"))
-        if password is not None:
-            user = self.fields.get("auth_user") or cp
-            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-            out.append(("Authorization", f"Basic {token}"))
-        return out
+        auth = basic_auth(self.owner.options.auth, self.judge.charge_point_id, self.fields.get("auth_user"))
+        return [*out, auth] if auth else out
 
     async def _dial(self) -> None:
         run, judge = self.owner, self.judge

@@ -22,7 +22,6 @@ capture. Everything the backend does differently is a :class:`~ocpp_replay.core.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import gc
 import logging
@@ -36,7 +35,7 @@ from urllib.parse import quote, urlsplit
 
 from yarl import URL
 
-from ocpp_replay.capture.handshake import HandshakeError
+from ocpp_replay.capture.handshake import HandshakeError, basic_auth
 from ocpp_replay.capture.reach import probe, raise_open_file_limit
 from ocpp_replay.capture.wsclient import DROPPED, GOING_AWAY, Endpoint, WsClient
 from ocpp_replay.capture.wsframes import BINARY, TEXT
@@ -475,13 +474,8 @@ class _SessionRun(WsClient):
     def _headers(self) -> list[tuple[str, str]]:
         plan = self.plan
         out = [("Sec-WebSocket-Protocol", plan.subprotocol)] if plan.subprotocol else []
-        auth = self.ctx.auth
-        password = auth.get(plan.charge_point_id, auth.get("*"))
-        if password is not None:
-            user = plan.auth_user or plan.charge_point_id
-            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-            out.append(("Authorization", f"Basic {token}"))
-        return out
+        auth = basic_auth(self.ctx.auth, plan.charge_point_id, plan.auth_user)
+        return [*out, auth] if auth else out
 
     async def _connect(self, session: ReplaySession) -> bool:
         async with self.ctx.dialling or contextlib.nullcontext():
