@@ -18,6 +18,7 @@ from ocpp_replay.replay.amplify import amplify_sessions
 from ocpp_replay.report.terminal import summary_line
 from ocpp_replay.store import Store
 from tests.test_replay import capture16  # noqa: F401 (fixture)
+from tests.web_peers import serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,17 +46,8 @@ async def slow_csms(handshake: float = SLOW) -> AsyncIterator[tuple[str, dict[st
                 await ws.send_str(f"[3,{uid},{{}}]")
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ocpp/{cp}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serving(handler, "/ocpp/{cp}") as port:
         yield f"ws://127.0.0.1:{port}/ocpp", seen
-    finally:
-        await runner.cleanup()
 
 
 def _first_frames(result: Any) -> list[float]:

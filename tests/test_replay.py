@@ -32,6 +32,7 @@ from ocpp_replay.core.schedule import plan_sessions
 from ocpp_replay.replay import Selection, load_run, load_sessions, run_replay, store_run
 from ocpp_replay.store import CaptureWriter, Store
 from tests.replay_peers import Behaviour, csms, run_charger16, run_charger201
+from tests.web_peers import serving
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -608,17 +609,8 @@ async def test_a_charger_the_target_fails_mid_run_is_a_difference_not_the_end(tm
             await ws.send_str(json.dumps([3, uid, {"currentTime": "2026-11-25T18:00:00Z"}]))
         return ws
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serving(handler, shutdown_timeout=0.1) as port:
         result = await _replay(db, f"ws://127.0.0.1:{port}/ocpp", connect_timeout=0.5)
-    finally:
-        await runner.cleanup()
     by_cp = {s.charge_point_id: s for s in result.sessions}
     assert by_cp["GOOD"].differences == ()
     [diff] = by_cp["HANG"].differences

@@ -18,6 +18,7 @@ from aiohttp import WSMsgType, web
 from ocpp_replay.capture.handshake import head_end
 from ocpp_replay.capture.wsclient import DROPPED, BadUpgrade, Endpoint, WsClient
 from ocpp_replay.capture.wsframes import BINARY, PONG, TEXT, unmask
+from tests.web_peers import serving
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -66,15 +67,8 @@ async def echo_server() -> AsyncIterator[tuple[str, list[tuple[str, object]]]]:
         seen.append(("close_code", ws.close_code))
         return ws
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"ws://127.0.0.1:{port}/ocpp", seen
-    await runner.cleanup()
+    async with serving(handler) as port:
+        yield f"ws://127.0.0.1:{port}/ocpp", seen
 
 
 async def test_exchange_close_and_the_servers_view(echo_server: tuple[str, list[tuple[str, object]]]) -> None:
