@@ -308,3 +308,21 @@ def test_percentile_and_timing() -> None:
         percentile(values, 50) == 0.05 and percentile(values, 99) == 0.099 and percentile(values, 100) == 0.1
     )
     assert Timing.of([]).frames == 0
+
+
+def test_the_identical_fast_path_keeps_types_apart() -> None:
+    """compare_payloads skips the full diff when the canonical texts are equal (orjson's): key
+    order does not matter, a number's type and the values orjson writes alike (NaN and null,
+    integers past 64 bits) do."""
+    assert compare_payloads({"a": 1, "b": [1, {"c": "é"}]}, {"b": [1, {"c": "é"}], "a": 1}) == []
+    for expected, actual in [
+        (1, 1.0),
+        (1, True),
+        (0.0, -0.0),
+        (float("nan"), None),
+        (float("inf"), float("-inf")),
+        (10**30, 10**30 + 1),
+    ]:
+        assert compare_payloads({"v": expected}, {"v": actual}), (expected, actual)
+    assert compare_payloads({"v": 10**30}, {"v": 10**30}) == []
+    assert compare_payloads({"v": float("nan")}, {"v": float("nan")}) == []

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import copy
 import json
+import random
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -77,18 +80,91 @@ def test_201_request_and_missing_property() -> None:
     assert validate("ocpp2.0", "BootNotification", payload, response=False) == []
 
 
-def test_a_payload_validated_again_gives_the_same_answer_from_memory() -> None:
-    bad = {"interval": "300", "status": "Maybe", "currentTime": "yesterday"}
-    first = validate("1.6", "BootNotification", bad, response=True)
-    first.append(Violation("mine", "the caller's own list"))  # a caller may change its list
-    reordered = {"status": "Maybe", "currentTime": "yesterday", "interval": "300"}
-    again = validate("1.6", "BootNotification", reordered, response=True)
-    assert {v.path for v in again} == {"currentTime", "interval", "status"}
-    key = ("1.6", "BootNotification", True, json.dumps(bad, sort_keys=True, separators=(",", ":")))
-    assert key in schemas._checked  # the second answer came from memory
-    # the same text for another action, direction or version is validated on its own
-    assert validate("1.6", "BootNotification", bad, response=False) != again
-    assert validate("1.6", "Heartbeat", {}, response=True) != validate("1.6", "Heartbeat", {}, response=False)
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        node: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        schema = node
+    return schema
+
+
+_ODD = [None, 1.0, 2.5, "x", [], {}, True, 7, -3, "2024-01-01T00:00:00Z", 10**20]
+_DATE_TIMES = ["2024-01-01T00:00:00Z", "2024-01-01T00:00:00.123+01:00", "2024-13-01T00:00:00Z", "yesterday"]
+
+
+def _payload(schema: dict[str, Any], root: dict[str, Any], rng: random.Random, depth: int = 0) -> Any:
+    """A payload for SCHEMA that is often valid and often wrong in one of the ways chargers are
+    (wrong types, 1.0 for an integer, unknown enum values, too long, bad dates, keys missing)."""
+    schema = _resolve(schema, root)
+    if rng.random() < 0.03:
+        return rng.choice(_ODD)
+    if "enum" in schema:
+        return rng.choice(schema["enum"]) if rng.random() > 0.05 else "Nope"
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = rng.choice(kind)
+    if kind == "object" or "properties" in schema:
+        required = set(schema.get("required", ()))
+        out = {
+            k: _payload(v, root, rng, depth + 1)
+            for k, v in schema.get("properties", {}).items()
+            if depth < 6 and ((k in required and rng.random() > 0.03) or rng.random() < 0.5)
+        }
+        if rng.random() < 0.03:
+            out["extra"] = 1
+        return out
+    if kind == "array":
+        n = rng.choice([0, 1, 2]) if rng.random() > 0.05 else schema.get("maxItems", 2) + 1
+        return [_payload(schema.get("items", {}), root, rng, depth + 1) for _ in range(n if depth < 6 else 0)]
+    if kind == "string":
+        if schema.get("format") == "date-time":
+            return rng.choice(_DATE_TIMES)
+        longest = schema.get("maxLength", 20)
+        return "a" * rng.choice([0, 1, min(longest, 5), longest, longest + 1])
+    if kind == "integer":
+        return rng.choice([0, 1, -1, 1.0, 2.5, 10**12, True, schema.get("minimum", 1) - 1])
+    if kind == "number":
+        return rng.choice([0, 1.5, -2, 1e300, True, "1"])
+    if kind == "boolean":
+        return rng.choice([True, False, 0, 1])
+    return rng.choice(_ODD)
+
+
+def test_the_compiled_check_and_jsonschema_agree_on_random_payloads_of_every_schema() -> None:
+    """validate() trusts fastjsonschema's compiled schema for "valid" and asks jsonschema only
+    about what it rejects: the two must agree, or a violation would go unreported (or a valid
+    payload be reported with no violation listed)."""
+    rng = random.Random(12)
+    checked = valid = 0
+    for version in schemas.VERSIONS:
+        for response in (False, True):
+            for action in sorted(schemas.actions(version, response=response)):
+                schema = schemas._schema(version, action, response)
+                full = schemas._validator(version, action, response)
+                fast = schemas._compiled(version, action, response)
+                assert schema is not None and full is not None and fast is not None
+                for _ in range(8):
+                    payload = _payload(schema, schema, rng)
+                    try:
+                        fast(copy.deepcopy(payload))  # deep copy: it must not change the payload
+                        fast_valid = True
+                    except fastjsonschema.JsonSchemaException:
+                        fast_valid = False
+                    errors = [e.message for e in full.iter_errors(payload)]
+                    assert fast_valid == (not errors), (version, action, response, payload, errors)
+                    assert (validate(version, action, payload, response=response) == []) == fast_valid
+                    checked += 1
+                    valid += fast_valid
+    assert checked > 3000 and 0.2 * checked < valid < 0.8 * checked  # both kinds, many of each
+
+
+def test_formats_as_jsonschema_checks_them_here() -> None:
+    """date-time is checked, uri is not (jsonschema's checker here knows date-time only)."""
+    ok = {"location": "not a uri", "retrieveDate": "2024-01-01T00:00:00Z"}
+    assert validate("1.6", "UpdateFirmware", ok, response=False) == []
+    bad = dict(ok, retrieveDate="2024-01-01 soon")
+    assert [v.path for v in validate("1.6", "UpdateFirmware", bad, response=False)] == ["retrieveDate"]
 
 
 def test_unknown_action_and_version() -> None:
@@ -130,17 +206,22 @@ def test_21_uses_the_21_schemas() -> None:
 
 
 def test_each_schema_is_compiled_once_for_every_frame() -> None:
-    """What keeps a check per frame cheap: the validator is compiled on first use and reused.
-    (The cost per frame is a figure for benchmarks/schema_validation.py, not a timed test.)"""
-    from ocpp_replay.core.schemas import _validator
+    """What keeps a check per frame cheap: the schema is compiled on first use and reused; a
+    valid payload never reaches jsonschema. (The cost per frame is a figure for
+    benchmarks/schema_validation.py, not a timed test.)"""
+    from ocpp_replay.core.schemas import _compiled, _validator
 
     payload = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
     validate("1.6", "StatusNotification", payload, response=False)
-    before = _validator.cache_info()
+    before, full = _compiled.cache_info(), _validator.cache_info()
     for n in range(2, 202):  # payloads not seen before: each validated, none recompiled
         assert validate("1.6", "StatusNotification", {**payload, "connectorId": n}, response=False) == []
-    after = _validator.cache_info()
+    after = _compiled.cache_info()
     assert after.misses == before.misses and after.hits >= before.hits + 200
+    assert _validator.cache_info() == full  # jsonschema not asked
+    bad = {**payload, "status": "Sleeping"}
+    assert [v.path for v in validate("1.6", "StatusNotification", bad, response=False)] == ["status"]
+    assert _validator.cache_info().hits + _validator.cache_info().misses > full.hits + full.misses
 
 
 @settings(max_examples=60, deadline=None)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from deepdiff import DeepDiff
 
 from ocpp_replay.core import schemas
@@ -185,6 +186,21 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Whether two JSON values are equal, types included (1, 1.0 and true differ), by their
+    canonical texts: orjson's (~1 us for a MeterValues payload, against ~8 for the json module's),
+    the json module's where orjson cannot tell (integers past 64 bits, NaN and the infinities,
+    which it writes as null)."""
+    try:
+        text_a = orjson.dumps(a, option=orjson.OPT_SORT_KEYS)
+        text_b = orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return _canonical(a) == _canonical(b)
+    if text_a != text_b:
+        return False
+    return b"null" not in text_a or _canonical(a) == _canonical(b)
+
+
 _KINDS = {
     "values_changed": DiffKind.CHANGED,
     "type_changes": DiffKind.TYPE_CHANGED,
@@ -201,7 +217,7 @@ def compare_payloads(expected: Any, actual: Any, rules: Sequence[PathRule] = ())
     """How ``actual`` differs from ``expected`` under the rules; [] when it does not."""
     exp_n = normalise(expected, rules)
     act_n = normalise(actual, rules)
-    if _canonical(exp_n) == _canonical(act_n):
+    if _same(exp_n, act_n):
         return []
     tree = DeepDiff(exp_n, act_n, ignore_order=False, verbose_level=2, view="tree")
     changes: list[Change] = []
