@@ -224,7 +224,16 @@ async def bench(args: argparse.Namespace) -> int:
             sessions = None  # as the CLI replays a capture: streamed, results written as sessions end
         else:
             sessions = await asyncio.to_thread(load_sessions, store)
-        if args.amplify:
+        due = None
+        if args.amplify and args.stream:  # as the CLI amplifies: each copy made as it is loaded
+            from ocpp_replay.replay import Selection
+            from ocpp_replay.replay.amplify import copies_of
+            from ocpp_replay.replay.runner import due_sessions
+
+            copies = copies_of(store, Selection(), args.amplify, args.ramp)
+            due = await asyncio.to_thread(due_sessions, store, Selection(), 1.0, None, copies)
+            print(f"amplified, streamed: {len(due[0])} sessions ({args.amplify} copies, over {args.ramp}s)")
+        elif args.amplify:
             from ocpp_replay.replay.amplify import amplify_sessions
 
             sessions, _ = amplify_sessions(sessions, args.amplify, spread=args.ramp)
@@ -270,12 +279,14 @@ async def bench(args: argparse.Namespace) -> int:
             target,
             sessions=sessions,
             spool=spool,
+            due=due,
             answer_timeout=10.0,
             grace=1.0,
             start_delay=1.0,
             quiet_gc=not args.no_quiet_gc,
             connect_ahead=args.connect_ahead,
             max_connecting=args.max_connecting,
+            load_ahead=args.load_ahead,
         )
         wall = time.monotonic() - wall0
         sampler.cancel()
@@ -433,6 +444,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="replay over this many processes")
     parser.add_argument("--connect-ahead", type=float, default=1.0, help="dial this long before a start")
     parser.add_argument("--max-connecting", type=int, default=100, help="handshakes in flight at once")
+    parser.add_argument(
+        "--load-ahead",
+        type=float,
+        default=10.0,
+        help="with --stream: load each session this long ahead",
+    )
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() the loaded capture")
     parser.add_argument("--no-quiet-gc", action="store_true", help="let full GC run during the replay")
     parser.add_argument("--keep", action="store_true", help="keep the temporary capture")

@@ -17,9 +17,12 @@ from typer.testing import CliRunner
 
 from ocpp_replay.capture.proxy import ProxyServer
 from ocpp_replay.cli.replay import register
+from ocpp_replay.core.rules import RuleSet
+from ocpp_replay.core.schedule import plan_session, plan_sessions
 from ocpp_replay.errors import ReplayError
 from ocpp_replay.replay import load_sessions, run_replay, store_run
-from ocpp_replay.replay.amplify import amplify_sessions, copy_charge_point, original_session
+from ocpp_replay.replay.amplify import amplify_sessions, copies_of, copy_charge_point, original_session
+from ocpp_replay.replay.runner import Selection, due_sessions
 from ocpp_replay.store import Store
 from tests.replay_peers import TAG, Behaviour, csms, run_charger16
 
@@ -42,6 +45,7 @@ def capture16(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     dst = tmp_path / "capture.db"
     with Store.open(src) as s:
         s.db.execute(f"VACUUM INTO '{dst}'")
@@ -189,3 +193,48 @@ def test_copy_session_ids_stay_apart_from_every_recorded_id(capture16: Path) -> 
     assert stride == 100
     assert [i.id for i, _ in copies] == [100 + sessions[0][0].id, 200 + sessions[0][0].id]
     assert all(f.session_id == i.id for i, fr in copies for f in fr)
+
+
+def test_streamed_copies_are_the_copies_made_in_memory(capture16: Path) -> None:
+    """replay --amplify streams: each copy is made as its session is loaded (in whichever worker
+    replays it). The plans, their starts and the timeline are those of copies made in memory."""
+    rules = RuleSet.default()
+    with Store.open(capture16) as store:
+        dues, timeline = due_sessions(store, Selection(), 2.0, None, copies_of(store, Selection(), 3, 1.5))
+        streamed = {d.session_id: (d.start, plan_session(*d.load(store), timeline, rules)) for d in dues}
+        loaded = load_sessions(store)
+        recorded = store.sessions()
+    copies, _ = amplify_sessions(
+        loaded,
+        3,
+        spread=1.5,
+        known_charge_points={i.charge_point_id for i in recorded},
+        highest_session_id=max(i.id for i in recorded),
+    )
+    in_memory = {p.session_id: p for p in plan_sessions(copies, speed=2.0, rules=rules)}
+    assert len(streamed) == len(in_memory) == 3 * len(loaded)
+    assert [d.session_id for d in dues] == sorted(in_memory, key=lambda sid: (in_memory[sid].start, sid))
+    for sid, (start, plan) in streamed.items():
+        assert plan == in_memory[sid]
+        assert start == plan.start
+    assert len({p.charge_point_id for _, p in streamed.values()}) == 3
+
+
+async def test_amplify_with_workers_gives_the_run_of_one_process(capture16: Path, tmp_path: Path) -> None:
+    """--amplify 3 over two worker processes: the same copies, the same (empty) differences and
+    the same charge points at the backend as in one process."""
+    runs = []
+    for workers in ("1", "2"):
+        db = _copy(capture16, tmp_path / workers)
+        async with csms("1.6", Behaviour(tx_base=7000)) as (url, seen):
+            out = await _invoke(
+                [
+                    *("replay", "--db", str(db), "--target", url, "--amplify", "3", "--workers", workers),
+                    *("--timeout", "2", "--grace", "0.5"),
+                ]
+            )
+        assert out.exit_code == 0, out.output
+        with Store.open(db) as store:
+            rows = store.db.execute("SELECT sessions, diffs FROM runs").fetchall()
+        runs.append((rows, sorted({p.rsplit("/", 1)[-1] for p in seen.paths})))
+    assert runs[0] == runs[1] == ([(3, 0)], ["CP-16-x1", "CP-16-x2", "CP-16-x3"])

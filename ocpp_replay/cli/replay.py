@@ -644,8 +644,10 @@ def replay(
     def prepare() -> tuple[_Display, Callable[[Store, ResultSpool], Coroutine[Any, Any, RunResult]]]:
         import functools
 
+        from ocpp_replay.core.schedule import Timeline
         from ocpp_replay.replay import run_replay, selected_sessions
-        from ocpp_replay.replay.amplify import load_amplified
+        from ocpp_replay.replay.amplify import copies_of, load_amplified
+        from ocpp_replay.replay.runner import Due, due_sessions
         from ocpp_replay.replay.workers import auto_workers, run_replay_workers
 
         _check_options(
@@ -686,9 +688,14 @@ def replay(
             import asyncio
 
             loaded: Sequence[tuple[SessionInfo, Sequence[FrameRecord]]] | None = None
+            due: tuple[Sequence[Due], Timeline] | None = None
             priming: dict[int, frozenset[int]] = {}
-            if amplify is not None:
+            if amplify is not None and rewriter is not None and not rewriter.empty:
+                # a rewrite sees every plan at once: the copies are made in memory
                 loaded = await asyncio.to_thread(load_amplified, store, selection, amplify, amplify_spread)
+            elif amplify is not None:  # streamed: each copy made as its session is loaded
+                copies = await asyncio.to_thread(copies_of, store, selection, amplify, amplify_spread)
+                due = await asyncio.to_thread(due_sessions, store, selection, speed, max_gap, copies)
             elif window is not None:
                 from ocpp_replay.replay.window import load_window
 
@@ -699,14 +706,16 @@ def replay(
             if not n:  # auto: by the charge points (the sessions' rows only: frames stay on disk)
                 if loaded is not None:
                     infos: Sequence[SessionInfo] = [info for info, _ in loaded]
+                elif due is not None:
+                    infos = [d.info for d in due[0]]
                 else:
                     infos = await asyncio.to_thread(selected_sessions, store, selection)
                 n = auto_workers(len({info.charge_point_id for info in infos}))
             # finished sessions' frames go to the run as they finish (from each worker's process)
             replayer: Callable[..., Coroutine[Any, Any, RunResult]] = (
-                functools.partial(run_replay_workers, workers=n, spool=spool)
+                functools.partial(run_replay_workers, workers=n, spool=spool, due=due)
                 if n > 1
-                else functools.partial(run_replay, spool=spool)
+                else functools.partial(run_replay, spool=spool, due=due)
             )
             async with _stop_on_ctrl_c() as stop:
                 result = await replayer(

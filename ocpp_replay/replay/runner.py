@@ -68,6 +68,7 @@ from ocpp_replay.errors import (
     ReplayError,
     UpstreamError,
 )
+from ocpp_replay.replay.amplify import Copies
 
 # The store is opened by the caller; every call into it here runs in a thread.
 from ocpp_replay.store import FrameRecord, SessionInfo, Store, utc_iso
@@ -190,6 +191,17 @@ class Due:
 
     info: SessionInfo
     start: float  # replay seconds after the run's start
+    #: An amplified copy (``replay --amplify``): the recorded session it copies, and how.
+    source: SessionInfo | None = None
+    copy: int = 0
+    copies: Copies | None = None
+
+    def load(self, store: Store) -> tuple[SessionInfo, list[FrameRecord]]:
+        """The session with its frames (blocking); a copy made from its recorded session."""
+        if self.source is None or self.copies is None:
+            return load_session(store, self.info)
+        _, frames = load_session(store, self.source)
+        return self.info, self.copies.frames(frames, self.copy, self.info.id)
 
     @property
     def session_id(self) -> int:
@@ -228,7 +240,7 @@ class _Loader:
         self.most_held = 0
 
     def _load(self, dues: Sequence[Due]) -> list[SessionPlan]:
-        plans = [plan_session(*load_session(self.store, d.info), self.timeline, self.rules) for d in dues]
+        plans = [plan_session(*d.load(self.store), self.timeline, self.rules) for d in dues]
         plans, rewritten = rewrite_plans(plans, self.rewrite)
         self.rewritten.extend(rewritten)
         return plans
@@ -282,37 +294,55 @@ class _Loader:
 
 
 def due_sessions(
-    store: Store, selection: Selection, speed: float, max_gap: float | None
+    store: Store,
+    selection: Selection,
+    speed: float,
+    max_gap: float | None,
+    copies: Copies | None = None,
 ) -> tuple[list[Due], Timeline]:
     """The selected sessions of a streamed replay, in start order, with their replay starts, and
     their timeline, the one :func:`~ocpp_replay.core.schedule.plan_sessions` would build, read
     without holding the frames (blocking): without ``max_gap`` each session's first and last
-    instants are enough; with it, each session's frame times are read, one session at a time."""
+    instants are enough; with it, each session's frame times are read, one session at a time.
+    With ``copies``: the copies of each session instead of it (``replay --amplify``)."""
     infos = selected_sessions(store, selection)
-    starts: dict[int, float] = {}  # recorded, as replayed (a pruned session: from its cut)
+    dues: list[tuple[SessionInfo, float, SessionInfo | None, int]] = []  # info, recorded start, source, copy
 
-    def instants(info: SessionInfo) -> Iterable[float]:
+    def instants(info: SessionInfo) -> Iterable[Iterable[float]]:
+        shown = info
         if info.pruned_before:  # replayed from its cut: its instants are the cut session's
-            cut, frames = load_session(store, info)
-            start = starts[info.id] = session_start(cut)
-            return session_instants(cut, start, [f.elapsed for f in frames])
-        start = starts[info.id] = session_start(info)
-        if max_gap is None:
+            shown, frames = load_session(store, info)
+            elapsed = [f.elapsed for f in frames]
+        elif max_gap is None:
             row = store.db.execute(
                 "SELECT min(elapsed), max(elapsed) FROM frames WHERE session_id = ?", [info.id]
             ).fetchone()
-            return session_instants(info, start, [e for e in row if e is not None])
-        rows = store.db.execute("SELECT elapsed FROM frames WHERE session_id = ?", [info.id])
-        return session_instants(info, start, [r[0] for r in rows])
+            elapsed = [e for e in row if e is not None]
+        else:
+            rows = store.db.execute("SELECT elapsed FROM frames WHERE session_id = ?", [info.id])
+            elapsed = [r[0] for r in rows]
+        start = session_start(shown)
+        if copies is None:
+            dues.append((info, start, None, 0))
+            return [session_instants(shown, start, elapsed)]
+        out = []
+        for k in range(1, copies.copies + 1):
+            copy = copies.info(shown, k)
+            dues.append((copy, start + copies.offset(k), info, k))
+            out.append(session_instants(copy, start + copies.offset(k), elapsed))
+        return out
 
     try:
-        timeline = Timeline.of_sessions((instants(info) for info in infos), speed=speed, max_gap=max_gap)
+        timeline = Timeline.of_sessions(
+            (each for info in infos for each in instants(info)), speed=speed, max_gap=max_gap
+        )
     except sqlite3.DatabaseError as exc:
         raise CaptureError(f"cannot read frames from {store.path}: {exc}") from exc
-    dues = sorted(
-        (Due(info, timeline(starts[info.id])) for info in infos), key=lambda d: (d.start, d.session_id)
+    ordered = sorted(
+        (Due(info, timeline(at), source, k, copies if source else None) for info, at, source, k in dues),
+        key=lambda d: (d.start, d.session_id),
     )
-    return dues, timeline
+    return ordered, timeline
 
 
 class ResultSpool:

@@ -209,15 +209,17 @@ async def run_replay_workers(
     connect_ahead: float = DEFAULT_CONNECT_AHEAD,
     start_delay: float = 0.05,
     spool: ResultSpool | None = None,
+    due: tuple[Sequence[Due], Timeline] | None = None,
     **options: Any,
 ) -> RunResult:
     """:func:`run_replay` over ``workers`` processes (see the module's text). ``options`` are
     run_replay's other keyword arguments (answer_timeout, grace, auth, ...); they must pickle.
 
     Without ``sessions`` (and without ``rewrite``) the replay is streamed: the parent reads
-    only the sessions' rows and their timeline, and each worker loads its own sessions ahead of
-    their starts; with ``spool`` the parent opens the run and each worker writes its finished
-    sessions' frames into it (as :func:`run_replay` does in one process)."""
+    only the sessions' rows and their timeline (or takes them as ``due``, e.g. an amplified
+    replay's copies), and each worker loads its own sessions ahead of their starts; with
+    ``spool`` the parent opens the run and each worker writes its finished sessions' frames into
+    it (as :func:`run_replay` does in one process)."""
     if workers < 1:
         raise ReplayError(f"workers must be 1 or more, not {workers}")
     rules = rules or RuleSet.default()
@@ -225,7 +227,9 @@ async def run_replay_workers(
     shards: Sequence[list[SessionPlan] | _Streamed]
     order: list[int]  # session ids in the order one process gives them
     if sessions is None and (rewrite is None or rewrite.empty):  # streamed: each worker reads its own
-        dues, timeline = await asyncio.to_thread(due_sessions, store, selection, speed, max_gap)
+        if due is None:
+            due = await asyncio.to_thread(due_sessions, store, selection, speed, max_gap)
+        dues, timeline = due
         if spool is not None and spool.run_id is None:
             from ocpp_replay.store import utc_iso
 
@@ -238,7 +242,7 @@ async def run_replay_workers(
                 str(spool.store.path) if spool is not None else None,
                 spool.run_id if spool is not None else None,
             )
-            for shard in shard_dues(dues, workers)
+            for shard in shard_dues(list(dues), workers)
         ]
         order = [d.session_id for d in dues]
     else:
