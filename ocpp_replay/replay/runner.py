@@ -240,7 +240,13 @@ class _Loader:
         self.most_held = 0
 
     def _load(self, dues: Sequence[Due]) -> list[SessionPlan]:
-        plans = [plan_session(*d.load(self.store), self.timeline, self.rules) for d in dues]
+        plans = []
+        for d in dues:
+            plans.append(plan_session(*d.load(self.store), self.timeline, self.rules))
+            # Hand the GIL to the event loop if it waits: it would wait up to the switch interval
+            # (5 ms) while this thread plans the next sessions, and every frame due meanwhile
+            # would go out that late. A session takes 0.2-0.5 ms to load and plan.
+            time.sleep(0)
         plans, rewritten = rewrite_plans(plans, self.rewrite)
         self.rewritten.extend(rewritten)
         return plans
