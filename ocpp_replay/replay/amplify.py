@@ -14,7 +14,10 @@ Copy ``k`` (1..N) of a session is the recorded session with
 - a start moved by ``spread * (k - 1) / N`` seconds, so that copies do not fire in lockstep.
 
 Transaction ids and other values the backend assigns are correlated per copy by the replay itself,
-since every copy is its own session. Pure functions over loaded sessions: no I/O.
+since every copy is its own session. A streamed replay makes the copies' rows first (:class:`Copies`,
+from the sessions' rows only: :func:`copies_of`) and each copy's frames when it loads the copy;
+:func:`amplify_sessions` makes them all in memory (``--rewrite`` needs every plan at once). Pure
+functions apart from :func:`copies_of` and :func:`load_amplified`, which read the capture.
 """
 
 from __future__ import annotations
