@@ -156,3 +156,25 @@ def test_pairing_is_exact_for_many_outstanding_calls_and_marks_the_budget() -> N
     assert small.see("c", Direction.TO_CP, 3, "14", None) == "Heartbeat"
     small.forget("c")
     assert len(small) == 1 and small.forgotten("c") == 0
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES, st.booleans())
+def test_the_fast_json_read_is_the_json_modules(value: object, ascii_only: bool) -> None:
+    """parse() reads frames with msgspec where it agrees with the json module, which has the last
+    word (NaN, infinities, lone surrogates, integers over its digit limit): the same values."""
+    from ocpp_replay.core.frames import _loads
+
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    assert repr(_loads(text)) == repr(json.loads(text))

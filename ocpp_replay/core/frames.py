@@ -11,7 +11,7 @@ import enum
 import json
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import orjson
@@ -93,10 +93,7 @@ def parse(raw: str | bytes) -> Frame:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidFrame(repr(raw), "binary frame is not UTF-8") from exc
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-        raise InvalidFrame(raw, "not JSON") from exc
+    data = _loads(raw)
     if type(data) is list and data and type(data[0]) is not int:
         # The patterns below compare with ==, which would take 2.0 for a CALL.
         raise InvalidFrame(raw, "not an OCPP-J CALL, CALLRESULT or CALLERROR")
@@ -113,6 +110,26 @@ def parse(raw: str | bytes) -> Frame:
         case [2 | 3 | 4, *_]:
             raise InvalidFrame(raw, f"malformed OCPP-J message of type {data[0]}")
     raise InvalidFrame(raw, "not an OCPP-J CALL, CALLRESULT or CALLERROR")
+
+
+_DECODE: Final = msgspec.json.Decoder()
+
+
+def _loads(raw: str) -> Any:
+    """The JSON value of RAW as the json module reads it (the frame's last word), by msgspec
+    where the two agree (2x faster; integers of any size kept exact): not where msgspec refuses
+    what the json module takes (NaN, 1e400, lone surrogates, deep nesting), nor for a text long
+    enough to hold an integer over the json module's digit limit, which only that module refuses."""
+    digits = sys.get_int_max_str_digits()  # 0: no limit
+    if not digits or len(raw) <= digits:
+        try:
+            return _DECODE.decode(raw)
+        except (msgspec.MsgspecError, ValueError, RecursionError):
+            pass
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise InvalidFrame(raw, "not JSON") from exc
 
 
 def dump(frame: Frame) -> str:
