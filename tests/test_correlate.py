@@ -123,10 +123,12 @@ def test_shift_timestamps_keeps_form() -> None:
     assert out["timestamp"] == "2026-01-01T01:00:00Z"  # no fraction in, none out
     assert out["meterValue"][0]["timestamp"] == "2026-01-01T01:00:05.623Z"
     assert out["offset"] == "2026-01-01T02:00:00+01:00"
-    assert out["micro"] == "2026-01-01T01:00:00.623456000Z"
+    assert out["micro"] == "2026-01-01T01:00:00.623456789Z"  # past the microsecond: kept as it was
     assert out["text"] == p["text"] and out["meterValue"][0]["sampledValue"] == [{"value": "2026"}]
     assert shift_timestamps(p, 0) is p
     assert shift_timestamps({"a": "2026-13-45T99:00:00Z"}, 10) == {"a": "2026-13-45T99:00:00Z"}
+    assert shift_timestamps({"a": "0999-12-31T23:59:59Z"}, 1) == {"a": "1000-01-01T00:00:00Z"}
+    assert shift_timestamps({"a": "0999-06-01T00:00:00Z"}, 1) == {"a": "0999-06-01T00:00:01Z"}  # four digits
 
 
 @given(

@@ -316,16 +316,15 @@ def _shift_one(text: str, delta: timedelta) -> str:
     zone = m.group(8)
     try:
         micro = int((frac + "000000")[:6]) if frac else 0
-        y, mo, d, h, mi, sec = (int(m.group(i)) for i in range(1, 7))
-        base = datetime(y, mo, d, h, mi, sec, micro)
-        shifted = base + delta
+        y, mo, d, h, mi, sec = map(int, m.group(1, 2, 3, 4, 5, 6))
+        t = datetime(y, mo, d, h, mi, sec, micro) + delta
     except (ValueError, OverflowError):
         return text
-    head = shifted.strftime("%Y-%m-%dT%H:%M:%S")
-    if frac:
-        digits = f"{shifted.microsecond:06d}"
-        frac_out = (digits + "000")[: len(frac)] if len(frac) > 6 else digits[: len(frac)]
-        head += "." + frac_out
+    # (not strftime: three times slower, and glibc's %Y does not pad a year before 1000)
+    head = f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
+    if frac:  # as many digits as recorded; those past the microsecond are kept as they were
+        digits = f"{t.microsecond:06d}"
+        head += "." + (digits + frac[6:] if len(frac) > 6 else digits[: len(frac)])
     return head + (zone or "")
 
 
