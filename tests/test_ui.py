@@ -339,7 +339,9 @@ async def test_a_live_frame_appears_while_a_charger_talks_through_the_proxy(tmp_
     def both(uid: str) -> str:  # the CALL and its answer are on the page
         return (
             "[...document.querySelectorAll('.frame')]"
-            f".filter(e => e.textContent.includes('id {uid}')).length === 2"
+            # the id exactly: the CSMS's own calls have uuid4 ids, and one in 256 begins with "b1"
+            f".filter(e => [...e.querySelectorAll('span')].some(s => s.textContent === 'id {uid}'))"
+            ".length === 2"
         )
 
     async with ReferenceCsms("v1") as csms, ProxyServer(csms.url, db, flush_interval=0.05) as proxy:
