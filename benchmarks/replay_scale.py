@@ -173,6 +173,147 @@ def make_capture(db: Path, sessions: int, interval: float, duration: float, ramp
     return frames
 
 
+# ----------------------------------------------------------------------------- the floor
+
+
+async def bare_run(db: Path, target: str, connect_ahead: float, max_connecting: int, minimal: bool) -> None:
+    """The floor under any replay on this machine: the same chargers send the same recorded
+    texts at the same times, each waiting for its answer, and nothing else: no plan,
+    correlation, timestamp shifting, pairing, diff, validation or recording. Over the replay's own
+    websocket client (capture/wsclient.WsClient), or with ``minimal`` over the least a client can
+    be: a fixed upgrade request, the 101 not checked, one mask per connection, frames not
+    checked; a lower bound, not a correct client. Prints lateness and the CPU per frame sent."""
+    from ocpp_replay.capture.handshake import new_key
+    from ocpp_replay.capture.wsclient import Endpoint, WsClient
+    from ocpp_replay.capture.wsframes import TEXT, unmask
+    from ocpp_replay.core.correlate import utc_seconds
+
+    class Bare(WsClient):
+        __slots__ = ("answered",)
+
+        def __init__(self) -> None:
+            super().__init__(1 << 20)
+            self.answered: asyncio.Future[None] | None = None
+
+        def message(self, opcode: int, payload: bytes | str) -> None:
+            if self.answered is not None and not self.answered.done():
+                self.answered.set_result(None)
+
+    class Minimal(asyncio.Protocol):
+        def __init__(self, request: bytes) -> None:
+            self.request, self.buf, self.open = request, b"", False
+            self.mask = os.urandom(4)
+            self.answered = asyncio.get_running_loop().create_future()
+            self.transport: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            transport.write(self.request)
+
+        def data_received(self, data: bytes) -> None:
+            buf = self.buf + data
+            if not self.open:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    self.buf = buf
+                    return
+                self.open, buf = True, buf[end + 4 :]
+                self.answered.set_result(None)
+            while len(buf) >= 2:
+                n, pos = buf[1] & 0x7F, 2
+                if n == 126:
+                    n, pos = int.from_bytes(buf[2:4], "big"), 4
+                if len(buf) < pos + n:
+                    break
+                buf = buf[pos + n :]
+                if not self.answered.done():
+                    self.answered.set_result(None)
+            self.buf = buf
+
+        def send(self, text: bytes) -> None:
+            n = len(text)
+            head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0xFE)) + n.to_bytes(2, "big")
+            self.answered = asyncio.get_running_loop().create_future()
+            self.transport.write(head + self.mask + unmask(text, self.mask))
+
+    store = Store.open(db)
+    sessions = load_sessions(store)
+    store.close()
+    plans = [
+        (
+            info.charge_point_id,
+            utc_seconds(info.started_at),
+            [(f.elapsed, f.raw.encode()) for f in frames if f.direction == Direction.TO_CSMS and f.raw],
+            utc_seconds(info.ended_at or info.started_at),
+        )
+        for info, frames in sessions
+    ]
+    del sessions
+    gc.collect()
+    first = min(p[1] for p in plans)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() + 1.0
+    endpoint = Endpoint.of(target)
+    gate = asyncio.Semaphore(max_connecting)
+    lateness: list[float] = []
+    headers = [("Sec-WebSocket-Protocol", "ocpp1.6")]
+
+    async def one(cp: str, start: float, texts: list[tuple[float, bytes]], end: float) -> None:
+        at = t0 + start - first
+        await asyncio.sleep(max(0.0, at - connect_ahead - loop.time()))
+        path = f"{endpoint.path}/{cp}"
+        if minimal:
+            request = (
+                f"GET {path} HTTP/1.1\r\nHost: {endpoint.host_header}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {new_key()}\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Protocol: ocpp1.6\r\n\r\n"
+            ).encode()
+            async with gate:
+                _, bare = await loop.create_connection(lambda: Minimal(request), endpoint.host, endpoint.port)
+                await bare.answered
+        else:
+            client = Bare()
+            async with gate:
+                await client.connect(endpoint, path, headers, 30.0)
+        for elapsed, text in texts:
+            due = at + elapsed
+            if (wait := due - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            lateness.append(loop.time() - due)
+            if minimal:
+                bare.send(text)
+                await bare.answered
+            else:
+                client.answered = loop.create_future()
+                client.send(TEXT, text)
+                await client.answered
+        if (wait := at + end - start - loop.time()) > 0:
+            await asyncio.sleep(wait)
+        if minimal:
+            bare.transport.close()  # no closing handshake: cheaper than any correct client
+        else:
+            await client.close(1000)
+
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    wall0 = time.monotonic()
+    await asyncio.gather(*(one(*p) for p in plans))
+    wall = time.monotonic() - wall0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    user, kernel = cpu1.ru_utime - cpu0.ru_utime, cpu1.ru_stime - cpu0.ru_stime
+    sent = len(lateness)
+    lateness.sort()
+    what = "minimal clients (a lower bound" if minimal else "bare WsClients (the replay's client"
+    print(f"{what}: the same frames at the same times, nothing else): {sent} frames")
+    print(
+        f"  wall {wall:.1f}s, lateness p50 {lateness[sent // 2] * 1e3:.3f} ms, "
+        f"p99 {lateness[min(sent - 1, int(sent * 0.99))] * 1e3:.3f} ms"
+    )
+    print(
+        f"  CPU {user + kernel:.2f}s = {(user + kernel) / sent * 1e6:.0f} us per frame sent "
+        f"(in the kernel {kernel / sent * 1e6:.0f} us)"
+    )
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -203,6 +344,8 @@ async def bench(args: argparse.Namespace) -> int:
         if backends > 1:
             print(f"backend: {backends} CSMS processes on port {port} (SO_REUSEPORT)")
         target = f"ws://127.0.0.1:{port}/ocpp"
+        for minimal in (True, False) if args.bare else ():
+            await bare_run(db, target, args.connect_ahead, args.max_connecting, minimal)
         store = Store.open(db)
         priming: dict[int, frozenset[int]] = {}
         if args.window:
@@ -449,6 +592,12 @@ def main() -> None:
         type=float,
         default=10.0,
         help="with --stream: load each session this long ahead",
+    )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="first the floor: minimal, then bare WsClient clients send the same frames at the same times, "
+        "nothing else",
     )
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() the loaded capture")
     parser.add_argument("--no-quiet-gc", action="store_true", help="let full GC run during the replay")
