@@ -6,6 +6,7 @@ capture that stays text. Plus the pure parts (filters, layout, rules) as plain u
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -226,6 +227,60 @@ def test_schema_checks_of_the_sessions_list_go_on_a_budget(
     view.close()
 
 
+@pytest.mark.timeout(60)
+async def test_the_sessions_list_stream_says_changed_at_most_once_a_second(tmp_path: Path) -> None:
+    """A capture that moves on ten times a second: the list's event stream says so about once
+    a second (each event is a refetch and a layout in a browser that may share the proxy's cores),
+    a followed session's stream sends its frames as they come."""
+    db = tmp_path / "busy.db"
+    boot = '[2,"b1","BootNotification",{"chargePointModel":"AC","chargePointVendor":"Alfen BV"}]'
+    async with ReferenceCsms("v1") as csms, ProxyServer(csms.url, db, flush_interval=0.05) as proxy:
+        async with connect(proxy.url + "/BUSY-1", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            await ws.send(boot)
+            await ws.recv()
+            async with UiServer(db, port=0) as ui, aiohttp.ClientSession() as http:
+                seen: dict[str, list[float]] = {"changed": [], "frames": []}
+                problems: list[bytes] = []
+
+                async def listen(path: str) -> None:
+                    async with http.get(ui.url + path) as r:
+                        async for line in r.content:
+                            if line.startswith(b"event: "):
+                                seen.setdefault(line[7:].strip().decode(), []).append(time.monotonic())
+                            elif line.startswith(b"data: ") and "problem" in seen:
+                                problems.append(line)
+
+                for _ in range(100):  # the proxy's writer has the session in the capture
+                    async with http.get(ui.url + "api/sessions") as r:
+                        if (await r.json())["total"]:
+                            break
+                    await asyncio.sleep(0.05)
+                listeners = [
+                    asyncio.create_task(listen("api/live")),
+                    asyncio.create_task(listen("api/live?session=1&after=1")),
+                ]
+
+                async def drain() -> None:  # the answers (unread, they hold up the close)
+                    while True:
+                        await ws.recv()
+
+                listeners.append(asyncio.create_task(drain()))
+                started = time.monotonic()
+                n = 0
+                while time.monotonic() - started < 3.2:
+                    await ws.send(f'[2,"h{n}","Heartbeat",{{}}]')
+                    n += 1
+                    await asyncio.sleep(0.1)
+                for task in listeners:
+                    task.cancel()
+                await asyncio.gather(*listeners, return_exceptions=True)
+    assert "problem" not in seen, problems
+    changed = seen["changed"]
+    assert 2 <= len(changed) <= 5, changed  # 3.2 s of changes: about one a second, never ten
+    assert all(b - a >= 0.9 for a, b in itertools.pairwise(changed)), changed
+    assert len(seen["frames"]) > len(changed) + 3  # the followed session: not held to a second
+
+
 # --------------------------------------------------------------------------- in the browser
 
 
@@ -374,14 +429,29 @@ async def test_a_live_frame_appears_while_a_charger_talks_through_the_proxy(tmp_
                     timeout=5000,
                 )
                 assert await lst.evaluate("window.__row === document.querySelector('#sessions tbody tr')")
-                # only the cells whose text changed are built again: the charge point's is kept
-                assert await lst.evaluate("__row.cells[1] === __cp && __row.cells[6] !== __count")
+                # the cells are kept, a count's text changed in place (nothing built again)
+                assert await lst.evaluate("__row.cells[1] === __cp && __row.cells[6] === __count")
                 # a second charger: its session appears in the list without a reload
                 async with connect(proxy.url + "/LIVE-2", subprotocols=["ocpp1.6"]) as ws2:  # type: ignore[list-item]
                     await ws2.send(boot)
                     await answer_of(ws2, "b1")
                     await lst.wait_for_function(
                         "document.querySelectorAll('#sessions tbody tr').length === 2", timeout=3000
+                    )
+                # a hidden page (a tab in the background) fetches nothing, and catches up when shown
+                visibility = (
+                    "Object.defineProperty(document, 'hidden', {value: %s, configurable: true});"
+                    "document.dispatchEvent(new Event('visibilitychange'))"
+                )
+                await lst.evaluate(visibility % "true")
+                async with connect(proxy.url + "/LIVE-3", subprotocols=["ocpp1.6"]) as ws3:  # type: ignore[list-item]
+                    await ws3.send(boot)
+                    await answer_of(ws3, "b1")
+                    await asyncio.sleep(2.5)  # the list's stream said "changed" meanwhile
+                    assert await lst.evaluate("document.querySelectorAll('#sessions tbody tr').length") == 2
+                    await lst.evaluate(visibility % "false")
+                    await lst.wait_for_function(
+                        "document.querySelectorAll('#sessions tbody tr').length === 3", timeout=3000
                     )
                 assert problems == [] and problems2 == []
 

@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POLL_INTERVAL = 0.2  # seconds between looks at the capture while someone follows it live
+#: Seconds between ``changed`` events of one stream: the sessions list is laid out again at most
+#: this often (each layout is CPU the browser may share with the proxy), a followed session's
+#: frames still come every POLL_INTERVAL.
+LIST_INTERVAL = 1.0
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream
 
 CSP = (
@@ -430,6 +434,7 @@ class UiServer:
                             break
                 else:
                     await resp.write(_event("changed", {"version": self.watcher.version}))
+                    await asyncio.sleep(LIST_INTERVAL)  # changes meanwhile: one event after it
         except ConnectionResetError:
             pass
         except OcppReplayError as exc:

@@ -156,6 +156,16 @@ function throttle(fn, ms) {
   };
 }
 
+/** FN now, or when the page is next shown if it is hidden (a tab in the background fetches
+ * and lays out nothing). */
+function whenShown(fn) {
+  let pending = false;
+  const shown = () => { if (!document.hidden && pending) { pending = false; fn(); } };
+  document.addEventListener("visibilitychange", shown);
+  cleanups.push(() => document.removeEventListener("visibilitychange", shown));
+  return () => { if (document.hidden) pending = true; else fn(); };
+}
+
 // ------------------------------------------------------------------ sessions
 
 /** Sessions on the list at first, and added by its "more" button. */
@@ -257,7 +267,7 @@ async function sessionsView(params) {
     }));
   };
   await load();
-  const refresh = throttle(load, 1000);
+  const refresh = whenShown(throttle(load, 1000));
   live("/api/live", { changed: refresh });
 }
 
@@ -277,7 +287,12 @@ function syncRows(tbody, rows) {
       old.delete(row.dataset.session);
       const fresh = Array.from(row.cells);
       Array.from(prev.cells).forEach((cell, c) => {
-        if (!cell.isEqualNode(fresh[c])) cell.replaceWith(fresh[c]);
+        const now = fresh[c];
+        if (cell.isEqualNode(now)) return;
+        const [a, b] = [cell.firstChild, now.firstChild];
+        if (cell.childNodes.length === 1 && now.childNodes.length === 1 && a.nodeType === Node.TEXT_NODE
+          && b.nodeType === Node.TEXT_NODE && cell.className === now.className) a.data = b.data;  // a count
+        else cell.replaceWith(now);
       });
       kept = prev;
     }
