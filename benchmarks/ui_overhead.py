@@ -58,10 +58,12 @@ async def steady(
     prefix: str,
     ready: Any = None,
     sent: dict[str, float] | None = None,
+    mark: Any = None,
 ) -> Result:
     """proxy_overhead.steady, with READY awaited once every charger is connected (the browser
     opens the session it follows then); SENT gets the wall-clock time each CALL of the first
-    charger was sent, by unique id."""
+    charger was sent, by unique id; MARK is called when the load begins and when it ends (the
+    window the CPU shares are of)."""
     result = Result()
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as http:
@@ -72,6 +74,9 @@ async def steady(
             await ready()
         begin = time.monotonic() + 0.5
         end = begin + seconds
+        if mark is not None:
+            loop = asyncio.get_running_loop()
+            loop.call_at(loop.time() + 0.5, mark)
 
         async def one(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
             at = begin + i / chargers
@@ -86,6 +91,8 @@ async def steady(
                 at += 1.0
 
         outcomes = await asyncio.gather(*(one(i, ws) for i, ws in enumerate(sockets)), return_exceptions=True)
+        if mark is not None:
+            mark()
         result.errors += sum(1 for o in outcomes if isinstance(o, BaseException))
         result.seconds = seconds
         await asyncio.gather(*(ws.close() for ws in sockets))
@@ -298,6 +305,23 @@ class Browser:
         self.proc.wait(30)
 
 
+def cpu_by_kind(pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the browser's processes by kind: Chromium's own (browser, renderers,
+    GPU, utilities), Playwright's node driver, and this benchmark's Python process that drives it
+    (the last two are the harness: a user's browser has neither)."""
+    out = {"chromium": 0.0, "playwright driver": 0.0, "harness": 0.0}
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            t = p.cpu_times()
+            name = p.name()
+        except psutil.NoSuchProcess:
+            continue
+        kind = "chromium" if "chrom" in name else "playwright driver" if "node" in name else "harness"
+        out[kind] += t.user + t.system
+    return out
+
+
 def cpu_of(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -364,6 +388,8 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
     p99: dict[str, list[float]] = {name: [] for name in paths}
     names = list(paths)
     ui_cpu = browser_cpu = blank_cpu = 0.0  # blank: the browser's pages on about:blank ("proxy (2)")
+    kinds: dict[str, float] = {}  # CPU seconds by process kind during the load, the browser following
+    kinds_blank: dict[str, float] = {}  # the same, its pages blank
     delays: list[float] = []  # from a CALL sent to its row on the followed page, seconds
     missed = 0
     shown = 0
@@ -385,7 +411,17 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
 
             before_ui, before_browser = cpu_of([ui_proc.pid]), cpu_of(browser.pids())
             sent: dict[str, float] = {}
-            results[name] = await steady(paths[name], args.chargers, args.seconds, prefix, ready, sent)
+            marks: list[dict[str, float]] = []
+
+            def mark(name: str = name, marks: list[dict[str, float]] = marks) -> None:
+                if name in ("proxy --ui", "proxy (2)"):
+                    marks.append({**cpu_by_kind(browser.pids()), "ui": cpu_of([ui_proc.pid])})
+
+            results[name] = await steady(paths[name], args.chargers, args.seconds, prefix, ready, sent, mark)
+            if len(marks) == 2:  # the load's own seconds: the pages were opened before it
+                window = kinds_blank if name == "proxy (2)" else kinds
+                for kind, value in marks[1].items():
+                    window[kind] = window.get(kind, 0.0) + value - marks[0][kind]
             if name == "proxy --ui":
                 await asyncio.sleep(1.0)  # the last frames reach the page
                 shown += await browser.frames_shown()  # the followed session, this round
@@ -431,6 +467,12 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
         f"the followed session showed {shown} frames live; the browser with its pages blank "
         f"{blank_cpu / seconds * 100:.1f} %"
     )
+    for label, got in (("following", kinds), ("pages blank", kinds_blank)):
+        print(
+            f"during the load only, {label}: "
+            + ", ".join(f"{kind} {value / seconds * 100:.1f} %" for kind, value in got.items())
+            + " of a core"
+        )
     if delays:
         ds = sorted(delays)
         print(
@@ -457,6 +499,8 @@ async def run(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], po
         "ui_cpu_share": ui_cpu / seconds,
         "browser_cpu_share": browser_cpu / seconds,
         "frames_followed": shown,
+        "load_window_cpu_share": {k: v / seconds for k, v in kinds.items()},
+        "load_window_cpu_share_blank": {k: v / seconds for k, v in kinds_blank.items()},
         "live_delay_ms": {
             "p50": 1000 * statistics.median(delays) if delays else None,
             "max": 1000 * max(delays) if delays else None,
