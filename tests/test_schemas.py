@@ -224,6 +224,26 @@ def test_each_schema_is_compiled_once_for_every_frame() -> None:
     assert _validator.cache_info().hits + _validator.cache_info().misses > full.hits + full.misses
 
 
+def test_a_schema_file_is_read_once_for_the_compiled_check_and_jsonschema() -> None:
+    """The first valid payload of an action compiles its schema, the first invalid one builds
+    jsonschema's validator: from the one reading of the schema's file, left as it was read."""
+    from ocpp_replay.core.schemas import _compiled, _schema, _validator
+
+    version, action = "2.0.1", "NotifyCustomerInformation"
+    for cache in (_compiled, _validator, _schema):  # as in a fresh process
+        cache.cache_clear()
+    before = _schema.cache_info()
+    ok = {"data": "x", "seqNo": 0, "generatedAt": "2026-12-04T10:00:00Z", "requestId": 1}
+    assert validate(version, action, ok, response=False) == []
+    assert [v.path for v in validate(version, action, {**ok, "seqNo": "0"}, response=False)] == ["seqNo"]
+    after = _schema.cache_info()
+    assert after.misses == before.misses + 1 and after.hits >= before.hits + 1
+    from importlib import resources
+
+    path = resources.files("ocpp") / "v201" / "schemas" / "NotifyCustomerInformationRequest.json"
+    assert _schema(version, action, False) == json.loads(path.read_text(encoding="utf-8"))  # unchanged
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.sampled_from(["1.6", "2.0.1", "2.1"]),

@@ -115,13 +115,19 @@ def parse(raw: str | bytes) -> Frame:
 _DECODE: Final = msgspec.json.Decoder()
 
 
+def _short_of_digit_limit(raw: str) -> bool:
+    """Whether RAW is too short to hold an integer over the json module's digit limit (which
+    only that module refuses): msgspec may read it for the json module."""
+    digits = sys.get_int_max_str_digits()  # 0: no limit
+    return not digits or len(raw) <= digits
+
+
 def _loads(raw: str) -> Any:
     """The JSON value of RAW as the json module reads it (the frame's last word), by msgspec
     where the two agree (2x faster; integers of any size kept exact): not where msgspec refuses
     what the json module takes (NaN, 1e400, lone surrogates, deep nesting), nor for a text long
-    enough to hold an integer over the json module's digit limit, which only that module refuses."""
-    digits = sys.get_int_max_str_digits()  # 0: no limit
-    if not digits or len(raw) <= digits:
+    enough to hold an integer over the json module's digit limit."""
+    if _short_of_digit_limit(raw):
         try:
             return _DECODE.decode(raw)
         except (msgspec.MsgspecError, ValueError, RecursionError):
@@ -180,9 +186,8 @@ def peek(raw: str | bytes) -> tuple[int | None, str | None, str | None, str | No
     objects: the capture writer calls it for every frame.
     """
     # bytes go the long way: msgspec does not check UTF-8 it skips. So does a text long enough
-    # to hold an integer over the json module's digit limit, which only that module refuses.
-    digits = sys.get_int_max_str_digits()  # 0: no limit
-    if type(raw) is str and (not digits or len(raw) <= digits):
+    # to hold an integer over the json module's digit limit.
+    if type(raw) is str and _short_of_digit_limit(raw):
         try:
             head = _HEAD.decode(raw)
         except (msgspec.MsgspecError, ValueError, RecursionError):
