@@ -101,6 +101,7 @@ class _Watcher:
         self.changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.closing = False
+        self.closed = asyncio.Event()  # set with closing: wakes a stream that waits out LIST_INTERVAL
 
     async def run(self) -> None:
         view = self.server.watch_view
@@ -169,6 +170,7 @@ class UiServer:
 
     async def stop(self) -> None:
         self.watcher.closing = True
+        self.watcher.closed.set()
         self.watcher.changed.set()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -216,6 +218,7 @@ class UiServer:
 
     async def _on_shutdown(self, app: web.Application) -> None:
         self.watcher.closing = True
+        self.watcher.closed.set()
         self.watcher.changed.set()
 
     def _allowed_host(self, host: str) -> bool:
@@ -434,7 +437,9 @@ class UiServer:
                             break
                 else:
                     await resp.write(_event("changed", {"version": self.watcher.version}))
-                    await asyncio.sleep(LIST_INTERVAL)  # changes meanwhile: one event after it
+                    with contextlib.suppress(TimeoutError):  # changes meanwhile: one event after it
+                        async with asyncio.timeout(LIST_INTERVAL):
+                            await self.watcher.closed.wait()
         except ConnectionResetError:
             pass
         except OcppReplayError as exc:
