@@ -6,6 +6,7 @@ capture that stays text. Plus the pure parts (filters, layout, rules) as plain u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -14,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -227,53 +229,62 @@ def test_schema_checks_of_the_sessions_list_go_on_a_budget(
     view.close()
 
 
+BOOT = '[2,"b1","BootNotification",{"chargePointModel":"AC","chargePointVendor":"Alfen BV"}]'
+
+
+@contextlib.asynccontextmanager
+async def _booted(db: Path, charge_point: str) -> AsyncIterator[Any]:
+    """A charger booted through the proxy (writing DB) in front of the reference CSMS."""
+    async with ReferenceCsms("v1") as csms, ProxyServer(csms.url, db, flush_interval=0.05) as proxy:
+        async with connect(f"{proxy.url}/{charge_point}", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            await ws.send(BOOT)
+            await ws.recv()
+            yield ws
+
+
 @pytest.mark.timeout(60)
 async def test_the_sessions_list_stream_says_changed_at_most_once_a_second(tmp_path: Path) -> None:
     """A capture that moves on ten times a second: the list's event stream says so about once
     a second (each event is a refetch and a layout in a browser that may share the proxy's cores),
     a followed session's stream sends its frames as they come."""
     db = tmp_path / "busy.db"
-    boot = '[2,"b1","BootNotification",{"chargePointModel":"AC","chargePointVendor":"Alfen BV"}]'
-    async with ReferenceCsms("v1") as csms, ProxyServer(csms.url, db, flush_interval=0.05) as proxy:
-        async with connect(proxy.url + "/BUSY-1", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
-            await ws.send(boot)
-            await ws.recv()
-            async with UiServer(db, port=0) as ui, aiohttp.ClientSession() as http:
-                seen: dict[str, list[float]] = {"changed": [], "frames": []}
-                problems: list[bytes] = []
+    async with _booted(db, "BUSY-1") as ws:
+        async with UiServer(db, port=0) as ui, aiohttp.ClientSession() as http:
+            seen: dict[str, list[float]] = {"changed": [], "frames": []}
+            problems: list[bytes] = []
 
-                async def listen(path: str) -> None:
-                    async with http.get(ui.url + path) as r:
-                        async for line in r.content:
-                            if line.startswith(b"event: "):
-                                seen.setdefault(line[7:].strip().decode(), []).append(time.monotonic())
-                            elif line.startswith(b"data: ") and "problem" in seen:
-                                problems.append(line)
+            async def listen(path: str) -> None:
+                async with http.get(ui.url + path) as r:
+                    async for line in r.content:
+                        if line.startswith(b"event: "):
+                            seen.setdefault(line[7:].strip().decode(), []).append(time.monotonic())
+                        elif line.startswith(b"data: ") and "problem" in seen:
+                            problems.append(line)
 
-                for _ in range(100):  # the proxy's writer has the session in the capture
-                    async with http.get(ui.url + "api/sessions") as r:
-                        if (await r.json())["total"]:
-                            break
-                    await asyncio.sleep(0.05)
-                listeners = [
-                    asyncio.create_task(listen("api/live")),
-                    asyncio.create_task(listen("api/live?session=1&after=1")),
-                ]
+            for _ in range(100):  # the proxy's writer has the session in the capture
+                async with http.get(ui.url + "api/sessions") as r:
+                    if (await r.json())["total"]:
+                        break
+                await asyncio.sleep(0.05)
+            listeners = [
+                asyncio.create_task(listen("api/live")),
+                asyncio.create_task(listen("api/live?session=1&after=1")),
+            ]
 
-                async def drain() -> None:  # the answers (unread, they hold up the close)
-                    while True:
-                        await ws.recv()
+            async def drain() -> None:  # the answers (unread, they hold up the close)
+                while True:
+                    await ws.recv()
 
-                listeners.append(asyncio.create_task(drain()))
-                started = time.monotonic()
-                n = 0
-                while time.monotonic() - started < 3.2:
-                    await ws.send(f'[2,"h{n}","Heartbeat",{{}}]')
-                    n += 1
-                    await asyncio.sleep(0.1)
-                for task in listeners:
-                    task.cancel()
-                await asyncio.gather(*listeners, return_exceptions=True)
+            listeners.append(asyncio.create_task(drain()))
+            started = time.monotonic()
+            n = 0
+            while time.monotonic() - started < 3.2:
+                await ws.send(f'[2,"h{n}","Heartbeat",{{}}]')
+                n += 1
+                await asyncio.sleep(0.1)
+            for task in listeners:
+                task.cancel()
+            await asyncio.gather(*listeners, return_exceptions=True)
     assert "problem" not in seen, problems
     changed = seen["changed"]
     assert 2 <= len(changed) <= 5, changed  # 3.2 s of changes: about one a second, never ten
@@ -287,31 +298,27 @@ async def test_the_ui_stops_at_once_with_a_list_stream_open(tmp_path: Path) -> N
     """A page on the sessions list keeps an event stream open, which waits a second after each
     "changed": stopping the UI (Ctrl-C) does not wait that second out."""
     db = tmp_path / "stop.db"
-    boot = '[2,"b1","BootNotification",{"chargePointModel":"AC","chargePointVendor":"Alfen BV"}]'
-    async with ReferenceCsms("v1") as csms, ProxyServer(csms.url, db, flush_interval=0.05) as proxy:
-        async with connect(proxy.url + "/STOP-1", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
-            await ws.send(boot)
-            await ws.recv()
-            ui = UiServer(db, port=0)
-            await ui.start()
-            async with aiohttp.ClientSession() as http:
-                changed = asyncio.Event()
+    async with _booted(db, "STOP-1") as ws:
+        ui = UiServer(db, port=0)
+        await ui.start()
+        async with aiohttp.ClientSession() as http:
+            changed = asyncio.Event()
 
-                async def listen() -> None:
-                    async with http.get(ui.url + "api/live") as r:
-                        async for line in r.content:
-                            if line.startswith(b"event: changed"):
-                                changed.set()
+            async def listen() -> None:
+                async with http.get(ui.url + "api/live") as r:
+                    async for line in r.content:
+                        if line.startswith(b"event: changed"):
+                            changed.set()
 
-                listener = asyncio.create_task(listen())
-                await asyncio.sleep(0.3)  # the stream is open and has seen the capture as it is
-                await ws.send('[2,"h1","Heartbeat",{}]')
-                await asyncio.wait_for(changed.wait(), 10)
-                started = time.monotonic()
-                await ui.stop()
-                took = time.monotonic() - started
-                listener.cancel()
-                await asyncio.gather(listener, return_exceptions=True)
+            listener = asyncio.create_task(listen())
+            await asyncio.sleep(0.3)  # the stream is open and has seen the capture as it is
+            await ws.send('[2,"h1","Heartbeat",{}]')
+            await asyncio.wait_for(changed.wait(), 10)
+            started = time.monotonic()
+            await ui.stop()
+            took = time.monotonic() - started
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
     assert took < 0.5, took  # 0.7-1.0 s when the stream slept its second out
 
 
