@@ -100,8 +100,12 @@ class _Watcher:
         self.listeners = 0
         self.changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self.closing = False
-        self.closed = asyncio.Event()  # set with closing: wakes a stream that waits out LIST_INTERVAL
+        #: Set when the UI stops: ends the watch, and wakes a stream that waits out LIST_INTERVAL.
+        self.closed = asyncio.Event()
+
+    @property
+    def closing(self) -> bool:
+        return self.closed.is_set()
 
     async def run(self) -> None:
         view = self.server.watch_view
@@ -169,7 +173,6 @@ class UiServer:
         return self.url
 
     async def stop(self) -> None:
-        self.watcher.closing = True
         self.watcher.closed.set()
         self.watcher.changed.set()
         if self._runner is not None:
@@ -217,7 +220,6 @@ class UiServer:
         return app
 
     async def _on_shutdown(self, app: web.Application) -> None:
-        self.watcher.closing = True
         self.watcher.closed.set()
         self.watcher.changed.set()
 
