@@ -291,8 +291,9 @@ function syncRows(tbody, rows) {
         if (cell.isEqualNode(now)) return;
         const [a, b] = [cell.firstChild, now.firstChild];
         if (cell.childNodes.length === 1 && now.childNodes.length === 1 && a.nodeType === Node.TEXT_NODE
-          && b.nodeType === Node.TEXT_NODE && cell.className === now.className) a.data = b.data;  // a count
-        else cell.replaceWith(now);
+          && b.nodeType === Node.TEXT_NODE && cell.cloneNode(false).isEqualNode(now.cloneNode(false))) {
+          a.data = b.data;  // a count: the same cell (attributes and all), its text changed
+        } else cell.replaceWith(now);
       });
       kept = prev;
     }
