@@ -426,7 +426,6 @@ async def test_sessions_filters_and_the_sequence_diagram(capture: tuple[Path, in
 @pytest.mark.timeout(90)
 async def test_a_live_frame_appears_while_a_charger_talks_through_the_proxy(tmp_path: Path) -> None:
     db = tmp_path / "live.db"
-    boot = '[2,"b1","BootNotification",{"chargePointModel":"AC","chargePointVendor":"Alfen BV"}]'
 
     async def answer_of(ws: Any, uid: str) -> None:
         while json.loads(await ws.recv())[1] != uid:  # (the CSMS's own calls go unanswered)
@@ -442,7 +441,7 @@ async def test_a_live_frame_appears_while_a_charger_talks_through_the_proxy(tmp_
 
     async with ReferenceCsms("v1") as csms, ProxyServer(csms.url, db, flush_interval=0.05) as proxy:
         async with connect(proxy.url + "/LIVE-1", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
-            await ws.send(boot)
+            await ws.send(BOOT)
             await answer_of(ws, "b1")
             async with UiServer(db, port=0) as ui, browser() as b:
                 lst, problems = await _open(b, ui.url + "#/sessions")
@@ -474,7 +473,7 @@ async def test_a_live_frame_appears_while_a_charger_talks_through_the_proxy(tmp_
                 assert await lst.evaluate("__row.cells[1] === __cp && __row.cells[6] === __count")
                 # a second charger: its session appears in the list without a reload
                 async with connect(proxy.url + "/LIVE-2", subprotocols=["ocpp1.6"]) as ws2:  # type: ignore[list-item]
-                    await ws2.send(boot)
+                    await ws2.send(BOOT)
                     await answer_of(ws2, "b1")
                     await lst.wait_for_function(
                         "document.querySelectorAll('#sessions tbody tr').length === 2", timeout=3000
@@ -486,7 +485,7 @@ async def test_a_live_frame_appears_while_a_charger_talks_through_the_proxy(tmp_
                 )
                 await lst.evaluate(visibility % "true")
                 async with connect(proxy.url + "/LIVE-3", subprotocols=["ocpp1.6"]) as ws3:  # type: ignore[list-item]
-                    await ws3.send(boot)
+                    await ws3.send(BOOT)
                     await answer_of(ws3, "b1")
                     await asyncio.sleep(2.5)  # the list's stream said "changed" meanwhile
                     assert await lst.evaluate("document.querySelectorAll('#sessions tbody tr').length") == 2
